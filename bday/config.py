@@ -1,0 +1,149 @@
+"""Settings: every knob bday reads, validated once, from the environment and `.env`.
+
+`get_settings()` is the only way in. A bad value raises `SettingsError`, whose message is one
+line naming the variable, the value and what was expected; entry points (CLI, Celery app)
+turn that into a clean exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import time
+from typing import Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bday.occasions import is_known_zone
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed. `str()` is a single line fit for stderr."""
+
+
+_HHMM = re.compile(r"^(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d)$")
+
+
+def _env(name: str, default, **constraints):
+    """A field read from exactly one environment variable (no prefix, case-sensitive name)."""
+    return Field(default, validation_alias=AliasChoices(name), **constraints)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Names of the contract (DESIGN.md) are the env names below."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True
+    )
+
+    rabbitmq_url: str = _env("RABBITMQ_URL", "amqp://guest:guest@localhost:5672//")
+    database_url: str = _env("DATABASE_URL", "postgresql+psycopg://postgres@localhost:5432/bday")
+    email_service_url: str = _env(
+        "EMAIL_SERVICE_URL", "https://email-service.digitalenvision.com.au"
+    )
+    email_service_timeout_ms: int = _env("EMAIL_SERVICE_TIMEOUT", 10_000, gt=0, le=600_000)
+    send_time: time = _env("SEND_TIME", time(9, 0))
+    feb29_policy: Literal["feb28", "mar1"] = _env("FEB29_POLICY", "feb28")
+    catch_up_hours: int = _env("CATCH_UP_HOURS", 48, gt=0, le=24 * 366)
+    plan_ahead_hours: int = _env("PLAN_AHEAD_HOURS", 26, gt=0, le=24 * 31)
+    queue_concurrency: int = _env("QUEUE_CONCURRENCY", 5, ge=1, le=1000)
+    queue_max_retries: int = _env("QUEUE_MAX_RETRIES", 5, ge=0, le=100)
+    queue_retry_delay_ms: int = _env("QUEUE_RETRY_DELAY", 2000, ge=0, le=86_400_000)
+    queue_retry_max_delay_ms: int = _env("QUEUE_RETRY_MAX_DELAY", 600_000, ge=0)
+    queue_retry_backoff: Literal["exponential", "fixed"] = _env(
+        "QUEUE_RETRY_BACKOFF", "exponential"
+    )
+    cron_minute_schedule: str = _env("CRON_MINUTE_SCHEDULE", "* * * * *")
+    cron_plan_schedule: str = _env("CRON_PLAN_SCHEDULE", "0 * * * *")
+    cron_recovery_schedule: str = _env("CRON_RECOVERY_SCHEDULE", "*/5 * * * *")
+    cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
+
+    @field_validator("send_time", mode="before")
+    @classmethod
+    def _parse_hhmm(cls, value):
+        if isinstance(value, time):
+            return value
+        match = _HHMM.match(str(value).strip())
+        if not match:
+            raise ValueError("expected HH:MM between 00:00 and 23:59")
+        return time(int(match["h"]), int(match["m"]))
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _check_amqp_url(cls, value: str) -> str:
+        return _check_url(value, ("amqp", "amqps", "pyamqp"))
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return _check_url(value, ("postgresql", "postgresql+psycopg", "postgres"))
+
+    @field_validator("email_service_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https")).rstrip("/")
+
+    @field_validator("cron_minute_schedule", "cron_plan_schedule", "cron_recovery_schedule")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        from celery.schedules import crontab  # local: settings must not need Celery to import
+
+        if len(value.split()) != 5:
+            raise ValueError("expected a five-field cron expression such as '*/5 * * * *'")
+        try:
+            crontab.from_string(value)
+        except Exception as exc:  # celery raises ValueError or its own ParseException
+            raise ValueError(f"not a valid cron expression ({exc})") from None
+        return value
+
+    @field_validator("cron_timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        if not is_known_zone(value):
+            raise ValueError("unknown IANA time zone")
+        return value
+
+    @property
+    def email_service_timeout_s(self) -> float:
+        return self.email_service_timeout_ms / 1000
+
+    @property
+    def cron_zone(self) -> ZoneInfo:
+        return ZoneInfo(self.cron_timezone)
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"expected a {'/'.join(schemes)} URL with a host")
+    return value
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else "settings"
+    shown = first.get("input")
+    problem = first["msg"].removeprefix("Value error, ")
+    value = f"={shown!r}" if isinstance(shown, str | int) else ""
+    return f"invalid setting {name}{value}: {problem}"
+
+
+def load_settings(**overrides) -> Settings:
+    """Read and validate settings; raise `SettingsError` (one line) when any is bad."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_one_line(exc)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once. Tests call `get_settings.cache_clear()`."""
+    return load_settings()

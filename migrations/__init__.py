@@ -1,0 +1,1 @@
+"""Alembic migrations, installed as `bday.migrations` so `bday db upgrade` works anywhere."""

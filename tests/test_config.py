@@ -1,0 +1,76 @@
+"""Settings: contract defaults, and one clear line naming the variable for every bad value."""
+
+from __future__ import annotations
+
+from datetime import time
+
+import pytest
+
+from bday.config import SettingsError, load_settings
+
+
+def test_defaults_are_the_contract_defaults(monkeypatch):
+    for name in ("RABBITMQ_URL", "DATABASE_URL", "EMAIL_SERVICE_URL", "SEND_TIME"):
+        monkeypatch.delenv(name, raising=False)
+    settings = load_settings()
+    assert settings.rabbitmq_url == "amqp://guest:guest@localhost:5672//"
+    assert settings.database_url == "postgresql+psycopg://postgres@localhost:5432/bday"
+    assert settings.email_service_url == "https://email-service.digitalenvision.com.au"
+    assert settings.email_service_timeout_ms == 10_000
+    assert settings.send_time == time(9, 0)
+    assert settings.feb29_policy == "feb28"
+    assert settings.catch_up_hours == 48
+    assert (settings.queue_concurrency, settings.queue_max_retries) == (5, 5)
+    assert (settings.queue_retry_delay_ms, settings.queue_retry_backoff) == (2000, "exponential")
+    assert settings.cron_minute_schedule == "* * * * *"
+    assert settings.cron_plan_schedule == "0 * * * *"
+    assert settings.cron_recovery_schedule == "*/5 * * * *"
+
+
+def test_values_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SEND_TIME", "07:30")
+    monkeypatch.setenv("FEB29_POLICY", "mar1")
+    monkeypatch.setenv("QUEUE_MAX_RETRIES", "9")
+    settings = load_settings()
+    assert (settings.send_time, settings.feb29_policy, settings.queue_max_retries) == (time(7, 30), "mar1", 9)
+
+
+def test_a_dotenv_file_is_honoured(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SEND_TIME", raising=False)
+    (tmp_path / ".env").write_text("SEND_TIME=06:15\n")
+    assert load_settings().send_time == time(6, 15)
+
+
+BAD = [
+    ("SEND_TIME", "25:00", "HH:MM"),
+    ("SEND_TIME", "9am", "HH:MM"),
+    ("SEND_TIME", "09:60", "HH:MM"),
+    ("QUEUE_MAX_RETRIES", "abc", "integer"),
+    ("QUEUE_MAX_RETRIES", "-1", "greater than or equal to 0"),
+    ("QUEUE_CONCURRENCY", "0", "greater than or equal to 1"),
+    ("QUEUE_RETRY_DELAY", "2s", "integer"),
+    ("QUEUE_RETRY_BACKOFF", "linear", "exponential"),
+    ("FEB29_POLICY", "feb30", "feb28"),
+    ("CATCH_UP_HOURS", "0", "greater than 0"),
+    ("EMAIL_SERVICE_TIMEOUT", "-5", "greater than 0"),
+    ("EMAIL_SERVICE_URL", "not a url", "http/https URL"),
+    ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https URL"),
+    ("RABBITMQ_URL", "localhost:5672", "amqp"),
+    ("RABBITMQ_URL", "amqp://guest@host:notaport//", "not a URL"),
+    ("DATABASE_URL", "mysql://root@localhost/bday", "postgresql"),
+    ("CRON_MINUTE_SCHEDULE", "* * *", "five-field"),
+    ("CRON_PLAN_SCHEDULE", "61 * * * *", "cron"),
+    ("CRON_TIMEZONE", "Mars/Olympus", "unknown IANA time zone"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "hint"), BAD)
+def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, name, value, hint):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"invalid setting {name}=")
+    assert hint in message

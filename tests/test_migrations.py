@@ -1,0 +1,154 @@
+"""Migrations on a real PostgreSQL: up to head, down to base, and the indexes doing their job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from bday import migrate, sandbox
+from tests.conftest import ADMIN_URL, RUN_ID
+
+
+@pytest.fixture
+def scratch_database():
+    name = f"bday_test_{RUN_ID}_migrations"
+    url = sandbox.create_database(ADMIN_URL, name)
+    yield url, name
+    sandbox.drop_database(ADMIN_URL, name)
+
+
+def _tables(name: str) -> set[str]:
+    with psycopg.connect(ADMIN_URL.rsplit("/", 1)[0] + f"/{name}") as connection:
+        rows = connection.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchall()
+        functions = connection.execute(
+            "SELECT proname FROM pg_proc WHERE proname LIKE 'bday_%'"
+        ).fetchall()
+    return {row[0] for row in rows} | {row[0] for row in functions}
+
+
+def test_upgrade_to_head_then_downgrade_to_base_leaves_nothing(scratch_database):
+    url, name = scratch_database
+    migrate.upgrade("head", url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+    assert {"users", "messages", "alembic_version", "bday_month_day"} <= _tables(name)
+    migrate.downgrade("base", url)
+    assert _tables(name) == {"alembic_version"}
+    assert migrate.current_revision(url) is None
+    migrate.upgrade("head", url)  # and it comes back up cleanly
+    assert migrate.current_revision(url) == migrate.head_revision()
+
+
+def _connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(url.replace("postgresql+psycopg", "postgresql"), autocommit=True)
+
+
+def _user(connection, email="ada@example.com", deleted=None) -> uuid.UUID:
+    user_id = uuid.uuid4()
+    now = datetime.now(UTC)
+    connection.execute(
+        "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
+        " birthday_owed_from, anniversary_owed_from, deleted_at)"
+        " VALUES (%s, 'Ada', 'Lovelace', %s, '1990-03-05', 'UTC', %s, %s, %s)",
+        (user_id, email, now, now, deleted),
+    )
+    return user_id
+
+
+def _message(connection, user_id, key, status="PENDING"):
+    connection.execute(
+        "INSERT INTO messages (id, user_id, message_type, status, occasion_date,"
+        " scheduled_send_time, idempotency_key) VALUES (%s, %s, 'BIRTHDAY', %s, %s, now(), %s)",
+        (uuid.uuid4(), user_id, status, date(2027, 3, 5), key),
+    )
+
+
+def test_a_second_live_row_for_the_same_idempotency_key_is_refused(database_url):
+    with _connect(database_url) as connection:
+        user_id = _user(connection)
+        try:
+            _message(connection, user_id, "k1")
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                _message(connection, user_id, "k1")
+        finally:
+            connection.execute("TRUNCATE users, messages CASCADE")
+
+
+def test_a_cancelled_row_does_not_block_its_replacement(database_url):
+    with _connect(database_url) as connection:
+        user_id = _user(connection)
+        try:
+            _message(connection, user_id, "k1", status="CANCELLED")
+            _message(connection, user_id, "k1")  # no error
+            count = connection.execute("SELECT count(*) FROM messages WHERE idempotency_key='k1'").fetchone()
+            assert count == (2,)
+        finally:
+            connection.execute("TRUNCATE users, messages CASCADE")
+
+
+def test_email_is_unique_among_live_users_only_and_ignores_case(database_url):
+    with _connect(database_url) as connection:
+        try:
+            _user(connection, "ada@example.com", deleted=datetime.now(UTC))
+            _user(connection, "ada@example.com")  # the deleted one does not count
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                _user(connection, "ADA@example.com")
+        finally:
+            connection.execute("TRUNCATE users, messages CASCADE")
+
+
+def test_an_unknown_status_is_refused(database_url):
+    with _connect(database_url) as connection:
+        user_id = _user(connection)
+        try:
+            with pytest.raises(psycopg.errors.CheckViolation):
+                _message(connection, user_id, "k2", status="LOST")
+        finally:
+            connection.execute("TRUNCATE users, messages CASCADE")
+
+
+@pytest.mark.parametrize(
+    ("query", "index"),
+    [
+        ("SELECT id FROM users WHERE deleted_at IS NULL AND bday_month_day(birthday) = ANY('{305,306}')",
+         "ix_users_birthday_month_day"),
+        ("SELECT id FROM users WHERE deleted_at IS NULL AND anniversary IS NOT NULL"
+         " AND bday_month_day(anniversary) = ANY('{305}')", "ix_users_anniversary_month_day"),
+        ("SELECT id FROM messages WHERE status = 'PENDING' AND scheduled_send_time < now()",
+         "ix_messages_due"),
+    ],
+)
+def test_planner_and_enqueue_lookups_use_their_indexes(database_url, query, index):
+    with _connect(database_url) as connection:
+        try:
+            _populate(connection, 20_000)
+            plan = "\n".join(row[0] for row in connection.execute(sql.SQL("EXPLAIN " + query)))
+        finally:
+            connection.execute("TRUNCATE users, messages CASCADE")
+    assert index in plan
+
+
+def _populate(connection, count: int) -> None:
+    """A realistic spread: every date of the year, a third with an anniversary, most sent."""
+    connection.execute(
+        "INSERT INTO users (id, first_name, last_name, email, birthday, anniversary, timezone,"
+        " birthday_owed_from, anniversary_owed_from)"
+        " SELECT gen_random_uuid(), 'F', 'L', 'u' || g || '@example.com',"
+        " date '1960-01-01' + (g * 7919) %% 18000,"
+        " CASE WHEN g %% 3 = 0 THEN date '2000-01-01' + (g * 104729) %% 8000 END,"
+        " 'UTC', now(), now() FROM generate_series(1, %s) g",
+        (count,),
+    )
+    connection.execute(
+        "INSERT INTO messages (id, user_id, message_type, status, occasion_date,"
+        " scheduled_send_time, idempotency_key)"
+        " SELECT gen_random_uuid(), id, 'BIRTHDAY', CASE WHEN random() < 0.99 THEN 'SENT'"
+        " ELSE 'PENDING' END, current_date, now(), id::text FROM users"
+    )
+    connection.execute("ANALYZE users")
+    connection.execute("ANALYZE messages")
