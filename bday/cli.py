@@ -71,9 +71,11 @@ def db_current() -> None:
 
 
 def _register_subcommands() -> None:
+    from bday.cli_services import fake_email_service
     from bday.cli_users import users
 
     main.add_command(users)
+    main.add_command(fake_email_service)
 
 
 _register_subcommands()

@@ -60,6 +60,24 @@ class Settings(BaseSettings):
     cron_plan_schedule: str = _env("CRON_PLAN_SCHEDULE", "0 * * * *")
     cron_recovery_schedule: str = _env("CRON_RECOVERY_SCHEDULE", "*/5 * * * *")
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
+    enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
+    recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10)
+    enqueue_batch: int = _env("ENQUEUE_BATCH", 20_000, ge=1)
+    queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1)
+    exchange_name: str = _env("RABBITMQ_EXCHANGE", "birthday.messages", min_length=1)
+    queue_name: str = _env("RABBITMQ_QUEUE", "birthday.messages.queue", min_length=1)
+    scheduler_queue_name: str = _env("RABBITMQ_SCHEDULER_QUEUE", "birthday.scheduler.queue",
+                                     min_length=1)
+    dead_letter_exchange_name: str = _env("RABBITMQ_DLX", "birthday.messages.dlx", min_length=1)
+    dead_letter_queue_name: str = _env("RABBITMQ_DLQ", "birthday.messages.dlq", min_length=1)
+    direct_send_fallback: bool = _env("DIRECT_SEND_FALLBACK", False)
+    breaker_enabled: bool = _env("BREAKER_ENABLED", True)
+    breaker_failures: int = _env("BREAKER_FAILURES", 5, ge=1)
+    breaker_window_s: float = _env("BREAKER_WINDOW", 30.0, gt=0)
+    breaker_cooldown_s: float = _env("BREAKER_COOLDOWN", 5.0, gt=0)
+    breaker_cooldown_max_s: float = _env("BREAKER_COOLDOWN_MAX", 15.0, gt=0)
+    breaker_idle_s: float = _env("BREAKER_IDLE", 30.0, ge=0)
+    breaker_probe_wait_s: float = _env("BREAKER_PROBE_WAIT", 3.0, ge=0)
 
     @field_validator("send_time", mode="before")
     @classmethod
@@ -109,6 +127,11 @@ class Settings(BaseSettings):
     @property
     def email_service_timeout_s(self) -> float:
         return self.email_service_timeout_ms / 1000
+
+    @property
+    def send_lease_s(self) -> float:
+        """How long a worker may hold a message in SENDING before others may take it over."""
+        return self.email_service_timeout_s + 30
 
     @property
     def cron_zone(self) -> ZoneInfo:

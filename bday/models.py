@@ -13,6 +13,7 @@ from datetime import date, datetime
 from sqlalchemy import (
     CheckConstraint,
     Date,
+    Float,
     DateTime,
     ForeignKey,
     Index,
@@ -22,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bday.occasions import Kind
@@ -156,3 +157,32 @@ class Message(Base):
 def idempotency_key(user_id: uuid.UUID, kind: Kind | str, local_date: date) -> str:
     """`{user_id}:{TYPE}:{local date}`: one occasion, one key (DESIGN.md)."""
     return f"{user_id}:{Kind(kind).value}:{local_date.isoformat()}"
+
+
+class Heartbeat(Base):
+    """When beat last ticked and each periodic job last ran (read by health and status)."""
+
+    __tablename__ = "heartbeats"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[dict] = mapped_column(JSONB, default=dict)
+
+
+class CircuitBreaker(Base):
+    """The email-service breaker, shared by every worker through this one row."""
+
+    __tablename__ = "circuit_breakers"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="closed")
+    opened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    open_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cooldown_s: Mapped[float] = mapped_column(Float, default=0.0)
+    trips: Mapped[int] = mapped_column(Integer, default=0)
+    probe_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    probe_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
