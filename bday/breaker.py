@@ -77,7 +77,8 @@ _TAKE_PROBE = text(
         WHERE name = :name
           AND ((state = 'open' AND open_until <= :now)
             OR (state = 'half_open' AND probe_expires_at <= :now)
-            OR (state = 'closed' AND (last_success_at IS NULL OR last_success_at < :cold_before)))
+            OR (state = 'closed' AND :cold_gate
+                AND (last_success_at IS NULL OR last_success_at < :cold_before)))
     RETURNING state"""
 )
 _CLOSE = text(
@@ -173,6 +174,8 @@ class Breaker:
             snapshot = self.snapshot(fresh=True)
 
     def _is_warm(self, snapshot: Snapshot, now: datetime) -> bool:
+        if snapshot.state == "closed" and not self.settings.breaker_idle_s:
+            return True  # BREAKER_IDLE=0: no start-up probe
         cold_before = now - timedelta(seconds=self.settings.breaker_idle_s)
         return (snapshot.state == "closed" and snapshot.last_success_at is not None
                 and snapshot.last_success_at >= cold_before)
@@ -192,6 +195,7 @@ class Breaker:
                 "name": self.name, "token": token, "now": now,
                 "probe_until": now + timedelta(seconds=self.settings.send_lease_s),
                 "cold_before": now - timedelta(seconds=self.settings.breaker_idle_s),
+                "cold_gate": self.settings.breaker_idle_s > 0,
             }).first()
         if won is None:
             return None

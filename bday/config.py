@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     @property
     def send_lease_s(self) -> float:
         """How long a worker may hold a message in SENDING before others may take it over."""
-        return self.email_service_timeout_s + 30
+        return self.email_service_timeout_s + 10
 
     @property
     def cron_zone(self) -> ZoneInfo:

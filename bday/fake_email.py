@@ -35,6 +35,8 @@ class Behaviour:
     latency_ms: float = 0.0
     down: bool = False
     status_when_down: int = 503
+    fail_first: int = 0  # the first N calls for each Idempotency-Key answer 500 (tests)
+    fixed_status: int = 0  # answer every call with this status, e.g. 422 (tests)
 
     def update(self, changes: dict) -> None:
         for name, value in changes.items():
@@ -49,7 +51,7 @@ class Record:
     key: str | None
     email: str | None
     message: str | None
-    outcome: str  # sent | failed | timeout | down | bad_request
+    outcome: str  # sent | failed | timeout | down | refused | bad_request
 
 
 @dataclass
@@ -57,6 +59,7 @@ class FakeEmailService:
     behaviour: Behaviour = field(default_factory=Behaviour)
     records: list[Record] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
+    calls_per_key: Counter = field(default_factory=Counter)
 
     async def handle_send(self, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
         key = headers.get("idempotency-key")
@@ -66,9 +69,10 @@ class FakeEmailService:
         except (ValueError, KeyError, TypeError):
             self.records.append(Record(time.time(), key, None, None, "bad_request"))
             return 400, {"error": "expected JSON {email, message}"}
+        self.calls_per_key[key] += 1
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
-        outcome = self._draw()
+        outcome = self._draw(key)
         self.records.append(Record(time.time(), key, email, message, outcome))
         if outcome == "timeout":
             await asyncio.sleep(_TIMEOUT_HOLD_S)
@@ -77,11 +81,17 @@ class FakeEmailService:
             return self.behaviour.status_when_down, {"error": "service down"}
         if outcome == "failed":
             return 500, {"error": "random failure"}
+        if outcome == "refused":
+            return self.behaviour.fixed_status, {"error": "refused"}
         return 200, {"status": "sent", "email": email}
 
-    def _draw(self) -> str:
+    def _draw(self, key: str | None) -> str:
         if self.behaviour.down:
             return "down"
+        if self.behaviour.fixed_status and self.behaviour.fixed_status != 200:
+            return "refused"
+        if self.behaviour.fail_first and self.calls_per_key[key] <= self.behaviour.fail_first:
+            return "failed"
         roll = self.rng.random()
         if roll < self.behaviour.timeout_rate:
             return "timeout"
@@ -117,6 +127,7 @@ class FakeEmailService:
             return 200, asdict(self.behaviour)
         if method == "POST" and path == "/reset":
             self.records.clear()
+            self.calls_per_key.clear()
             return 200, {"reset": True}
         if method == "GET" and path == "/health":
             return 200, {"ok": True}

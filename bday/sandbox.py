@@ -15,6 +15,11 @@ def create_database(admin_url: str, name: str) -> str:
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return database_url(admin_url, name)
+
+
+def database_url(admin_url: str, name: str) -> str:
+    """The bday DATABASE_URL of database `name` on the server of `admin_url`."""
     parts = urlsplit(admin_url)
     return urlunsplit(("postgresql+psycopg", parts.netloc, f"/{name}", "", ""))
 

@@ -23,23 +23,36 @@ ADMIN_URL = os.environ.get("BDAY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0
 RUN_ID = uuid.uuid4().hex[:10]
 
 
+NAME = f"bday_test_{RUN_ID}"
+
+
 def pytest_configure(config):
-    # Tests never read a developer's .env, and start from the contract's defaults.
-    os.environ.setdefault("BDAY_TEST_RUN", RUN_ID)
+    # Decided before anything imports the Celery configuration (pytest's plugin scan can load
+    # it early): every connection this run makes goes to its own database and vhost, and no
+    # test can reach the real email service.
+    os.environ["DATABASE_URL"] = services.database_url(ADMIN_URL, NAME)
+    os.environ["RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{NAME}"
+    os.environ["EMAIL_SERVICE_URL"] = "http://127.0.0.1:9"
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_vhost() -> Iterator[str]:
+    """A RabbitMQ vhost for this run (every publish in the run goes there), deleted afterwards."""
+    services.create_vhost(NAME)
+    yield NAME
+    services.delete_vhost(NAME)
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A new database for this run, migrated to head, dropped afterwards."""
-    name = f"bday_test_{RUN_ID}"
-    url = services.create_database(ADMIN_URL, name)
-    os.environ["DATABASE_URL"] = url
-    get_settings.cache_clear()
+    url = services.create_database(ADMIN_URL, NAME)
     db.reset_engines()
     migrate.upgrade("head", url)
     yield url
     db.reset_engines()
-    services.drop_database(ADMIN_URL, name)
+    services.drop_database(ADMIN_URL, NAME)
 
 
 @pytest.fixture
@@ -47,7 +60,10 @@ def database(database_url: str) -> Iterator[str]:
     """The run's database, emptied after the test (tables truncated, schema kept)."""
     yield database_url
     with db.engine().begin() as connection:
-        connection.execute(text("TRUNCATE users, messages RESTART IDENTITY CASCADE"))
+        connection.execute(text(TRUNCATE))
+
+
+TRUNCATE = "TRUNCATE users, messages, heartbeats, circuit_breakers RESTART IDENTITY CASCADE"
 
 
 @pytest.fixture

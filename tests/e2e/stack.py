@@ -1,0 +1,191 @@
+"""Real processes for end-to-end tests: `celery -A bday worker|beat` and the fake email service.
+
+Workers and beat run as subprocesses with this run's database and vhost; the fake email service
+is a real HTTP server on a free loopback port (in a thread of the test process, so tests read its
+record directly). Everything is stopped, and every queue purged, when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kombu import Connection
+from sqlalchemy import text
+
+from bday import db
+from bday.broker import topology
+from bday.config import get_settings
+from bday.fake_email import Behaviour, FakeEmailService, serve
+
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class FakeEmail:
+    """The fake email service on a loopback port, served from a background thread."""
+
+    def __init__(self, **behaviour):
+        self.service = FakeEmailService(Behaviour(**behaviour))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._task = self._loop.create_task(
+            serve(self.service, "127.0.0.1", self.port, ready=lambda _port: ready.set()))
+        try:
+            self._loop.run_until_complete(self._task)
+        except asyncio.CancelledError:
+            pass
+
+    def set(self, **changes) -> None:
+        self.service.behaviour.update(changes)
+
+    @property
+    def records(self):
+        return list(self.service.records)
+
+    def sent_per_key(self) -> Counter:
+        return Counter(r.key for r in self.records if r.outcome == "sent")
+
+    def calls_between(self, start: float, end: float) -> int:
+        return sum(1 for r in self.records if start <= r.at < end)
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(10)
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(10)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    fake: FakeEmail
+    env: dict = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+
+    def _spawn(self, name: str, args: list[str], extra_env: dict | None) -> Process:
+        log = self.workdir / f"{name}-{len(self.processes)}.log"
+        env = {**os.environ, **self.env, **(extra_env or {})}
+        popen = subprocess.Popen(args, env=env, cwd=self.workdir, stdout=log.open("w"),
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        process = Process(name, popen, log)
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, name: str = "w1", concurrency: int = 8, extra_env: dict | None = None,
+                     wait: bool = True) -> Process:
+        process = self._spawn(name, [CELERY, "-A", "bday", "worker", "-n", f"{name}@%h",
+                                     "-c", str(concurrency), "-l", "info", "--without-mingle",
+                                     "--without-gossip"], extra_env)
+        if wait:
+            wait_until(lambda: " ready." in process.output() or process.popen.poll() is not None, 60,
+                       f"worker {name} ready")
+            assert process.popen.poll() is None, process.output()
+        return process
+
+    def start_beat(self, extra_env: dict | None = None) -> Process:
+        process = self._spawn("beat", [CELERY, "-A", "bday", "beat", "-l", "info"], extra_env)
+        wait_until(lambda: "beat: Starting" in process.output() or process.popen.poll() is not None,
+                   60, "beat started")
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.stop()
+        self.fake.stop()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition",
+               interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def statuses() -> Counter:
+    with db.engine().connect() as connection:
+        return Counter(dict(connection.execute(
+            text("SELECT status, count(*) FROM messages GROUP BY status")).all()))
+
+
+def queue_counts() -> dict[str, int]:
+    """Ready messages in the send queue and the DLQ (passive declares, never creating them)."""
+    parts = topology(get_settings())
+    counts = {}
+    with Connection(get_settings().rabbitmq_url) as connection:
+        channel = connection.channel()
+        for key, queue in (("queue", parts.send_queue), ("dlq", parts.dead_letter_queue)):
+            try:
+                counts[key] = queue.bind(channel).queue_declare(passive=True).message_count
+            except Exception:
+                channel = connection.channel()
+                counts[key] = 0
+    return counts
+
+
+def purge_all() -> None:
+    """Empty every bday and celery_delayed_* queue in this run's vhost."""
+    from kombu.transport.native_delayed_delivery import level_name
+
+    parts = topology(get_settings())
+    names = [q.name for q in (*parts.consumed_queues, parts.dead_letter_queue)]
+    names += [level_name(level) for level in range(28)]
+    with Connection(get_settings().rabbitmq_url) as connection:
+        for name in names:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception:  # not declared yet in this vhost
+                pass
