@@ -144,7 +144,6 @@ class Breaker:
                     row = session.execute(_SELECT, {"name": self.name}).one()
                 self._snapshot = Snapshot(*row)
                 self._read_at = time.monotonic()
-                metrics.set_breaker_state(self._snapshot.state)
             return self._snapshot
 
     def _forget(self) -> None:

@@ -20,13 +20,22 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+import os
+
 from kombu import Connection, Exchange, Queue
+from kombu.transport.native_delayed_delivery import (
+    bind_queue_to_native_delayed_delivery_exchange,
+    declare_native_delayed_delivery_exchanges_and_queues,
+)
 
 from bday.config import Settings, get_settings
 
 SEND_ROUTING_KEY = "birthday.send"
 SCHEDULER_ROUTING_KEY = "birthday.scheduler"
 SCHEDULER_TTL_MS = 10 * 60 * 1000
+# Type of Celery's `celery_delayed_*` queues; celeryconfig passes the same value to Celery, and
+# both sides must agree or RabbitMQ refuses the second declaration.
+DELAYED_QUEUE_TYPE = "quorum"
 
 
 @dataclass(frozen=True)
@@ -82,20 +91,26 @@ def topology(settings: Settings | None = None) -> Topology:
 
 
 def declare_all(connection: Connection, settings: Settings | None = None) -> None:
-    """Declare exchanges, queues and bindings, dead-letter side included. Idempotent."""
+    """Declare exchanges, queues and bindings: dead-letter side, and Celery's delayed-delivery
+    exchanges with our queues bound to them (a publisher may run before any worker has ever
+    started; publishing a countdown to an undeclared `celery_delayed_27` fails). Idempotent."""
+    settings = settings or get_settings()
     parts = topology(settings)
     channel = connection.default_channel
     for queue in (parts.dead_letter_queue, *parts.consumed_queues):
         queue.bind(channel).declare()
+    declare_native_delayed_delivery_exchanges_and_queues(
+        connection, DELAYED_QUEUE_TYPE)
+    for queue in parts.consumed_queues:
+        bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    _declared.add((settings.rabbitmq_url, os.getpid()))
 
 
-@dataclass(frozen=True)
-class Depth:
-    messages: int
-    consumers: int
+def ensure_declared(connection: Connection, settings: Settings | None = None) -> None:
+    """`declare_all` once per process and broker."""
+    settings = settings or get_settings()
+    if (settings.rabbitmq_url, os.getpid()) not in _declared:
+        declare_all(connection, settings)
 
 
-def queue_depth(connection: Connection, queue: Queue) -> Depth:
-    """Ready messages and consumers of `queue` (a passive declare: never creates it)."""
-    _name, messages, consumers = queue.bind(connection.default_channel).queue_declare(passive=True)
-    return Depth(messages, consumers)
+_declared: set[tuple[str, int]] = set()

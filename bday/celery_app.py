@@ -7,6 +7,7 @@ environment; a bad setting stops the worker or beat with one line naming the var
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from celery import Celery, signals
@@ -53,7 +54,52 @@ def _plan_when_beat_starts(sender=None, **_):
     plan.delay()
 
 
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _bday_log_format(logger=None, **_):
+    from bday import logs
+
+    logs.configure(logger.handlers if logger is not None else None)
+
+
+@signals.worker_ready.connect
+def _serve_worker_metrics(sender=None, **_):
+    """The worker's own counters and histograms on WORKER_METRICS_PORT (0: off)."""
+    port = int(os.environ.get("WORKER_METRICS_PORT", "9751") or 0)
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    try:
+        start_http_server(port, addr=os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"))
+    except OSError as exc:  # another worker on this host has the port: metrics are optional
+        log.warning("worker metrics not served on port %d: %s", port, exc)
+
+
+def refuse_open_flower(argv: list[str], environ: dict) -> str | None:
+    """Flower must not listen beyond localhost without basic auth; the reason if it would."""
+    if not argv or os.path.basename(argv[0]) != "celery" or "flower" not in argv:
+        return None
+    address = environ.get("FLOWER_ADDRESS", "")
+    for index, arg in enumerate(argv):
+        if arg.startswith("--address="):
+            address = arg.split("=", 1)[1]
+        elif arg == "--address" and index + 1 < len(argv):
+            address = argv[index + 1]
+    has_auth = environ.get("FLOWER_BASIC_AUTH") or any(a.startswith("--basic-auth") for a in argv)
+    if address in ("127.0.0.1", "localhost", "::1") or has_auth:
+        return None
+    return (f"Flower would listen on {address or 'all interfaces'} without authentication: set "
+            "FLOWER_BASIC_AUTH=user:password, or bind it to localhost with --address=127.0.0.1")
+
+
 def exit_on_bad_settings(error: Exception) -> None:
     """Print the one-line settings error and stop (worker/beat start-up)."""
     print(f"bday: {error}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+_flower_refusal = refuse_open_flower(sys.argv, dict(os.environ))
+if _flower_refusal:
+    print(f"bday: {_flower_refusal}", file=sys.stderr)
     raise SystemExit(2)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from celery.schedules import crontab
 
-from bday.broker import topology
+from bday.broker import DELAYED_QUEUE_TYPE, topology
 from bday.config import SettingsError, get_settings
 
 try:
@@ -38,6 +38,7 @@ broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 broker_transport_options = {"confirm_publish": True}
 broker_heartbeat = 30
+broker_native_delayed_delivery_queue_type = DELAYED_QUEUE_TYPE
 
 task_serializer = "json"
 accept_content = ["json"]

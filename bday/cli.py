@@ -17,6 +17,9 @@ class Failure(click.ClickException):
 
     exit_code = EXIT_USAGE
 
+    def __init__(self, message: str):
+        super().__init__(message)
+
     def show(self, file=None) -> None:
         click.echo(f"bday: {self.format_message()}", err=True, file=file)
 
@@ -71,11 +74,13 @@ def db_current() -> None:
 
 
 def _register_subcommands() -> None:
+    from bday import cli_ops
     from bday.cli_services import fake_email_service
     from bday.cli_users import users
 
-    main.add_command(users)
-    main.add_command(fake_email_service)
+    for command in (users, fake_email_service, cli_ops.status, cli_ops.health, cli_ops.replay,
+                    cli_ops.dlq, cli_ops.metrics):
+        main.add_command(command)
 
 
 _register_subcommands()
@@ -88,6 +93,12 @@ def _first_line(exc: Exception) -> str:
 
 def run() -> None:
     """Console-script entry: like click's standalone mode, but every error is one line."""
+    import logging
+
+    from bday import logs
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
     try:
         main.main(standalone_mode=False)
     except click.UsageError as exc:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
 
 from bday import users as users_api
@@ -68,3 +71,23 @@ def list_(limit: int | None) -> None:
             user.birthday.isoformat(), user.anniversary.isoformat() if user.anniversary else "-",
             user.timezone,
         ]))
+
+
+@users.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def import_(path: Path) -> None:
+    """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
+    [,anniversary]). Valid rows are kept; bad rows are listed with their line numbers."""
+    from bday.importer import ImportFileError, import_rows, read_rows
+
+    try:
+        rows, total = read_rows(path)
+    except ImportFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    with click.progressbar(length=total, label=f"importing {total} row(s)", file=sys.stderr) as bar:
+        result = import_rows(rows, progress=bar.update)
+    click.echo(f"imported {result.imported} of {total} row(s); {len(result.errors)} refused")
+    for line, problem in sorted(result.errors):
+        click.echo(f"  line {line}: {problem}")
+    if result.errors:
+        sys.exit(1)

@@ -51,6 +51,11 @@ class Claimed:
     first_name: str
     last_name: str
     user_deleted: bool
+    send_deadline: datetime | None
+
+    def deadline(self, settings: Settings) -> datetime:
+        """After this instant the greeting is no longer sent (DESIGN.md: CATCH_UP_HOURS)."""
+        return self.send_deadline or self.scheduled_send_time + timedelta(hours=settings.catch_up_hours)
 
 
 _CLAIM = text(
@@ -66,7 +71,7 @@ _CLAIM = text(
             OR m.dispatch_token = CAST(:token AS uuid))
        AND m.scheduled_send_time <= :now
     RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
-              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL
+              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
     """
 )
 
@@ -148,7 +153,7 @@ def _attempt(claimed: Claimed, permit: Permit, sender: EmailSender, breaker: Bre
         breaker.release(permit, now)
         _finish("cancelled", claimed.id, now)
         return Outcome(Action.DONE, "user deleted")
-    if claimed.scheduled_send_time < now - timedelta(hours=settings.catch_up_hours):
+    if claimed.deadline(settings) < now:
         breaker.release(permit, now)
         _finish("failed", claimed.id, now, reason=FailureReason.EXPIRED.value,
                 error=f"more than {settings.catch_up_hours} h late")

@@ -39,7 +39,8 @@ _CLAIM_DUE = text(
            next_attempt_at = greatest(m.scheduled_send_time, :now)
       FROM (SELECT id FROM messages
              WHERE status = 'PENDING'
-               AND scheduled_send_time <= :until AND scheduled_send_time >= :oldest
+               AND scheduled_send_time <= :until
+               AND coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours)) >= :now
                AND (CAST(:user_ids AS uuid[]) IS NULL OR user_id = ANY(CAST(:user_ids AS uuid[])))
              ORDER BY scheduled_send_time
              LIMIT :limit
@@ -50,15 +51,15 @@ _CLAIM_DUE = text(
 )
 
 
-def claim_due(session: Session, now: datetime, *, lead_s: float, oldest: datetime, limit: int,
+def claim_due(session: Session, now: datetime, *, lead_s: float, catch_up_hours: int, limit: int,
               user_ids: Sequence[uuid.UUID] | None = None) -> list[Job]:
-    """Claim PENDING rows due by `now + lead_s` (and not older than `oldest`), oldest first.
+    """Claim PENDING rows due by `now + lead_s` and not past their deadline, oldest first.
 
     `FOR UPDATE SKIP LOCKED`: two enqueue runs at once split the rows between them; neither
     waits for the other and no row is claimed twice.
     """
     rows = session.execute(_CLAIM_DUE, {
-        "now": now, "until": now + timedelta(seconds=lead_s), "oldest": oldest, "limit": limit,
+        "now": now, "until": now + timedelta(seconds=lead_s), "hours": catch_up_hours, "limit": limit,
         "user_ids": list(user_ids) if user_ids is not None else None,
     })
     return [Job(*row) for row in rows]
@@ -103,6 +104,7 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
     The broker holds each job until its eta (native delayed delivery), so publishing a minute
     ahead costs no worker memory. One producer (and its confirm channel) serves the batch.
     """
+    from bday import broker
     from bday.celery_app import app
     from bday.tasks import send_message
 
@@ -113,6 +115,7 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
         connection = app.connection_for_write()
         # Bounded: a hook must not hang its caller's request while RabbitMQ is away.
         connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
+        broker.ensure_declared(connection)
     except Exception as exc:
         log.warning("broker unreachable, %d job(s) left for the next enqueue run: %s", len(jobs), exc)
         return list(jobs)

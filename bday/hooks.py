@@ -23,6 +23,7 @@ from bday.occasions import Kind, Occasion, occasions_between, zone
 log = logging.getLogger(__name__)
 
 _LOOK_AHEAD = timedelta(days=367)
+_BULK = 5000
 
 
 def on_user_created(user_id: uuid.UUID) -> int:
@@ -39,6 +40,24 @@ def on_user_deleted(user_id: uuid.UUID) -> int:
     """Cancel every unsent greeting of a deleted user; returns rows cancelled."""
     with transaction() as session:
         return planner.cancel_stale(session, user_id, _now())
+
+
+def on_users_imported(user_ids: list[uuid.UUID]) -> int:
+    """`on_user_created` for a bulk import, set-based: plan all, publish those due now."""
+    if not user_ids:
+        return 0
+    settings, now = get_settings(), _now()
+    planned = 0
+    for start in range(0, len(user_ids), _BULK):
+        chunk = user_ids[start:start + _BULK]
+        with transaction() as session:
+            planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
+        with transaction() as session:
+            due = dispatch.claim_due(session, now, lead_s=settings.enqueue_lead_s,
+                                     catch_up_hours=settings.catch_up_hours, limit=len(chunk) * 2,
+                                     user_ids=chunk)
+        _publish(due, settings)
+    return planned
 
 
 def on_birthday_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
@@ -58,8 +77,8 @@ def _replan_and_dispatch(user_id: uuid.UUID) -> int:
         planned = planner.plan(session, planner.Window.around(now, settings), settings, [user_id])
     with transaction() as session:
         due = dispatch.claim_due(session, now, lead_s=settings.enqueue_lead_s,
-                                 oldest=now - timedelta(hours=settings.catch_up_hours),
-                                 limit=100, user_ids=[user_id])
+                                 catch_up_hours=settings.catch_up_hours, limit=100,
+                                 user_ids=[user_id])
     _publish(due, settings)
     log.info("user %s: %d greeting(s) planned, %d cancelled, %d queued", user_id, planned,
              cancelled, len(due))

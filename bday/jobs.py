@@ -47,7 +47,7 @@ def enqueue_job(now: datetime | None = None) -> dict:
     while True:
         with transaction() as session:
             jobs = dispatch.claim_due(session, now, lead_s=settings.enqueue_lead_s,
-                                      oldest=_catch_up_start(now, settings), limit=settings.enqueue_batch)
+                                      catch_up_hours=settings.catch_up_hours, limit=settings.enqueue_batch)
         sent = dispatch.publish_or_release(jobs)
         published += sent
         if len(jobs) < settings.enqueue_batch or sent < len(jobs):
@@ -64,7 +64,7 @@ _EXPIRE = text(
     UPDATE messages
        SET status = 'FAILED', failure_reason = :reason, failed_at = :now, updated_at = :now,
            last_error = :error, lease_expires_at = NULL
-     WHERE scheduled_send_time < :oldest
+     WHERE coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours)) < :now
        AND (status IN ('PENDING', 'QUEUED') OR (status = 'SENDING' AND lease_expires_at < :now))
     """
 )
@@ -74,7 +74,7 @@ def expire_overdue(now: datetime, settings: Settings) -> int:
     """Owed rows more than CATCH_UP_HOURS late end FAILED `expired`; returns how many."""
     with transaction() as session:
         return session.execute(_EXPIRE, {
-            "now": now, "oldest": _catch_up_start(now, settings),
+            "now": now, "hours": settings.catch_up_hours,
             "reason": FailureReason.EXPIRED.value,
             "error": f"not sent within CATCH_UP_HOURS={settings.catch_up_hours}",
         }).rowcount

@@ -11,7 +11,7 @@ summed (prometheus_client multiprocess mode); the default threads pool needs not
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 LATENESS_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 24 * 3600, 48 * 3600)
 LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2, 5, 10)
@@ -25,8 +25,6 @@ delivery_lateness = Histogram("bday_delivery_lateness_seconds",
 email_latency = Histogram("bday_email_service_latency_seconds",
                           "Duration of calls to the email service", buckets=LATENCY_BUCKETS_S)
 email_errors = Counter("bday_email_service_errors_total", "Failed calls to the email service", ["kind"])
-breaker_state = Gauge("bday_breaker_state", "Email-service breaker state (1 for the current state)",
-                      ["state"], multiprocess_mode="livemax")
 breaker_transitions = Counter("bday_breaker_transitions_total", "Breaker state changes", ["to"])
 BREAKER_STATES = ("closed", "open", "half_open")
 
@@ -54,10 +52,60 @@ def record_email_call(duration_s: float, error_kind: str | None) -> None:
         email_errors.labels(error_kind).inc()
 
 
-def set_breaker_state(state: str) -> None:
-    for name in BREAKER_STATES:
-        breaker_state.labels(name).set(1 if name == state else 0)
-
-
 def record_breaker_transition(to: str) -> None:
     breaker_transitions.labels(to).inc()
+
+
+# --- state read at scrape time (`bday metrics`) ----------------------------------------------
+
+STATE_METRICS = {
+    "bday_queue_depth": "Jobs ready in the send queue",
+    "bday_dlq_depth": "Jobs in the dead-letter queue",
+    "bday_queue_consumers": "Consumers (worker channels) on the send queue",
+    "bday_messages": "Message rows by status",
+    "bday_oldest_overdue_seconds": "Age of the oldest unfinished message past its send instant",
+    "bday_heartbeat_timestamp_seconds": "Last run of beat and of each periodic job (Unix time)",
+    "bday_breaker_open_seconds": "How long the email-service breaker has been open (0 when closed)",
+    "bday_exporter_errors": "1 when the last scrape could not read a source",
+}
+
+
+class StateCollector:
+    """Reads business state from PostgreSQL and queue state from RabbitMQ on every scrape."""
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        from bday import status
+
+        families = {name: GaugeMetricFamily(name, doc, labels=labels)
+                    for name, doc, labels in _state_families()}
+        errors = []
+        try:
+            snapshot = status.read_database()
+            for state, count in snapshot.by_status.items():
+                families["bday_messages"].add_metric([state], count)
+            families["bday_oldest_overdue_seconds"].add_metric([], snapshot.oldest_overdue_s or 0)
+            for job, at in snapshot.heartbeats.items():
+                families["bday_heartbeat_timestamp_seconds"].add_metric([job], at.timestamp())
+            families["bday_breaker_open_seconds"].add_metric([], snapshot.breaker_open_s)
+            for state in BREAKER_STATES:
+                families["bday_breaker_state"].add_metric([state], 1 if state == snapshot.breaker_state else 0)
+        except Exception as exc:  # noqa: BLE001 - a scrape must answer even when a source is down
+            errors.append(f"database: {exc}")
+        try:
+            queues = status.read_broker()
+            families["bday_queue_depth"].add_metric([], queues.queue_depth)
+            families["bday_dlq_depth"].add_metric([], queues.dlq_depth)
+            families["bday_queue_consumers"].add_metric([], queues.consumers)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"broker: {exc}")
+        families["bday_exporter_errors"].add_metric([], len(errors))
+        yield from families.values()
+
+
+def _state_families():
+    labels = {"bday_messages": ["status"], "bday_heartbeat_timestamp_seconds": ["job"]}
+    for name, doc in STATE_METRICS.items():
+        yield name, doc, labels.get(name, [])
+    yield "bday_breaker_state", "Email-service breaker state (1 for the current state)", ["state"]

@@ -129,6 +129,7 @@ class Message(Base):
     provider_status: Mapped[int | None] = mapped_column(Integer)
     provider_response: Mapped[str | None] = mapped_column(Text)
     sent_via: Mapped[str | None] = mapped_column(String(16))
+    send_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -89,8 +89,9 @@ def insert_rows(session: Session, owed: Iterable[tuple[uuid.UUID, Occasion]]) ->
             .on_conflict_do_nothing(
                 index_elements=["idempotency_key"], index_where=text("status <> 'CANCELLED'")
             )
+            .returning(Message.id)
         )
-        inserted += session.execute(statement).rowcount
+        inserted += len(session.execute(statement).all())
     return inserted
 
 

@@ -1,4 +1,4 @@
-"""heartbeats and the shared circuit breaker
+"""heartbeats, the shared circuit breaker, per-message send deadline
 
 Revision ID: 0002
 Revises: 0001
@@ -18,6 +18,9 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    # NULL means "scheduled_send_time + CATCH_UP_HOURS"; `bday replay --force` sets it so an
+    # operator can send a message that is older than the catch-up window.
+    op.add_column("messages", sa.Column("send_deadline", TS))
     # Last run of beat and of each periodic job: `bday health` and `bday status` read these.
     op.create_table(
         "heartbeats",
@@ -47,3 +50,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("circuit_breakers")
     op.drop_table("heartbeats")
+    op.drop_column("messages", "send_deadline")

@@ -1,0 +1,52 @@
+"""Logging: one line per event, text or JSON (`LOG_FORMAT=json`), with email addresses masked.
+
+bday never logs an address on purpose (log lines name message and user ids); the mask is a
+safety net for anything a library or an exception message might carry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from datetime import UTC, datetime
+
+EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+
+
+def mask_emails(text: str) -> str:
+    """'ada.lovelace@example.com' -> 'a***@example.com'."""
+    return EMAIL.sub(r"\1***@\2", text)
+
+
+class MaskEmails(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.INFO:
+            message = record.getMessage()
+            masked = mask_emails(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+                 "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure(handlers: list[logging.Handler] | None = None) -> None:
+    """Apply bday's format and mask to `handlers` (default: the root logger's)."""
+    root = logging.getLogger()
+    handlers = handlers if handlers is not None else root.handlers
+    for handler in handlers:
+        if not any(isinstance(f, MaskEmails) for f in handler.filters):
+            handler.addFilter(MaskEmails())
+        if os.environ.get("LOG_FORMAT", "").lower() == "json":
+            handler.setFormatter(JsonFormatter())
+    # httpx logs every request at INFO; one line per send is ours to write, not the client's.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -1,0 +1,171 @@
+"""The shared circuit breaker: transitions, one probe under concurrency, no false trips.
+
+Each `Breaker` instance stands for one worker process; they share only the database row.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from bday.breaker import Breaker
+from bday.config import load_settings
+from bday.db import engine
+from bday.sender import TransientSendError
+
+pytestmark = pytest.mark.usefixtures("database")
+
+T0 = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
+DOWN = TransientSendError("HTTP 503", status=503)
+
+
+def settings(**overrides):
+    base = {"BREAKER_FAILURES": 5, "BREAKER_WINDOW": 30, "BREAKER_COOLDOWN": 5,
+            "BREAKER_COOLDOWN_MAX": 15, "BREAKER_IDLE": 30, "BREAKER_PROBE_WAIT": 0.2}
+    return load_settings(**{**base, **overrides})
+
+
+def row() -> dict:
+    with engine().connect() as connection:
+        return dict(connection.execute(text("SELECT * FROM circuit_breakers")).mappings().one())
+
+
+def warm(breaker: Breaker, now: datetime = T0) -> None:
+    """A closed breaker that has just seen a success (not cold)."""
+    permit = breaker.permit(now)
+    breaker.record_success(permit, now)
+
+
+def test_a_cold_breaker_lets_one_probe_through_and_holds_the_rest():
+    first, second = Breaker(settings()), Breaker(settings())
+    probe = first.permit(T0)
+    held = second.permit(T0)
+    assert probe.allowed and probe.is_probe
+    assert not held.allowed and held.retry_in_s > 0
+
+
+def test_a_successful_probe_closes_it_for_every_process():
+    first, second = Breaker(settings()), Breaker(settings())
+    probe = first.permit(T0)
+    first.record_success(probe, T0)
+    assert second.permit(T0 + timedelta(seconds=1)).allowed
+    assert row()["state"] == "closed"
+
+
+def test_failures_open_it_after_the_threshold_and_sends_are_deferred():
+    breaker = Breaker(settings())
+    warm(breaker)
+    for _ in range(4):
+        breaker.record_failure(breaker.permit(T0), T0, DOWN)
+    assert row()["state"] == "closed"
+    breaker.record_failure(breaker.permit(T0), T0, DOWN)
+    state = row()
+    assert state["state"] == "open" and state["open_until"] == T0 + timedelta(seconds=5)
+    other = Breaker(settings()).permit(T0 + timedelta(seconds=1))
+    assert not other.allowed and other.state == "open"
+    assert other.retry_in_s >= 4.0
+
+
+def test_ten_percent_random_failures_never_trip_it():
+    breaker = Breaker(settings())
+    warm(breaker)
+    rng = random.Random(7)
+    for _ in range(2000):
+        permit = breaker.permit(T0)
+        assert permit.allowed
+        if rng.random() < 0.10:
+            breaker.record_failure(permit, T0, DOWN)
+        else:
+            breaker.record_success(permit, T0)
+    assert row()["trips"] == 0
+
+
+def test_after_the_cooldown_exactly_one_of_many_concurrent_workers_gets_the_probe():
+    opener = Breaker(settings())
+    warm(opener)
+    for _ in range(5):
+        opener.record_failure(opener.permit(T0), T0, DOWN)
+    later = T0 + timedelta(seconds=6)
+    workers = [Breaker(settings(BREAKER_PROBE_WAIT=0)) for _ in range(12)]
+    permits, barrier = [], threading.Barrier(len(workers))
+
+    def ask(breaker):
+        barrier.wait()
+        permits.append(breaker.permit(later))
+
+    threads = [threading.Thread(target=ask, args=(w,)) for w in workers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(p.allowed for p in permits) == 1
+    assert sum(p.is_probe for p in permits) == 1
+    assert row()["state"] == "half_open"
+
+
+def test_a_failed_probe_reopens_it_with_a_longer_cooldown_up_to_the_cap():
+    breaker = Breaker(settings())
+    warm(breaker)
+    for _ in range(5):
+        breaker.record_failure(breaker.permit(T0), T0, DOWN)
+    cooldowns, now = [], T0
+    for _ in range(6):
+        now = row()["open_until"] + timedelta(milliseconds=1)
+        probe = breaker.permit(now)
+        assert probe.is_probe
+        breaker.record_failure(probe, now, DOWN)
+        cooldowns.append(row()["cooldown_s"])
+    assert cooldowns == [7.5, 11.25, 15.0, 15.0, 15.0, 15.0]
+    assert row()["trips"] == 7
+
+
+def test_closing_after_an_outage_calls_on_close_once():
+    closed_at = []
+    breaker = Breaker(settings(), on_close=closed_at.append)
+    warm(breaker)
+    closed_at.clear()
+    for _ in range(5):
+        breaker.record_failure(breaker.permit(T0), T0, DOWN)
+    now = T0 + timedelta(seconds=6)
+    probe = breaker.permit(now)
+    breaker.record_success(probe, now)
+    assert closed_at == [now]
+    assert row()["state"] == "closed" and row()["cooldown_s"] == 0
+
+
+def test_429_with_retry_after_holds_it_open_for_that_long():
+    breaker = Breaker(settings())
+    warm(breaker)
+    throttled = TransientSendError("HTTP 429", status=429, retry_after_s=120)
+    breaker.record_failure(breaker.permit(T0), T0, throttled)
+    state = row()
+    assert state["state"] == "open" and state["open_until"] == T0 + timedelta(seconds=120)
+    assert not Breaker(settings()).permit(T0 + timedelta(seconds=100)).allowed
+
+
+def test_a_probe_that_did_not_call_the_service_can_be_taken_by_another_worker():
+    first, second = Breaker(settings()), Breaker(settings(BREAKER_PROBE_WAIT=0))
+    probe = first.permit(T0)
+    first.release(probe, T0)
+    assert second.permit(T0 + timedelta(milliseconds=10)).is_probe
+
+
+def test_a_probe_whose_worker_died_is_taken_over_after_its_lease():
+    first, second = Breaker(settings()), Breaker(settings(BREAKER_PROBE_WAIT=0))
+    assert first.permit(T0).is_probe  # ...and that worker is never heard from again
+    lease = first.settings.send_lease_s
+    assert not second.permit(T0 + timedelta(seconds=1)).allowed
+    assert second.permit(T0 + timedelta(seconds=lease + 1)).is_probe
+
+
+def test_a_disabled_breaker_always_allows_and_writes_nothing():
+    breaker = Breaker(settings(BREAKER_ENABLED=False))
+    for _ in range(20):
+        breaker.record_failure(breaker.permit(T0), T0, DOWN)
+    assert breaker.permit(T0).allowed
+    with engine().connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM circuit_breakers")).scalar() == 0

@@ -1,0 +1,220 @@
+"""deliver(): one attempt at one message, against the real database, with the HTTP call mocked
+at its single point (respx). Each outcome says what the task must do next."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+
+import httpx
+import pytest
+import respx
+from sqlalchemy import text
+
+from bday.breaker import Breaker
+from bday.config import load_settings
+from bday.db import engine, transaction
+from bday.delivery import Action, deliver
+from bday.models import Message, User, idempotency_key
+from bday.sender import EmailSender
+
+pytestmark = pytest.mark.usefixtures("database")
+
+URL = "http://email.test"
+NOW = datetime(2027, 3, 5, 9, 0, 5, tzinfo=UTC)
+DUE = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def settings():
+    return load_settings(EMAIL_SERVICE_URL=URL, QUEUE_MAX_RETRIES=2, QUEUE_RETRY_DELAY=2000,
+                         BREAKER_IDLE=0)
+
+
+@pytest.fixture
+def sender():
+    client = EmailSender(URL, timeout_s=1)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def breaker(settings):
+    return Breaker(settings)
+
+
+def ada(status="QUEUED", scheduled=DUE, token=None, retry_count=0, deleted=False) -> uuid.UUID:
+    user_id, message_id = uuid.uuid4(), uuid.uuid4()
+    since = datetime(2020, 1, 1, tzinfo=UTC)
+    with transaction() as session:
+        session.add(User(id=user_id, first_name="Ada", last_name="Lovelace", email="ada@example.com",
+                         birthday=date(1990, 3, 5), timezone="UTC", birthday_owed_from=since,
+                         anniversary_owed_from=since,
+                         deleted_at=NOW if deleted else None))
+        session.flush()
+        session.add(Message(id=message_id, user_id=user_id, message_type="BIRTHDAY", status=status,
+                            occasion_date=scheduled.date(), scheduled_send_time=scheduled,
+                            idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
+                            dispatch_token=token, retry_count=retry_count))
+    return message_id
+
+
+def row(message_id) -> dict:
+    with engine().connect() as connection:
+        return dict(connection.execute(text("SELECT * FROM messages WHERE id = :id"),
+                                       {"id": message_id}).mappings().one())
+
+
+def go(message_id, sender, breaker, settings, token=None, now=NOW):
+    return deliver(str(message_id), token and str(token), sender=sender, breaker=breaker,
+                   settings=settings, now=now)
+
+
+@respx.mock
+def test_a_due_message_is_sent_with_the_exact_text_and_its_id_as_idempotency_key(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, json={"ok": True}))
+    message_id = ada()
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DONE and outcome.reason == "sent"
+    request = route.calls.last.request
+    assert request.headers["Idempotency-Key"] == str(message_id)
+    assert request.read() == b'{"email":"ada@example.com","message":"Hey, Ada Lovelace it\'s your birthday"}'
+    stored = row(message_id)
+    assert (stored["status"], stored["provider_status"], stored["attempts"], stored["sent_via"]) == ("SENT", 200, 1, "queue")
+    assert stored["sent_at"] is not None and stored["lease_expires_at"] is None
+
+
+@respx.mock
+def test_a_transient_failure_requeues_the_row_and_asks_for_a_retry_with_backoff(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(503, text="busy"))
+    message_id = ada()
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.RETRY and 2.0 <= outcome.delay_s <= 2.5
+    stored = row(message_id)
+    assert (stored["status"], stored["retry_count"], stored["provider_status"]) == ("QUEUED", 1, 503)
+    assert "503" in stored["last_error"] and stored["next_attempt_at"] is not None
+
+
+@respx.mock
+def test_retry_after_from_a_429_sets_the_retry_delay(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(429, headers={"Retry-After": "30"}))
+    outcome = go(ada(), sender, breaker, settings)
+    assert outcome.action is Action.RETRY and outcome.delay_s == 30
+
+
+@respx.mock
+def test_exhausted_retries_fail_the_row_and_dead_letter_the_job(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(500))
+    message_id = ada(retry_count=2)
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEAD_LETTER
+    stored = row(message_id)
+    assert (stored["status"], stored["failure_reason"]) == ("FAILED", "retries_exhausted")
+
+
+@respx.mock
+def test_a_permanent_error_fails_at_once_without_retrying(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(400, text="bad address"))
+    message_id = ada()
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEAD_LETTER and route.call_count == 1
+    stored = row(message_id)
+    assert (stored["status"], stored["failure_reason"], stored["retry_count"]) == ("FAILED", "permanent", 0)
+
+
+@respx.mock
+@pytest.mark.parametrize("status", ["SENT", "FAILED", "CANCELLED"])
+def test_a_finished_message_is_left_alone(sender, breaker, settings, status):
+    route = respx.post(f"{URL}/send-email")
+    outcome = go(ada(status=status), sender, breaker, settings)
+    assert outcome.action is Action.DONE and route.call_count == 0
+
+
+@respx.mock
+def test_a_superseded_job_is_a_no_op(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email")
+    message_id = ada(token=uuid.uuid4())
+    outcome = go(message_id, sender, breaker, settings, token=uuid.uuid4())
+    assert (outcome.action, outcome.reason) == (Action.DONE, "superseded job")
+    assert route.call_count == 0 and row(message_id)["status"] == "QUEUED"
+
+
+@respx.mock
+def test_a_job_for_a_future_instant_is_deferred_to_that_instant_never_sent_early(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email")
+    message_id = ada(scheduled=NOW + timedelta(seconds=42))
+    outcome = go(message_id, sender, breaker, settings)
+    assert (outcome.action, outcome.delay_s) == (Action.DEFER, 42.0)
+    assert route.call_count == 0 and row(message_id)["status"] == "QUEUED"
+
+
+@respx.mock
+def test_a_message_held_by_another_worker_is_deferred_until_its_lease_ends(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email")
+    message_id = ada()
+    with transaction() as session:
+        session.execute(text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
+                        {"t": NOW + timedelta(seconds=20), "id": message_id})
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEFER and outcome.delay_s == 21
+    assert route.call_count == 0
+
+
+@respx.mock
+def test_a_message_whose_worker_died_is_taken_over_after_the_lease(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    message_id = ada()
+    with transaction() as session:
+        session.execute(text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
+                        {"t": NOW - timedelta(seconds=1), "id": message_id})
+    assert go(message_id, sender, breaker, settings).reason == "sent"
+
+
+@respx.mock
+def test_a_message_past_catch_up_hours_expires_without_a_call(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email")
+    message_id = ada(scheduled=NOW - timedelta(hours=48, seconds=1))
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEAD_LETTER and route.call_count == 0
+    assert (row(message_id)["status"], row(message_id)["failure_reason"]) == ("FAILED", "expired")
+
+
+@respx.mock
+def test_a_late_message_within_catch_up_hours_is_still_sent(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    message_id = ada(scheduled=NOW - timedelta(hours=47))
+    assert go(message_id, sender, breaker, settings).reason == "sent"
+
+
+@respx.mock
+def test_a_deleted_users_message_is_cancelled_not_sent(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email")
+    message_id = ada(deleted=True)
+    assert go(message_id, sender, breaker, settings).action is Action.DONE
+    assert route.call_count == 0 and row(message_id)["status"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("bad", ["not-a-uuid", "", "1; DROP TABLE messages"])
+def test_a_malformed_message_id_is_dead_lettered(sender, breaker, settings, bad):
+    outcome = deliver(bad, None, sender=sender, breaker=breaker, settings=settings, now=NOW)
+    assert outcome.action is Action.DEAD_LETTER
+
+
+def test_an_unknown_message_id_is_dead_lettered(sender, breaker, settings):
+    outcome = go(uuid.uuid4(), sender, breaker, settings)
+    assert (outcome.action, outcome.reason) == (Action.DEAD_LETTER, "unknown message id")
+
+
+@respx.mock
+def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settings):
+    route = respx.post(f"{URL}/send-email")
+    breaker = Breaker(settings)
+    with transaction() as session:
+        session.execute(text("INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
+                             "VALUES ('email-service', 'open', :until, 5)"), {"until": NOW + timedelta(seconds=10)})
+    message_id = ada(retry_count=1)
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEFER and outcome.delay_s >= 10
+    stored = row(message_id)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"], stored["attempts"]) == ("QUEUED", 1, 1, 0)
+    assert route.call_count == 0
