@@ -78,7 +78,9 @@ def _serve_worker_metrics(sender=None, **_):
 
 def refuse_open_flower(argv: list[str], environ: dict) -> str | None:
     """Flower must not listen beyond localhost without basic auth; the reason if it would."""
-    if not argv or os.path.basename(argv[0]) != "celery" or "flower" not in argv:
+    program = argv[0].replace("\\", "/") if argv else ""
+    is_celery = os.path.basename(program) == "celery" or program.endswith("celery/__main__.py")
+    if not is_celery or "flower" not in argv:
         return None
     address = environ.get("FLOWER_ADDRESS", "")
     for index, arg in enumerate(argv):
@@ -86,7 +88,8 @@ def refuse_open_flower(argv: list[str], environ: dict) -> str | None:
             address = arg.split("=", 1)[1]
         elif arg == "--address" and index + 1 < len(argv):
             address = argv[index + 1]
-    has_auth = environ.get("FLOWER_BASIC_AUTH") or any(a.startswith("--basic-auth") for a in argv)
+    has_auth = environ.get("FLOWER_BASIC_AUTH") or any(
+        a.startswith(("--basic-auth", "--basic_auth")) for a in argv)
     if address in ("127.0.0.1", "localhost", "::1") or has_auth:
         return None
     return (f"Flower would listen on {address or 'all interfaces'} without authentication: set "

@@ -75,11 +75,11 @@ def db_current() -> None:
 
 def _register_subcommands() -> None:
     from bday import cli_ops
-    from bday.cli_services import fake_email_service
+    from bday.cli_services import demo, fake_email_service
     from bday.cli_users import users
 
     for command in (users, fake_email_service, cli_ops.status, cli_ops.health, cli_ops.replay,
-                    cli_ops.dlq, cli_ops.metrics):
+                    cli_ops.dlq, cli_ops.metrics, demo):
         main.add_command(command)
 
 

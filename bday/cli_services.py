@@ -26,3 +26,19 @@ def fake_email_service(host, port, failure_rate, timeout_rate, latency_ms, down)
 
     fake_email.run(host, port, failure_rate=failure_rate, timeout_rate=timeout_rate,
                    latency_ms=latency_ms, down=down)
+
+
+@click.command("demo")
+@click.option("--failure-rate", type=click.FloatRange(0, 0.9), default=0.2, show_default=True,
+              help="Share of email-service calls that fail at random (and are retried).")
+@click.option("--latency-ms", type=click.FloatRange(0), default=60, show_default=True)
+@click.option("--timeout", "timeout_s", type=click.FloatRange(30), default=300, show_default=True,
+              help="Give up after this many seconds.")
+@click.option("--keep", is_flag=True, help="Keep the sandbox database and vhost afterwards.")
+def demo(failure_rate, latency_ms, timeout_s, keep) -> None:
+    """Watch greetings being delivered live, in a sandbox database and vhost of its own."""
+    import sys
+
+    from bday import demo as demo_module
+
+    sys.exit(demo_module.run(failure_rate, latency_ms, timeout_s, keep))

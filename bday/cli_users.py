@@ -78,12 +78,13 @@ def list_(limit: int | None) -> None:
 def import_(path: Path) -> None:
     """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
     [,anniversary]). Valid rows are kept; bad rows are listed with their line numbers."""
+    from bday.cli import Failure
     from bday.importer import ImportFileError, import_rows, read_rows
 
     try:
         rows, total = read_rows(path)
     except ImportFileError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise Failure(str(exc)) from None
     with click.progressbar(length=total, label=f"importing {total} row(s)", file=sys.stderr) as bar:
         result = import_rows(rows, progress=bar.update)
     click.echo(f"imported {result.imported} of {total} row(s); {len(result.errors)} refused")

@@ -14,7 +14,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bday.occasions import is_known_zone
@@ -124,6 +124,14 @@ class Settings(BaseSettings):
             raise ValueError("unknown IANA time zone")
         return value
 
+    @model_validator(mode="after")
+    def _max_delay_covers_first_delay(self):
+        if self.queue_retry_max_delay_ms < self.queue_retry_delay_ms:
+            raise ValueError(
+                f"QUEUE_RETRY_MAX_DELAY ({self.queue_retry_max_delay_ms}) must not be below "
+                f"QUEUE_RETRY_DELAY ({self.queue_retry_delay_ms})")
+        return self
+
     @property
     def email_service_timeout_s(self) -> float:
         return self.email_service_timeout_ms / 1000
@@ -151,11 +159,12 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
 
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
-    name = str(first["loc"][0]) if first["loc"] else "settings"
-    shown = first.get("input")
     problem = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across settings: the message names them
+        return f"invalid settings: {problem}"
+    shown = first.get("input")
     value = f"={shown!r}" if isinstance(shown, str | int) else ""
-    return f"invalid setting {name}{value}: {problem}"
+    return f"invalid setting {first['loc'][0]}{value}: {problem}"
 
 
 def load_settings(**overrides) -> Settings:

@@ -51,7 +51,13 @@ def read_rows(path: Path) -> tuple[list[tuple[int, dict]], int]:
                     f"{path}: header must name {', '.join(REQUIRED)} [and anniversary]; "
                     + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"))
             reader.fieldnames = header
-            rows = [(reader.line_num, row) for row in reader]
+            rows = []
+            while True:
+                first_line = reader.line_num + 1  # a quoted field may span lines: report the first
+                row = next(reader, None)
+                if row is None:
+                    break
+                rows.append((first_line, row))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImportFileError(f"{path}: cannot read ({exc})") from None
     return rows, len(rows)

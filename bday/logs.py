@@ -12,7 +12,9 @@ import os
 import re
 from datetime import UTC, datetime
 
-EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+# RFC 5322 atext (plus dots) in the local part, so o'brien@ or a!b@ are caught too.
+_LOCAL = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]"
+EMAIL = re.compile(rf"({_LOCAL}){_LOCAL}*@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{{2,}})")
 
 
 def mask_emails(text: str) -> str:
@@ -21,12 +23,17 @@ def mask_emails(text: str) -> str:
 
 
 class MaskEmails(logging.Filter):
+    """Mask addresses in INFO-and-above records: the message and any exception text."""
+
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.INFO:
             message = record.getMessage()
             masked = mask_emails(message)
             if masked != message:
                 record.msg, record.args = masked, None
+            if record.exc_info and not record.exc_text:
+                # Formatters reuse exc_text when set, so the traceback is printed masked.
+                record.exc_text = mask_emails(logging.Formatter().formatException(record.exc_info))
         return True
 
 
@@ -35,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         entry = {"time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
                  "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
+            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
 
 

@@ -74,3 +74,10 @@ def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, name, value, h
     assert "\n" not in message
     assert message.startswith(f"invalid setting {name}=")
     assert hint in message
+
+
+def test_a_retry_cap_below_the_first_delay_is_refused_naming_both(monkeypatch):
+    monkeypatch.setenv("QUEUE_RETRY_DELAY", "5000")
+    monkeypatch.setenv("QUEUE_RETRY_MAX_DELAY", "1000")
+    with pytest.raises(SettingsError, match="QUEUE_RETRY_MAX_DELAY .* QUEUE_RETRY_DELAY"):
+        load_settings()

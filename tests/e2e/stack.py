@@ -8,13 +8,7 @@ record directly). Everything is stopped, and every queue purged, when the test e
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,26 +17,18 @@ from pathlib import Path
 from kombu import Connection
 from sqlalchemy import text
 
-from bday import db
+from bday import db, sandbox
+from bday.sandbox import Process
 from bday.broker import topology
 from bday.config import get_settings
 from bday.fake_email import Behaviour, FakeEmailService, serve
-
-CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 class FakeEmail:
     """The fake email service on a loopback port, served from a background thread."""
 
     def __init__(self, **behaviour):
         self.service = FakeEmailService(Behaviour(**behaviour))
-        self.port = free_port()
+        self.port = sandbox.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         ready = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -78,80 +64,43 @@ class FakeEmail:
 
 
 @dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def signal(self, sig: int) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    def stop(self, timeout: float = 30) -> int:
-        self.signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            return self.popen.wait(10)
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.popen.wait(10)
-
-
-@dataclass
 class Stack:
     workdir: Path
     fake: FakeEmail
     env: dict = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
 
-    def _spawn(self, name: str, args: list[str], extra_env: dict | None) -> Process:
-        log = self.workdir / f"{name}-{len(self.processes)}.log"
-        env = {**os.environ, **self.env, **(extra_env or {})}
-        popen = subprocess.Popen(args, env=env, cwd=self.workdir, stdout=log.open("w"),
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-        process = Process(name, popen, log)
-        self.processes.append(process)
-        return process
+    def _env(self, extra_env: dict | None) -> dict:
+        return {**self.env, **(extra_env or {})}
 
     def start_worker(self, name: str = "w1", concurrency: int = 8, extra_env: dict | None = None,
                      wait: bool = True) -> Process:
-        process = self._spawn(name, [CELERY, "-A", "bday", "worker", "-n", f"{name}@%h",
-                                     "-c", str(concurrency), "-l", "info", "--without-mingle",
-                                     "--without-gossip"], extra_env)
+        name = f"{name}-{len(self.processes)}"
+        process = sandbox.spawn_worker(name, self._env(extra_env), self.workdir, concurrency)
+        self.processes.append(process)
         if wait:
-            wait_until(lambda: " ready." in process.output() or process.popen.poll() is not None, 60,
-                       f"worker {name} ready")
-            assert process.popen.poll() is None, process.output()
+            sandbox.wait_ready(process, " ready.")
         return process
 
     def start_beat(self, extra_env: dict | None = None) -> Process:
-        process = self._spawn("beat", [CELERY, "-A", "bday", "beat", "-l", "info"], extra_env)
-        wait_until(lambda: "beat: Starting" in process.output() or process.popen.poll() is not None,
-                   60, "beat started")
+        process = sandbox.spawn_beat(self._env(extra_env), self.workdir, f"beat-{len(self.processes)}")
+        self.processes.append(process)
+        sandbox.wait_ready(process, "beat: Starting")
         return process
 
     def stop(self) -> None:
         for process in self.processes:
-            if process.popen.poll() is None:
+            if process.alive():
                 process.stop()
         self.fake.stop()
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition",
                interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    try:
+        return sandbox.wait_for(predicate, timeout, what, interval)
+    except TimeoutError as exc:
+        raise AssertionError(str(exc)) from None
 
 
 def statuses() -> Counter:
