@@ -66,7 +66,8 @@ STATE_METRICS = {
     "bday_oldest_overdue_seconds": "Age of the oldest unfinished message past its send instant",
     "bday_heartbeat_timestamp_seconds": "Last run of beat and of each periodic job (Unix time)",
     "bday_breaker_open_seconds": "How long the email-service breaker has been open (0 when closed)",
-    "bday_exporter_errors": "1 when the last scrape could not read a source",
+    "bday_breaker_state": "Email-service breaker state (1 for the current state)",
+    "bday_exporter_errors": "Sources (database, broker) the last scrape could not read",
 }
 
 
@@ -105,7 +106,7 @@ class StateCollector:
 
 
 def _state_families():
-    labels = {"bday_messages": ["status"], "bday_heartbeat_timestamp_seconds": ["job"]}
+    labels = {"bday_messages": ["status"], "bday_heartbeat_timestamp_seconds": ["name"],
+              "bday_breaker_state": ["state"]}
     for name, doc in STATE_METRICS.items():
         yield name, doc, labels.get(name, [])
-    yield "bday_breaker_state", "Email-service breaker state (1 for the current state)", ["state"]
