@@ -32,7 +32,7 @@ from sqlalchemy import text
 
 from bday import metrics
 from bday.config import Settings
-from bday.db import transaction
+from bday.db import autocommit
 from bday.sender import TransientSendError
 
 NAME = "email-service"
@@ -136,14 +136,16 @@ class Breaker:
     # --- reading ----------------------------------------------------------------------------
 
     def snapshot(self, *, fresh: bool = False) -> Snapshot:
+        """The shared row, re-read when older than CACHE_TTL_S (no lock held during I/O)."""
+        cached, read_at = self._snapshot, self._read_at
+        if not fresh and cached is not None and time.monotonic() - read_at <= CACHE_TTL_S:
+            return cached
+        with autocommit() as connection:
+            if cached is None:
+                connection.execute(_ENSURE, {"name": self.name})
+            row = connection.execute(_SELECT, {"name": self.name}).one()
         with self._lock:
-            if fresh or self._snapshot is None or time.monotonic() - self._read_at > CACHE_TTL_S:
-                with transaction() as session:
-                    if self._snapshot is None:
-                        session.execute(_ENSURE, {"name": self.name})
-                    row = session.execute(_SELECT, {"name": self.name}).one()
-                self._snapshot = Snapshot(*row)
-                self._read_at = time.monotonic()
+            self._snapshot, self._read_at = Snapshot(*row), time.monotonic()
             return self._snapshot
 
     def _forget(self) -> None:
@@ -189,8 +191,8 @@ class Breaker:
 
     def _take_probe(self, now: datetime) -> Permit | None:
         token = uuid.uuid4()
-        with transaction() as session:
-            won = session.execute(_TAKE_PROBE, {
+        with autocommit() as connection:
+            won = connection.execute(_TAKE_PROBE, {
                 "name": self.name, "token": token, "now": now,
                 "probe_until": now + timedelta(seconds=self.settings.send_lease_s),
                 "cold_before": now - timedelta(seconds=self.settings.breaker_idle_s),
@@ -206,8 +208,8 @@ class Breaker:
     def release(self, permit: Permit, now: datetime) -> None:
         """The permit was not used to call the service; let someone else probe."""
         if permit.is_probe:
-            with transaction() as session:
-                session.execute(_GIVE_BACK, {"name": self.name, "token": permit.probe_token, "now": now})
+            with autocommit() as connection:
+                connection.execute(_GIVE_BACK, {"name": self.name, "token": permit.probe_token, "now": now})
             self._forget()
 
     def record_success(self, permit: Permit, now: datetime) -> None:
@@ -222,8 +224,8 @@ class Breaker:
             return
         if time.monotonic() - self._success_written_at > SUCCESS_WRITE_EVERY_S:
             self._success_written_at = time.monotonic()
-            with transaction() as session:
-                session.execute(_SUCCESS, {"name": self.name, "now": now})
+            with autocommit() as connection:
+                connection.execute(_SUCCESS, {"name": self.name, "now": now})
             with self._lock:
                 if self._snapshot is not None:
                     self._snapshot = replace(self._snapshot, last_success_at=now)
@@ -243,8 +245,8 @@ class Breaker:
                 metrics.record_breaker_transition("open")
 
     def _write(self, statement, now: datetime, **params) -> int:
-        with transaction() as session:
-            changed = session.execute(statement, {"name": self.name, "now": now, **params}).rowcount
+        with autocommit() as connection:
+            changed = connection.execute(statement, {"name": self.name, "now": now, **params}).rowcount
         self._forget()
         return changed
 

@@ -79,7 +79,7 @@ def _register_subcommands() -> None:
     from bday.cli_users import users
 
     for command in (users, fake_email_service, cli_ops.status, cli_ops.health, cli_ops.replay,
-                    cli_ops.dlq, cli_ops.metrics, demo):
+                    cli_ops.dlq, cli_ops.metrics, cli_ops.bench, demo):
         main.add_command(command)
 
 

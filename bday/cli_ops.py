@@ -164,3 +164,22 @@ def metrics(port, address) -> None:
     click.echo(f"bday metrics on http://{address}:{port}/metrics")
     while True:
         time.sleep(3600)
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="Small counts (a minute or two): for CI and smoke checks.")
+@click.option("--concurrency", type=click.IntRange(1, 1000), default=64, show_default=True)
+@click.option("--pool", type=click.Choice(["threads", "prefork", "solo"]), default="threads", show_default=True)
+@click.option("--processes", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Worker processes (each with the pool and concurrency above).")
+@click.option("--repeat", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Run ceiling and delivery this many times and report medians.")
+@click.option("--only", multiple=True, type=click.Choice(["delivery", "burst", "planning", "memory"]),
+              help="Run only these figures (the ceiling always runs).")
+def bench(quick, concurrency, pool, processes, repeat, only) -> None:
+    """Measure capacity on this machine, each figure beside a baseline from the same run."""
+    from bday import bench as benchmark
+
+    rows = benchmark.run(quick=quick, concurrency=concurrency, pool=pool, repeat=repeat, only=only,
+                         processes=processes)
+    click.echo(benchmark.table(rows))

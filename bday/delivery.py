@@ -14,12 +14,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
 
 from bday import metrics, retries
 from bday.breaker import Breaker, Permit
 from bday.config import Settings, get_settings
-from bday.db import transaction
+from bday.db import fast_autocommit
 from bday.models import FailureReason
 from bday.occasions import message_text
 from bday.sender import EmailSender, PermanentSendError, Receipt, TransientSendError
@@ -58,51 +57,51 @@ class Claimed:
         return self.send_deadline or self.scheduled_send_time + timedelta(hours=settings.catch_up_hours)
 
 
-_CLAIM = text(
+_CLAIM = (
     """
     UPDATE messages m
-       SET status = 'SENDING', lease_expires_at = :lease_until, attempts = m.attempts + 1,
-           updated_at = :now
+       SET status = 'SENDING', lease_expires_at = %(lease_until)s, attempts = m.attempts + 1,
+           updated_at = %(now)s
       FROM users u
-     WHERE m.id = :id AND u.id = m.user_id
+     WHERE m.id = %(id)s AND u.id = m.user_id
        AND (m.status IN ('PENDING', 'QUEUED')
-            OR (m.status = 'SENDING' AND m.lease_expires_at < :now))
-       AND (CAST(:token AS uuid) IS NULL OR m.dispatch_token IS NULL
-            OR m.dispatch_token = CAST(:token AS uuid))
-       AND m.scheduled_send_time <= :now
+            OR (m.status = 'SENDING' AND m.lease_expires_at < %(now)s))
+       AND (CAST(%(token)s AS uuid) IS NULL OR m.dispatch_token IS NULL
+            OR m.dispatch_token = CAST(%(token)s AS uuid))
+       AND m.scheduled_send_time <= %(now)s
     RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
               u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
     """
 )
 
 _FINISH = {
-    "sent": text(
-        """UPDATE messages SET status = 'SENT', sent_at = :now, updated_at = :now,
-                  lease_expires_at = NULL, provider_status = :status,
-                  provider_response = :response, sent_via = :via
-            WHERE id = :id AND status = 'SENDING'"""
+    "sent": (
+        """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
+                  lease_expires_at = NULL, provider_status = %(status)s,
+                  provider_response = %(response)s, sent_via = %(via)s
+            WHERE id = %(id)s AND status = 'SENDING'"""
     ),
-    "retry": text(
+    "retry": (
         """UPDATE messages SET status = 'QUEUED', retry_count = retry_count + 1,
-                  last_error = :error, provider_status = :status, updated_at = :now,
-                  next_attempt_at = :next_at, lease_expires_at = NULL
-            WHERE id = :id AND status = 'SENDING'"""
+                  last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,
+                  next_attempt_at = %(next_at)s, lease_expires_at = NULL
+            WHERE id = %(id)s AND status = 'SENDING'"""
     ),
-    "failed": text(
-        """UPDATE messages SET status = 'FAILED', failed_at = :now, updated_at = :now,
-                  failure_reason = :reason, last_error = :error, provider_status = :status,
+    "failed": (
+        """UPDATE messages SET status = 'FAILED', failed_at = %(now)s, updated_at = %(now)s,
+                  failure_reason = %(reason)s, last_error = %(error)s, provider_status = %(status)s,
                   lease_expires_at = NULL
-            WHERE id = :id AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
+            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
     ),
-    "cancelled": text(
-        """UPDATE messages SET status = 'CANCELLED', cancelled_at = :now, updated_at = :now,
+    "cancelled": (
+        """UPDATE messages SET status = 'CANCELLED', cancelled_at = %(now)s, updated_at = %(now)s,
                   lease_expires_at = NULL
-            WHERE id = :id AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
+            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
     ),
-    "deferred": text(
-        """UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = :next_at,
-                  updated_at = :now
-            WHERE id = :id AND status IN ('PENDING', 'QUEUED')"""
+    "deferred": (
+        """UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
+                  updated_at = %(now)s
+            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED')"""
     ),
 }
 
@@ -110,8 +109,8 @@ _FINISH = {
 def _finish(kind: str, message_id: uuid.UUID, now: datetime, **values) -> int:
     params = {"id": message_id, "now": now, "status": None, "error": None, "reason": None,
               "response": None, "next_at": None, "via": "queue", **values}
-    with transaction() as session:
-        return session.execute(_FINISH[kind], params).rowcount
+    with fast_autocommit() as connection:
+        return connection.execute(_FINISH[kind], params, prepare=True).rowcount
 
 
 def deliver(message_id: str, token: str | None, *, sender: EmailSender, breaker: Breaker,
@@ -139,11 +138,11 @@ def deliver(message_id: str, token: str | None, *, sender: EmailSender, breaker:
 
 
 def _claim(row_id, token_id, now, settings) -> Claimed | None:
-    with transaction() as session:
-        row = session.execute(_CLAIM, {
+    with fast_autocommit() as connection:
+        row = connection.execute(_CLAIM, {
             "id": row_id, "token": token_id, "now": now,
             "lease_until": now + timedelta(seconds=settings.send_lease_s),
-        }).first()
+        }, prepare=True).fetchone()
     return Claimed(*row) if row else None
 
 
@@ -217,15 +216,15 @@ def _defer_for_breaker(row_id: uuid.UUID, permit: Permit, now: datetime) -> Outc
     return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
 
 
-_STATE = text(
+_STATE = (
     """SELECT status, dispatch_token, scheduled_send_time, lease_expires_at
-         FROM messages WHERE id = :id"""
+         FROM messages WHERE id = %(id)s"""
 )
 
 
 def _why_not_claimed(row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime) -> Outcome:
-    with transaction() as session:
-        row = session.execute(_STATE, {"id": row_id}).first()
+    with fast_autocommit() as connection:
+        row = connection.execute(_STATE, {"id": row_id}, prepare=True).fetchone()
     if row is None:
         return Outcome(Action.DEAD_LETTER, "unknown message id")
     status, current_token, scheduled, lease_until = row

@@ -112,7 +112,8 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
         return []
     failed: list[Job] = []
     try:
-        connection = app.connection_for_write()
+        # Confirms: apply_async returns only once RabbitMQ has taken the job.
+        connection = app.connection_for_write(transport_options={"confirm_publish": True})
         # Bounded: a hook must not hang its caller's request while RabbitMQ is away.
         connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
         broker.ensure_declared(connection)
