@@ -77,7 +77,7 @@ class Bench:
         self.fake_url = f"http://127.0.0.1:{port}"
         self.env = {**self.box.env, "EMAIL_SERVICE_URL": self.fake_url, "WORKER_METRICS_PORT": "0",
                     "QUEUE_CONCURRENCY": str(self.concurrency), "BREAKER_IDLE": "0",
-                    "ENQUEUE_BATCH": "100000"}
+                    }
         os.environ.update(self.env)
         _reload_settings()
         self.fake = sandbox.spawn("fake-email", sandbox.bday_command(

@@ -36,22 +36,30 @@ def _declare_dead_letter_side_and_plan(sender=None, **_):
     """Celery declares the queues it consumes; the DLX and DLQ are declared here. Planning
     runs at once so a worker that comes back after downtime catches up without waiting."""
     from bday import broker
-    from bday.tasks import plan
 
     with app.connection_for_write() as connection:
         broker.declare_all(connection)
-    plan.delay()
+    catch_up()
 
 
 @signals.beat_init.connect
 def _plan_when_beat_starts(sender=None, **_):
     """Catch up at once after downtime instead of waiting for the next hourly plan."""
     from bday import broker
-    from bday.tasks import plan
 
     with app.connection_for_write() as connection:
         broker.declare_all(connection)
-    plan.delay()
+    catch_up()
+
+
+def catch_up() -> None:
+    """Plan, then enqueue (a chain, so in that order): whatever fell due while nothing ran goes
+    out now rather than at the next hourly plan and minute tick."""
+    from celery import chain
+
+    from bday.tasks import enqueue, plan
+
+    chain(plan.si(), enqueue.si()).delay()
 
 
 @signals.after_setup_logger.connect

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
     recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10)
-    enqueue_batch: int = _env("ENQUEUE_BATCH", 20_000, ge=1)
+    enqueue_batch: int = _env("ENQUEUE_BATCH", 1000, ge=1, le=100_000)
     queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1)
     exchange_name: str = _env("RABBITMQ_EXCHANGE", "birthday.messages", min_length=1)
     queue_name: str = _env("RABBITMQ_QUEUE", "birthday.messages.queue", min_length=1)

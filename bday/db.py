@@ -85,8 +85,15 @@ def fast_autocommit() -> Iterator[psycopg.Connection]:
         connection.autocommit = True
         try:
             yield connection
+        except psycopg.OperationalError:
+            # The server went away (restart, network): drop this connection, and the pool's
+            # other ones, which are as stale, instead of handing them to the next task.
+            pooled.invalidate()
+            engine().dispose()
+            raise
         finally:
-            connection.autocommit = False  # the pool's other users expect transactions
+            if not connection.closed:
+                connection.autocommit = False  # the pool's other users expect transactions
     finally:
         pooled.close()
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
+
+import psycopg
+from sqlalchemy.exc import DBAPIError
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -81,6 +84,13 @@ _FINISH = {
                   provider_response = %(response)s, sent_via = %(via)s
             WHERE id = %(id)s AND status = 'SENDING'"""
     ),
+    # After a database outage: the row may be SENDING still, or taken back by recovery.
+    "sent_late": (
+        """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
+                  lease_expires_at = NULL, provider_status = %(status)s,
+                  provider_response = %(response)s, sent_via = %(via)s
+            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
+    ),
     "retry": (
         """UPDATE messages SET status = 'QUEUED', retry_count = retry_count + 1,
                   last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,
@@ -97,6 +107,13 @@ _FINISH = {
         """UPDATE messages SET status = 'CANCELLED', cancelled_at = %(now)s, updated_at = %(now)s,
                   lease_expires_at = NULL
             WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
+    ),
+    # A failed probe: back to QUEUED without spending a retry (deferrals count instead).
+    "probe_failed": (
+        """UPDATE messages SET status = 'QUEUED', deferrals = deferrals + 1,
+                  last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,
+                  next_attempt_at = %(next_at)s, lease_expires_at = NULL
+            WHERE id = %(id)s AND status = 'SENDING'"""
     ),
     "deferred": (
         """UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
@@ -166,6 +183,8 @@ def _attempt(claimed: Claimed, permit: Permit, sender: EmailSender, breaker: Bre
         )
     except TransientSendError as exc:
         breaker.record_failure(permit, datetime.now(UTC), exc)
+        if permit.is_probe:  # the service is still down: that is the outage, not this message
+            return _after_failed_probe(claimed, exc, breaker)
         return _after_transient(claimed, exc, settings)
     except PermanentSendError as exc:
         breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
@@ -174,9 +193,33 @@ def _attempt(claimed: Claimed, permit: Permit, sender: EmailSender, breaker: Bre
     return _after_sent(claimed, receipt, via)
 
 
+class UnrecordedDelivery(Exception):
+    """The email service accepted the message but recording SENT failed (database away).
+
+    `delivered` is what `record_delivered` needs later: the task carries it into its retry so
+    the retry writes SENT instead of sending a second time.
+    """
+
+    def __init__(self, delivered: dict):
+        super().__init__(f"message {delivered['id']} sent, not yet recorded")
+        self.delivered = delivered
+
+
+def record_delivered(delivered: dict) -> Outcome:
+    """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery)."""
+    _finish("sent_late", uuid.UUID(delivered["id"]), datetime.fromisoformat(delivered["at"]),
+            status=delivered["status"], response=delivered["response"], via=delivered["via"])
+    log.info("message %s sent (recorded after a database outage)", delivered["id"])
+    return Outcome(Action.DONE, "sent")
+
+
 def _after_sent(claimed: Claimed, receipt: Receipt, via: str) -> Outcome:
     done = datetime.now(UTC)
-    _finish("sent", claimed.id, done, status=receipt.status, response=receipt.body, via=via)
+    try:
+        _finish("sent", claimed.id, done, status=receipt.status, response=receipt.body, via=via)
+    except (psycopg.Error, DBAPIError) as exc:
+        raise UnrecordedDelivery({"id": str(claimed.id), "at": done.isoformat(),
+                                  "status": receipt.status, "response": receipt.body, "via": via}) from exc
     metrics.record_sent(claimed.message_type, (done - claimed.scheduled_send_time).total_seconds())
     log.info("message %s sent (%s, %.0f ms)", claimed.id, claimed.message_type,
              receipt.elapsed_s * 1000)
@@ -198,6 +241,17 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
     log.info("message %s: transient failure (%s), retry %d in %.1f s", claimed.id, exc,
              claimed.retry_count + 1, delay_s)
     return Outcome(Action.RETRY, str(exc), delay_s)
+
+
+def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Breaker) -> Outcome:
+    now = datetime.now(UTC)
+    snapshot = breaker.snapshot(fresh=True)
+    wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
+    _finish("probe_failed", claimed.id, now, error=str(exc), status=exc.status,
+            next_at=now + timedelta(seconds=wait_s))
+    metrics.record_deferred()
+    log.info("message %s: probe failed (%s), breaker open for %.0f s", claimed.id, exc, wait_s)
+    return Outcome(Action.DEFER, f"probe failed: {exc}", wait_s)
 
 
 def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:

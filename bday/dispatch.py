@@ -1,11 +1,11 @@
 """Dispatch: turn owed rows into jobs on the broker, and take them back if publishing fails.
 
-A row is claimed (PENDING -> QUEUED, with a fresh `dispatch_token`) and committed *before* its
-job is published, so a worker can never receive a job for a row it cannot see. The job carries
-the token; a job whose token no longer matches its row (it was superseded by a re-publish) is a
-no-op, so re-publishing is always safe. If publishing fails the claim is undone (QUEUED ->
-PENDING for that token) and the next enqueue run tries again; if the process dies between
-commit and publish, recovery finds the QUEUED row whose job never ran and re-publishes it.
+A row is claimed (PENDING -> QUEUED, with a fresh `dispatch_token`) and its job carries the
+token; a job whose token no longer matches its row (it was superseded by a re-publish) is a
+no-op, so re-publishing is always safe. The minute enqueue publishes inside the claiming
+transaction (see `jobs.enqueue_job`); hooks and recovery claim, commit, then publish, and undo
+the claim if publishing fails (QUEUED -> PENDING for that token). A process that dies between
+their commit and publish leaves a QUEUED row without a job, which recovery re-publishes.
 """
 
 from __future__ import annotations

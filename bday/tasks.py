@@ -10,6 +10,7 @@ import functools
 import logging
 import time
 
+import psycopg
 from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
@@ -17,7 +18,7 @@ from bday import jobs
 from bday.breaker import Breaker
 from bday.celery_app import app
 from bday.config import get_settings
-from bday.delivery import Action, deliver
+from bday.delivery import Action, UnrecordedDelivery, deliver, record_delivered
 from bday.sender import get_sender
 
 log = logging.getLogger(__name__)
@@ -32,26 +33,37 @@ def get_breaker() -> Breaker:
 
 
 @app.task(bind=True, name="bday.tasks.send_message", max_retries=None, acks_late=True)
-def send_message(self, message_id: str, token: str | None = None) -> str:
+def send_message(self, message_id: str, token: str | None = None, delivered: dict | None = None) -> str:
     """Deliver one greeting. Retries and deferrals go back through the broker (one retry
     layer, Celery's); permanent failures, exhausted retries, expired and unknown messages are
-    rejected so RabbitMQ dead-letters them."""
+    rejected so RabbitMQ dead-letters them. `delivered` is internal: a retry that only has to
+    record a send the service already accepted."""
     try:
+        if delivered is not None:
+            return record_delivered(delivered).reason
         outcome = deliver(message_id, token, sender=get_sender(), breaker=get_breaker())
         if outcome.action is Action.DEFER and outcome.delay_s < 1:
             # RabbitMQ's delayed delivery counts whole seconds; a sub-second wait is cheaper here.
             time.sleep(outcome.delay_s)
             outcome = deliver(message_id, token, sender=get_sender(), breaker=get_breaker())
-    except DBAPIError as exc:  # PostgreSQL unreachable or restarting: nothing was decided
-        countdown = min(DB_RETRY_MAX_S, 2 ** min(self.request.retries, 6))
+    except UnrecordedDelivery as exc:  # sent, but PostgreSQL went away before we wrote SENT
+        log.warning("message %s: sent, recording deferred (database unavailable)", message_id)
+        raise self.retry(kwargs={"token": token, "delivered": exc.delivered},
+                         countdown=_db_backoff(self.request.retries)) from None
+    except (DBAPIError, psycopg.Error) as exc:  # PostgreSQL away or restarting
+        countdown = _db_backoff(self.request.retries)
         log.warning("message %s: database unavailable (%s), again in %d s", message_id,
-                    type(exc.orig).__name__ if exc.orig else exc, countdown)
+                    type(getattr(exc, "orig", None) or exc).__name__, countdown)
         raise self.retry(countdown=countdown) from None
     if outcome.action is Action.DEAD_LETTER:
         raise Reject(outcome.reason, requeue=False)
     if outcome.action in (Action.RETRY, Action.DEFER):
         raise self.retry(countdown=max(1, round(outcome.delay_s)))
     return outcome.reason
+
+
+def _db_backoff(retries: int) -> int:
+    return min(DB_RETRY_MAX_S, 2 ** min(retries, 6))
 
 
 @app.task(name="bday.tasks.plan", acks_on_failure=True)

@@ -26,6 +26,11 @@ RUN_ID = uuid.uuid4().hex[:10]
 NAME = f"bday_test_{RUN_ID}"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", default=False,
+                     help="chaos suite at full size (2,000 messages, 10 kills, 5-minute outage...)")
+
+
 def pytest_configure(config):
     # Decided before anything imports the Celery configuration (pytest's plugin scan can load
     # it early): every connection this run makes goes to its own database and vhost, and no

@@ -218,3 +218,24 @@ def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settin
     stored = row(message_id)
     assert (stored["status"], stored["retry_count"], stored["deferrals"], stored["attempts"]) == ("QUEUED", 1, 1, 0)
     assert route.call_count == 0
+
+
+@respx.mock
+def test_a_failed_probe_defers_the_message_without_spending_a_retry(sender, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(503))
+    breaker = Breaker(load_settings(EMAIL_SERVICE_URL=URL, BREAKER_IDLE=30, BREAKER_COOLDOWN=5))
+    message_id = ada()
+    outcome = go(message_id, sender, breaker, settings)  # cold breaker: this send is the probe
+    assert outcome.action is Action.DEFER and outcome.delay_s >= 1
+    stored = row(message_id)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == ("QUEUED", 0, 1)
+
+
+def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it():
+    from bday.delivery import record_delivered
+
+    message_id = ada(status="QUEUED")
+    record_delivered({"id": str(message_id), "at": NOW.isoformat(), "status": 200,
+                      "response": "ok", "via": "queue"})
+    stored = row(message_id)
+    assert (stored["status"], stored["sent_at"], stored["provider_status"]) == ("SENT", NOW, 200)

@@ -1,0 +1,53 @@
+"""The chaos suite: real processes broken on purpose. `--long` runs the full sizes.
+
+Every scenario runs on this run's database and vhost with real workers, beat, RabbitMQ,
+PostgreSQL and the fake email service, and checks two things at the end: the final state of
+every row, and how often the email service saw each Idempotency-Key succeed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import stack  # noqa: F401 - the fixture, shared with the e2e tests
+
+RESULTS = Path(__file__).resolve().parents[2] / ".chaos-results.json"
+
+
+@dataclass(frozen=True)
+class Scale:
+    long: bool
+
+    def pick(self, ci, full):
+        return full if self.long else ci
+
+
+@pytest.fixture
+def scale(request) -> Scale:
+    return Scale(request.config.getoption("--long"))
+
+
+@pytest.fixture
+def report(request):
+    """Record a scenario's figures (printed at the end; written to .chaos-results.json)."""
+    figures: dict = {}
+    yield figures
+    if figures:
+        _store(request.node.name, figures)
+
+
+def _store(name: str, figures: dict) -> None:
+    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    existing[name] = figures
+    RESULTS.write_text(json.dumps(existing, indent=2, sort_keys=True))
+
+
+def sends_summary(per_key: Counter, total: int) -> dict:
+    """Figures every scenario reports: delivered keys, lost ones, keys sent more than once."""
+    return {"messages": total, "delivered": len(per_key), "lost": total - len(per_key),
+            "second_sends": sum(count - 1 for count in per_key.values() if count > 1)}
