@@ -438,7 +438,8 @@ def test_every_celery_command_uses_the_bday_app_and_a_real_subcommand() -> None:
 def test_procfile_runs_every_process_and_says_to_migrate_first() -> None:
     processes = procfile_processes()
     assert set(processes) == {"worker", "beat", "flower", "metrics", "celery_exporter"}
-    assert simple_commands(processes["worker"]) == [["celery", "-A", "bday", "worker", "--loglevel=INFO"]]
+    assert simple_commands(processes["worker"]) == [
+        ["celery", "-A", "bday", "worker", "--loglevel=INFO", "--concurrency=${QUEUE_CONCURRENCY:-64}"]]
     assert simple_commands(processes["beat"]) == [["celery", "-A", "bday", "beat", "--loglevel=INFO"]]
     flower = simple_commands(processes["flower"])[0]
     assert flower[:4] == ["celery", "-A", "bday", "flower"] and "--address=127.0.0.1" in flower
