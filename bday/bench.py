@@ -133,12 +133,12 @@ class Bench:
         worker.stop()
         return count / elapsed
 
-    def delivery(self, count: int, latency_ms: float) -> tuple[float, float]:
+    def delivery(self, count: int, latency_ms: float, failure_rate: float = 0.0) -> tuple[float, float]:
         """(messages/s, enqueue seconds) for `count` due messages at `latency_ms`."""
         from bday import jobs
 
         self.reset()
-        self.control(latency_ms=latency_ms, failure_rate=0, down=False)
+        self.control(latency_ms=latency_ms, failure_rate=failure_rate, down=False)
         insert_due(count, datetime.now(UTC) - timedelta(seconds=1))
         started = time.perf_counter()
         assert jobs.enqueue_job()["published"] == count
@@ -315,7 +315,7 @@ def run(quick: bool = False, concurrency: int = 64, pool: str = "threads", repea
     sizes = Sizes.quick() if quick else Sizes.full()
     bench = Bench(sizes, concurrency, pool, processes)
     bench.setup()
-    wanted = set(only) or {"delivery", "burst", "planning", "memory"}
+    wanted = set(only) or {"delivery", "burst", "planning", "memory", "breaker"}
     try:
         ceilings = [bench.ceiling(sizes.delivery) for _ in range(repeat)]
         ceiling = statistics.median(ceilings)
@@ -339,6 +339,8 @@ def run(quick: bool = False, concurrency: int = 64, pool: str = "threads", repea
                                   f"{small_rows} rows planned"))
             bench.rows.append(Row(f"planning: {large:,} users", f"{large_s:.2f} s",
                                   f"x{large_s / small_s:.2f} of {small:,}", f"{large_rows} rows planned"))
+        if "breaker" in wanted:
+            _breaker_rows(bench, repeat)
         if "memory" in wanted:
             first, second = sizes.memory
             rss_first, rss_second = bench.memory(first, second)
@@ -361,6 +363,24 @@ def _delivery_rows(bench: Bench, ceiling: float, repeat: int) -> None:
             enqueue_s = statistics.median(r[1] for r in results)
             bench.rows.append(Row(f"enqueue: {count:,} due rows claimed + published", f"{enqueue_s:.2f} s",
                                   f"{count / enqueue_s:.0f} rows/s"))
+
+
+def _breaker_rows(bench: Bench, repeat: int) -> None:
+    """Delivery with 10% random failures, breaker on and off, in alternation (noise is shared)."""
+    count = bench.sizes.delivery
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    trips = 0
+    for _ in range(repeat):
+        for enabled in (True, False):
+            bench.env["BREAKER_ENABLED"] = "true" if enabled else "false"
+            rates[enabled].append(bench.delivery(count, 0, failure_rate=0.10)[0])
+            if enabled:
+                trips += int(_scalar("SELECT coalesce(sum(trips), 0) FROM circuit_breakers"))
+    bench.env.pop("BREAKER_ENABLED")
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    bench.rows.append(Row("10% failures, breaker off", f"{off:.0f} msg/s", "baseline", f"runs {_fmt(rates[False])}"))
+    bench.rows.append(Row("10% failures, breaker on", f"{on:.0f} msg/s", f"x{on / off:.2f}",
+                          f"runs {_fmt(rates[True])}; breaker trips: {trips}"))
 
 
 def _fmt(values: list[float]) -> str:

@@ -174,7 +174,7 @@ def metrics(port, address) -> None:
               help="Worker processes (each with the pool and concurrency above).")
 @click.option("--repeat", type=click.IntRange(1, 9), default=1, show_default=True,
               help="Run ceiling and delivery this many times and report medians.")
-@click.option("--only", multiple=True, type=click.Choice(["delivery", "burst", "planning", "memory"]),
+@click.option("--only", multiple=True, type=click.Choice(["delivery", "burst", "planning", "memory", "breaker"]),
               help="Run only these figures (the ceiling always runs).")
 def bench(quick, concurrency, pool, processes, repeat, only) -> None:
     """Measure capacity on this machine, each figure beside a baseline from the same run."""

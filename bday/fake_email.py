@@ -148,7 +148,8 @@ class FakeEmailService:
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
-            writer.close()
+            if not writer.transport.is_closing():
+                writer.close()
 
 
 async def _read_request(reader: asyncio.StreamReader):

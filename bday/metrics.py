@@ -29,6 +29,24 @@ breaker_transitions = Counter("bday_breaker_transitions_total", "Breaker state c
 BREAKER_STATES = ("closed", "open", "half_open")
 
 
+def _initialise_series() -> None:
+    """Create every label combination at 0, so rate() and increase() see a series from the
+    start (an alert on a series that does not exist yet never fires)."""
+    for kind in ("BIRTHDAY", "ANNIVERSARY"):
+        messages_sent.labels(kind)
+        messages_retried.labels(kind)
+        delivery_lateness.labels(kind)
+        for reason in ("permanent", "retries_exhausted", "expired", "user_gone"):
+            messages_failed.labels(kind, reason)
+    for kind in ("timeout", "connection", "429", "4xx", "5xx", "3xx", "other"):
+        email_errors.labels(kind)
+    for state in ("open", "closed"):
+        breaker_transitions.labels(state)
+
+
+_initialise_series()
+
+
 def record_sent(message_type: str, lateness_s: float) -> None:
     messages_sent.labels(message_type).inc()
     delivery_lateness.labels(message_type).observe(max(0.0, lateness_s))

@@ -44,6 +44,13 @@ class FakeEmail:
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
             pass
+        # Let open connections finish their cancellation here, not in a later garbage collection
+        # after the loop is closed.
+        pending = asyncio.all_tasks(self._loop)
+        for task in pending:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self._loop.close()
 
     def set(self, **changes) -> None:
         self.service.behaviour.update(changes)
