@@ -18,10 +18,15 @@ log = logging.getLogger(__name__)
 class Scheduler(beat.Scheduler):
     def apply_async(self, entry, producer=None, advance=True, **kwargs):
         result = super().apply_async(entry, producer, advance, **kwargs)
-        try:
-            from bday.jobs import heartbeat
-
-            heartbeat("beat", datetime.now(UTC), {"sent": entry.task})
-        except Exception as exc:  # the database may be down; beat must keep ticking
-            log.warning("beat heartbeat not recorded: %s", exc)
+        record_tick(entry.task)
         return result
+
+
+def record_tick(what: str) -> None:
+    """heartbeats['beat'] = now; never raises (the database may be down; beat keeps ticking)."""
+    try:
+        from bday.jobs import heartbeat
+
+        heartbeat("beat", datetime.now(UTC), {"sent": what})
+    except Exception as exc:  # noqa: BLE001
+        log.warning("beat heartbeat not recorded: %s", exc)

@@ -46,10 +46,12 @@ def _declare_dead_letter_side_and_plan(sender=None, **_):
 def _plan_when_beat_starts(sender=None, **_):
     """Catch up at once after downtime instead of waiting for the next hourly plan."""
     from bday import broker
+    from bday.beat import record_tick
 
     with app.connection_for_write() as connection:
         broker.declare_all(connection)
     catch_up()
+    record_tick("started")
 
 
 def catch_up() -> None:

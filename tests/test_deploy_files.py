@@ -450,8 +450,11 @@ def test_procfile_runs_every_process_and_says_to_migrate_first() -> None:
 
 
 def test_procfile_celery_exporter_runs_the_pypi_exporter_against_the_broker() -> None:
-    argvs = simple_commands(procfile_processes()["celery_exporter"])
-    exporter = argvs[-1]
+    assert procfile_processes()["celery_exporter"] == "scripts/celery-exporter"
+    script = (ROOT / "scripts/celery-exporter").read_text(encoding="utf-8").replace("\\\n", " ")
+    argvs = [argv for line in script.splitlines() if not line.lstrip().startswith("#")
+             for argv in simple_commands(line)]
+    exporter = next(argv for argv in argvs if "from src.cli import cli; cli()" in argv)
     assert exporter[1:3] == ["-c", "from src.cli import cli; cli()"], exporter
     assert any(arg.startswith("--broker-url=") and "RABBITMQ_URL" in arg for arg in exporter)
     assert exporter[exporter.index("--port") + 1] == "9808"
