@@ -77,20 +77,15 @@ _CLAIM = (
     """
 )
 
+_MARK_SENT = """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
+                    lease_expires_at = NULL, provider_status = %(status)s,
+                    provider_response = %(response)s, sent_via = %(via)s
+              WHERE id = %(id)s"""
+
 _FINISH = {
-    "sent": (
-        """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
-                  lease_expires_at = NULL, provider_status = %(status)s,
-                  provider_response = %(response)s, sent_via = %(via)s
-            WHERE id = %(id)s AND status = 'SENDING'"""
-    ),
+    "sent": _MARK_SENT + " AND status = 'SENDING'",
     # After a database outage: the row may be SENDING still, or taken back by recovery.
-    "sent_late": (
-        """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
-                  lease_expires_at = NULL, provider_status = %(status)s,
-                  provider_response = %(response)s, sent_via = %(via)s
-            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
-    ),
+    "sent_late": _MARK_SENT + " AND status IN ('PENDING', 'QUEUED', 'SENDING')",
     "retry": (
         """UPDATE messages SET status = 'QUEUED', retry_count = retry_count + 1,
                   last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,

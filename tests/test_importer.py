@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import csv
 import re
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from bday import users
-from bday.cli import run
 from bday.db import transaction
 from bday.importer import ImportFileError, import_rows, read_rows
 from bday.models import User
+from tests.test_cli_users import bday  # the in-process CLI runner
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -27,18 +26,6 @@ ZONES = ["Asia/Tokyo", "Europe/London", "America/New_York", "Australia/Sydney", 
          "Pacific/Chatham", "Pacific/Kiritimati", "Etc/GMT+12", "America/St_Johns", "UTC"]
 TAKEN = "Taken.User@Example.com"
 REPORT_LINE = re.compile(r"^  line (\d+): (\w+): (.+)$")
-
-
-def bday(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console script in-process; (exit code, stdout, stderr). As in test_cli_users."""
-    monkeypatch.setattr(sys, "argv", ["bday", *args])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def good_row(i: int) -> list[str]:

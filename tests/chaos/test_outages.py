@@ -47,6 +47,7 @@ def _breaker_trips() -> int:
         return connection.execute(text("SELECT coalesce(sum(trips), 0) FROM circuit_breakers")).scalar()
 
 
+@pytest.mark.timeout(900)  # --long: a five-minute outage
 def test_greetings_due_at_once_during_an_outage_cost_few_calls_and_drain_fast(stack, scale, report):
     """Issue 7's figure: N greetings due at one instant, the service down for a while from that
     instant, two workers: bounded calls during the outage, none FAILED, a fast drain after."""

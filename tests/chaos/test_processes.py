@@ -75,14 +75,20 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
 
 
-def test_a_rabbitmq_restart_mid_run_loses_and_doubles_nothing(stack, scale, report):
-    count = scale.pick(600, 2000)
+def _start_run(stack, count: int) -> float:
+    """`count` messages due now, one worker, delivery under way (a fifth sent); start time."""
     stack.fake.set(latency_ms=20)
     add_due_messages(count, datetime.now(UTC))
     stack.start_worker(concurrency=16, extra_env=FAST)
     started = time.monotonic()
     jobs.enqueue_job()
     wait_until(lambda: _sent() >= count // 5, 60, "delivery under way")
+    return started
+
+
+def test_a_rabbitmq_restart_mid_run_loses_and_doubles_nothing(stack, scale, report):
+    count = scale.pick(600, 2000)
+    started = _start_run(stack, count)
     _rabbitmqctl("stop_app")
     try:
         time.sleep(5)
@@ -103,12 +109,7 @@ def _restart_postgresql() -> None:
 
 def test_a_postgresql_restart_mid_run_loses_nothing(stack, scale, report):
     count = scale.pick(600, 2000)
-    stack.fake.set(latency_ms=20)
-    add_due_messages(count, datetime.now(UTC))
-    stack.start_worker(concurrency=16, extra_env=FAST)
-    started = time.monotonic()
-    jobs.enqueue_job()
-    wait_until(lambda: _sent() >= count // 5, 60, "delivery under way")
+    started = _start_run(stack, count)
     _restart_postgresql()
     db.reset_engines()
     wait_until(lambda: _sent() == count, 240, "every message sent after the database restart")
