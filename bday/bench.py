@@ -108,8 +108,9 @@ class Bench:
         return Workers(started)
 
     def reset(self) -> None:
-        from bday.db import engine
         from sqlalchemy import text
+
+        from bday.db import engine
 
         with engine().begin() as connection:
             connection.execute(text("TRUNCATE users, messages, heartbeats, circuit_breakers CASCADE"))
@@ -261,8 +262,9 @@ def copy_users(count: int, seed: int = 42) -> None:
 
 
 def _scalar(sql: str):
-    from bday.db import engine
     from sqlalchemy import text
+
+    from bday.db import engine
 
     with engine().connect() as connection:
         return connection.execute(text(sql)).scalar()
@@ -278,8 +280,9 @@ def last_sent() -> float:
 
 
 def lateness_s() -> list[float]:
-    from bday.db import engine
     from sqlalchemy import text
+
+    from bday.db import engine
 
     with engine().connect() as connection:
         return [row[0] for row in connection.execute(text(
@@ -312,6 +315,7 @@ def _reload_settings() -> None:
 
 def run(quick: bool = False, concurrency: int = 64, pool: str = "threads", repeat: int = 1,
         only: tuple[str, ...] = (), processes: int = 1) -> list[Row]:
+    sandbox.exit_cleanly_on_sigterm()
     sizes = Sizes.quick() if quick else Sizes.full()
     bench = Bench(sizes, concurrency, pool, processes)
     bench.setup()

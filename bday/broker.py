@@ -18,9 +18,8 @@ RabbitMQ refuses to re-declare a queue with other arguments; every declaration g
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 from kombu import Connection, Exchange, Queue
 from kombu.transport.native_delayed_delivery import (

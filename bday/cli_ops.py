@@ -82,7 +82,7 @@ def health(checks: tuple[str, ...]) -> None:
 @click.option("--type", "message_type", type=click.Choice([k.value for k in Kind], case_sensitive=False))
 @click.option("--limit", type=click.IntRange(min=1), default=None)
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
-@click.option("--force", is_flag=True, help=f"Also replay messages older than CATCH_UP_HOURS.")
+@click.option("--force", is_flag=True, help="Also replay messages older than CATCH_UP_HOURS.")
 def replay(since, message_type, limit, dry_run, force) -> None:
     """Re-queue FAILED messages (the seed's Step 9), resetting their retry counts."""
     from bday.replay import parse_age, replay_failed

@@ -14,7 +14,13 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bday.occasions import is_known_zone
@@ -109,7 +115,9 @@ class Settings(BaseSettings):
     @field_validator("cron_minute_schedule", "cron_plan_schedule", "cron_recovery_schedule")
     @classmethod
     def _check_cron(cls, value: str) -> str:
-        from celery.schedules import crontab  # local: settings must not need Celery to import
+        from celery.schedules import (
+            crontab,  # local: settings must not need Celery to import
+        )
 
         if len(value.split()) != 5:
             raise ValueError("expected a five-field cron expression such as '*/5 * * * *'")

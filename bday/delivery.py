@@ -11,12 +11,11 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
-
-import psycopg
-from sqlalchemy.exc import DBAPIError
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import psycopg
+from sqlalchemy.exc import DBAPIError
 
 from bday import metrics, retries
 from bday.breaker import Breaker, Permit

@@ -250,6 +250,7 @@ def run(failure_rate: float = 0.2, latency_ms: float = 60, timeout_s: float = 30
     from rich.console import Console
     from rich.live import Live
 
+    sandbox.exit_cleanly_on_sigterm()
     console = Console()
     demo = Demo(failure_rate, latency_ms, timeout_s, keep)
     rows: list = []

@@ -86,7 +86,7 @@ def _replan_and_dispatch(user_id: uuid.UUID) -> int:
 
 
 def _occasion_hook(user_id: uuid.UUID | str, kind: Kind) -> uuid.UUID | None:
-    from bday.users import parse_user_id, UserNotFound
+    from bday.users import UserNotFound, parse_user_id
 
     settings, now = get_settings(), _now()
     user_id = parse_user_id(user_id)

@@ -13,8 +13,8 @@ from datetime import date, datetime
 from sqlalchemy import (
     CheckConstraint,
     Date,
-    Float,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,

@@ -20,8 +20,14 @@ from sqlalchemy.orm import Session
 
 from bday.config import Settings, get_settings
 from bday.models import UNSENT, Message, Status, User, idempotency_key, month_day
-from bday.occasions import Kind, Occasion, occasion_in_year, occasions_between, zone
-from bday.occasions import month_days_near
+from bday.occasions import (
+    Kind,
+    Occasion,
+    month_days_near,
+    occasion_in_year,
+    occasions_between,
+    zone,
+)
 
 _INSERT_BATCH = 5000
 

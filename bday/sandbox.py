@@ -170,3 +170,8 @@ def admin_url_for(database_url: str | None) -> str:
     """The maintenance database (`postgres`) on the server of `database_url`."""
     parts = urlsplit(database_url or "postgresql://postgres@127.0.0.1:5432/bday")
     return urlunsplit(("postgresql", parts.netloc, "/postgres", "", ""))
+
+
+def exit_cleanly_on_sigterm() -> None:
+    """SIGTERM (e.g. from `timeout`) runs the `finally` that drops a sandbox, as Ctrl-C does."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 import unicodedata
 import uuid
-from datetime import UTC, date, datetime
 from contextlib import contextmanager
+from datetime import UTC, date, datetime
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email

@@ -15,9 +15,8 @@ import pytest
 from sqlalchemy import text
 
 from bday import db, migrate
-from bday.config import get_settings
-
 from bday import sandbox as services
+from bday.config import get_settings
 
 ADMIN_URL = os.environ.get("BDAY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:10]

@@ -18,10 +18,11 @@ from kombu import Connection
 from sqlalchemy import text
 
 from bday import db, sandbox
-from bday.sandbox import Process
 from bday.broker import topology
 from bday.config import get_settings
 from bday.fake_email import Behaviour, FakeEmailService, serve
+from bday.sandbox import Process
+
 
 class FakeEmail:
     """The fake email service on a loopback port, served from a background thread."""
