@@ -10,8 +10,10 @@ States (row `circuit_breakers['email-service']`):
 * half_open: exactly one probe is out (`probe_token`). Its success closes the breaker (and the
   deferred backlog is re-published at once, oldest first); its failure reopens it.
 * "cold": closed, but nothing has succeeded for BREAKER_IDLE seconds (start-up, 09:00 after a
-  quiet night). The first send is treated as a probe and the others wait for it briefly, so a
-  burst that meets a dead service costs one call, not one per worker thread.
+  quiet night). Sends go one at a time as probes while the others wait briefly, so a burst that
+  meets a dead service costs BREAKER_FAILURES calls, not one per worker thread. A failed cold
+  probe leaves it closed and cold (`cold_failures` + 1); BREAKER_FAILURES of them in a row open
+  it, so one random failure at start-up does not stop everyone (a false trip).
 
 Every transition is one conditional UPDATE on the row, so two workers can never both take the
 probe or both reopen it. Each process reads the row at most every CACHE_TTL_S while closed.
@@ -84,7 +86,8 @@ _TAKE_PROBE = text(
 _CLOSE = text(
     """UPDATE circuit_breakers
           SET state = 'closed', probe_token = NULL, probe_expires_at = NULL, open_until = NULL,
-              cooldown_s = 0, opened_at = NULL, last_success_at = :now, updated_at = :now
+              cooldown_s = 0, opened_at = NULL, last_success_at = :now, cold_failures = 0,
+              updated_at = :now
         WHERE name = :name AND probe_token = :token"""
 )
 _REOPEN = text(
@@ -92,15 +95,26 @@ _REOPEN = text(
           SET state = 'open', probe_token = NULL, probe_expires_at = NULL,
               cooldown_s = least(:max_s, greatest(:base_s, cooldown_s * 1.5)),
               open_until = :now + make_interval(secs => least(:max_s, greatest(:base_s, cooldown_s * 1.5))),
-              opened_at = coalesce(opened_at, :now), trips = trips + 1,
+              opened_at = coalesce(opened_at, :now), trips = trips + 1, cold_failures = 0,
               last_failure_at = :now, last_error = :error, updated_at = :now
-        WHERE name = :name AND probe_token = :token"""
+        WHERE name = :name AND probe_token = :token
+    RETURNING opened_at = :now"""  # true when the probe came from the cold gate: a new opening
+)
+# A failed cold probe below the threshold: give the gate back, still closed and cold, so the
+# next waiting send probes at once. opened_at IS NULL marks a probe taken from the cold gate.
+_COLD_MISS = text(
+    """UPDATE circuit_breakers
+          SET state = 'closed', probe_token = NULL, probe_expires_at = NULL,
+              cold_failures = cold_failures + 1, last_failure_at = :now, last_error = :error,
+              updated_at = :now
+        WHERE name = :name AND probe_token = :token AND opened_at IS NULL
+          AND cold_failures + 1 < :failures"""
 )
 _TRIP = text(
     """UPDATE circuit_breakers
           SET state = 'open', cooldown_s = :base_s, open_until = :now + make_interval(secs => :base_s),
-              opened_at = :now, trips = trips + 1, last_failure_at = :now, last_error = :error,
-              updated_at = :now
+              opened_at = :now, trips = trips + 1, cold_failures = 0, last_failure_at = :now,
+              last_error = :error, updated_at = :now
         WHERE name = :name AND state = 'closed'"""
 )
 _HOLD_OFF = text(
@@ -112,7 +126,7 @@ _HOLD_OFF = text(
         WHERE name = :name"""
 )
 _SUCCESS = text(
-    """UPDATE circuit_breakers SET last_success_at = :now
+    """UPDATE circuit_breakers SET last_success_at = :now, cold_failures = 0
         WHERE name = :name AND (last_success_at IS NULL OR last_success_at < :now)"""
 )
 _GIVE_BACK = text(
@@ -238,8 +252,17 @@ class Breaker:
         if exc.status == 429 and exc.retry_after_s:
             self._write(_HOLD_OFF, now, error=error, until=now + timedelta(seconds=exc.retry_after_s))
         elif permit.is_probe:
-            self._write(_REOPEN, now, error=error, token=permit.probe_token,
-                        base_s=self.settings.breaker_cooldown_s, max_s=self.settings.breaker_cooldown_max_s)
+            if self._write(_COLD_MISS, now, error=error, token=permit.probe_token,
+                           failures=self.settings.breaker_failures):
+                return  # still cold: the next send probes at once
+            with autocommit() as connection:
+                newly_opened = connection.execute(_REOPEN, {
+                    "name": self.name, "now": now, "error": error, "token": permit.probe_token,
+                    "base_s": self.settings.breaker_cooldown_s,
+                    "max_s": self.settings.breaker_cooldown_max_s}).scalar()
+            self._forget()
+            if newly_opened:  # the cold gate's last allowed failure; a half-open one only reopens
+                metrics.record_breaker_transition("open")
         elif self._tripped(time.monotonic()):
             if self._write(_TRIP, now, error=error, base_s=self.settings.breaker_cooldown_s):
                 metrics.record_breaker_transition("open")

@@ -181,6 +181,7 @@ class CircuitBreaker(Base):
     open_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cooldown_s: Mapped[float] = mapped_column(Float, default=0.0)
     trips: Mapped[int] = mapped_column(Integer, default=0)
+    cold_failures: Mapped[int] = mapped_column(Integer, default=0)  # see breaker.py, "cold"
     probe_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     probe_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_success_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -10,6 +10,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 from bday.breaker import Breaker
@@ -34,6 +35,10 @@ def row() -> dict:
         return dict(connection.execute(text("SELECT * FROM circuit_breakers")).mappings().one())
 
 
+def opened_total() -> float:
+    return REGISTRY.get_sample_value("bday_breaker_transitions_total", {"to": "open"}) or 0.0
+
+
 def warm(breaker: Breaker, now: datetime = T0) -> None:
     """A closed breaker that has just seen a success (not cold)."""
     permit = breaker.permit(now)
@@ -54,6 +59,33 @@ def test_a_successful_probe_closes_it_for_every_process():
     first.record_success(probe, T0)
     assert second.permit(T0 + timedelta(seconds=1)).allowed
     assert row()["state"] == "closed"
+
+
+def test_one_failed_cold_probe_leaves_it_closed_and_the_next_send_probes_at_once():
+    """A random failure on the first send after a quiet spell is not an outage (no false trip)."""
+    first, second = Breaker(settings()), Breaker(settings())
+    probe = first.permit(T0)
+    first.record_failure(probe, T0, DOWN)
+    assert (row()["state"], row()["trips"], row()["cold_failures"]) == ("closed", 0, 1)
+    again = second.permit(T0)
+    assert again.allowed and again.is_probe, "still cold: sends go one at a time"
+    second.record_success(again, T0)
+    assert (row()["state"], row()["cold_failures"]) == ("closed", 0)
+    assert first.permit(T0 + timedelta(seconds=1)).allowed
+
+
+def test_breaker_failures_failed_cold_probes_in_a_row_open_it_once():
+    workers = [Breaker(settings()) for _ in range(3)]
+    opened_before = opened_total()
+    for attempt in range(5):
+        probe = workers[attempt % 3].permit(T0)
+        assert probe.allowed and probe.is_probe, attempt
+        workers[attempt % 3].record_failure(probe, T0, DOWN)
+    state = row()
+    assert (state["state"], state["trips"], state["cold_failures"]) == ("open", 1, 0)
+    assert state["open_until"] == T0 + timedelta(seconds=5)
+    assert opened_total() == opened_before + 1
+    assert not workers[0].permit(T0 + timedelta(seconds=1)).allowed
 
 
 def test_failures_open_it_after_the_threshold_and_sends_are_deferred():
