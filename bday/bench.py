@@ -135,7 +135,11 @@ class Bench:
         return count / elapsed
 
     def delivery(self, count: int, latency_ms: float, failure_rate: float = 0.0) -> tuple[float, float]:
-        """(messages/s, enqueue seconds) for `count` due messages at `latency_ms`."""
+        """(messages/s, enqueue seconds) for `count` due messages at `latency_ms`.
+
+        With failures, the rate is up to the 99th percentile send: the last 1% are the longest
+        chains of retry backoff (2 + 4 + 8 ... s), which measure QUEUE_RETRY_DELAY, not speed.
+        """
         from bday import jobs
 
         self.reset()
@@ -147,9 +151,10 @@ class Bench:
         worker = self.worker("delivery")
         t0 = time.time()
         wait_sent(count, 1800)
-        elapsed = last_sent() - t0
+        share = 0.99 if failure_rate else 1.0
+        elapsed = sent_by_share(share) - t0
         worker.stop()
-        return count / elapsed, enqueue_s
+        return share * count / elapsed, enqueue_s
 
     def burst(self, count: int) -> dict:
         """`count` messages due at one instant with a running worker."""
@@ -295,8 +300,10 @@ def wait_sent(count: int, timeout: float) -> None:
                      timeout, f"{count} messages sent", interval=0.2)
 
 
-def last_sent() -> float:
-    return float(_scalar("SELECT extract(epoch FROM max(sent_at)) FROM messages"))
+def sent_by_share(share: float) -> float:
+    """Epoch seconds by which `share` of the sent messages had been sent (1.0: the last one)."""
+    return float(_scalar("SELECT extract(epoch FROM percentile_disc(%s) WITHIN GROUP (ORDER BY sent_at))"
+                         " FROM messages WHERE status = 'SENT'" % float(share)))
 
 
 def lateness_s() -> list[float]:
@@ -406,8 +413,9 @@ def _breaker_rows(bench: Bench, repeat: int) -> None:
                 trips += int(_scalar("SELECT coalesce(sum(trips), 0) FROM circuit_breakers"))
     bench.env.pop("BREAKER_ENABLED")
     off, on = statistics.median(rates[False]), statistics.median(rates[True])
-    bench.rows.append(Row("10% failures, breaker off", f"{off:.0f} msg/s", "baseline", f"runs {_fmt(rates[False])}"))
-    bench.rows.append(Row("10% failures, breaker on", f"{on:.0f} msg/s", f"x{on / off:.2f}",
+    label = "10% failures, breaker {} (rate to 99% sent)"
+    bench.rows.append(Row(label.format("off"), f"{off:.0f} msg/s", "baseline", f"runs {_fmt(rates[False])}"))
+    bench.rows.append(Row(label.format("on"), f"{on:.0f} msg/s", f"x{on / off:.2f}",
                           f"runs {_fmt(rates[True])}; breaker trips: {trips}"))
 
 
