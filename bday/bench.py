@@ -69,6 +69,7 @@ class Bench:
     pool: str
     processes: int = 1
     rows: list[Row] = field(default_factory=list)
+    spawned: list[sandbox.Process] = field(default_factory=list)  # stopped by teardown, always
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bday-bench-")))
 
     def setup(self) -> None:
@@ -85,7 +86,8 @@ class Bench:
         sandbox.wait_ready(self.fake, "fake email service on")
 
     def teardown(self) -> None:
-        self.fake.stop()
+        for process in [*self.spawned, self.fake]:
+            process.stop()
         from bday import db
 
         db.reset_engines()
@@ -103,6 +105,7 @@ class Bench:
         """`processes` worker processes, each with the pool and concurrency under test."""
         started = [sandbox.spawn_worker(f"{name}{index}", self.env, self.workdir, self.concurrency,
                                         ("-P", self.pool)) for index in range(self.processes)]
+        self.spawned.extend(started)
         for process in started:
             sandbox.wait_ready(process, " ready.")
         return Workers(started)
@@ -296,8 +299,10 @@ def _scalar(sql: str):
 
 
 def wait_sent(count: int, timeout: float) -> None:
-    sandbox.wait_for(lambda: _scalar("SELECT count(*) FROM messages WHERE status = 'SENT'") >= count,
-                     timeout, f"{count} messages sent", interval=0.2)
+    """Until `count` messages are settled: SENT, or FAILED after exhausting their retries (with
+    random failures that happens now and then; in production the recover job re-sends them)."""
+    sandbox.wait_for(lambda: _scalar("SELECT count(*) FROM messages WHERE status IN ('SENT', 'FAILED')") >= count,
+                     timeout, f"{count} messages settled", interval=0.2)
 
 
 def sent_by_share(share: float) -> float:
