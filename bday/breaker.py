@@ -255,23 +255,22 @@ class Breaker:
             if self._write(_COLD_MISS, now, error=error, token=permit.probe_token,
                            failures=self.settings.breaker_failures):
                 return  # still cold: the next send probes at once
-            with autocommit() as connection:
-                newly_opened = connection.execute(_REOPEN, {
-                    "name": self.name, "now": now, "error": error, "token": permit.probe_token,
-                    "base_s": self.settings.breaker_cooldown_s,
-                    "max_s": self.settings.breaker_cooldown_max_s}).scalar()
-            self._forget()
+            newly_opened = self._write(_REOPEN, now, error=error, token=permit.probe_token,
+                                       base_s=self.settings.breaker_cooldown_s,
+                                       max_s=self.settings.breaker_cooldown_max_s)
             if newly_opened:  # the cold gate's last allowed failure; a half-open one only reopens
                 metrics.record_breaker_transition("open")
         elif self._tripped(time.monotonic()):
             if self._write(_TRIP, now, error=error, base_s=self.settings.breaker_cooldown_s):
                 metrics.record_breaker_transition("open")
 
-    def _write(self, statement, now: datetime, **params) -> int:
+    def _write(self, statement, now: datetime, **params):
+        """Run one transition: the rows it changed, or its RETURNING value if it has one."""
         with autocommit() as connection:
-            changed = connection.execute(statement, {"name": self.name, "now": now, **params}).rowcount
+            result = connection.execute(statement, {"name": self.name, "now": now, **params})
+            outcome = result.scalar() if result.returns_rows else result.rowcount
         self._forget()
-        return changed
+        return outcome
 
     def _note(self, ok: bool) -> None:
         with self._lock:
