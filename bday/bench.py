@@ -77,8 +77,7 @@ class Bench:
         port = sandbox.free_port()
         self.fake_url = f"http://127.0.0.1:{port}"
         self.env = {**self.box.env, "EMAIL_SERVICE_URL": self.fake_url, "WORKER_METRICS_PORT": "0",
-                    "QUEUE_CONCURRENCY": str(self.concurrency), "BREAKER_IDLE": "0",
-                    }
+                    "QUEUE_CONCURRENCY": str(self.concurrency), "BREAKER_IDLE": "0"}
         os.environ.update(self.env)
         _reload_settings()
         self.fake = sandbox.spawn("fake-email", sandbox.bday_command(
@@ -153,7 +152,7 @@ class Bench:
         enqueue_s = time.perf_counter() - started
         worker = self.worker("delivery")
         t0 = time.time()
-        wait_sent(count, 1800)
+        wait_settled(count, 1800)
         share = 0.99 if failure_rate else 1.0
         elapsed = sent_by_share(share) - t0
         worker.stop()
@@ -169,7 +168,7 @@ class Bench:
         instant = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)
         insert_due(count, instant)
         jobs.enqueue_job()
-        wait_sent(count, 1800)
+        wait_settled(count, 1800)
         worker.stop()
         lateness = sorted(lateness_s())
         return {"drain_s": max(lateness), "p50": pct(lateness, 50), "p95": pct(lateness, 95),
@@ -198,7 +197,7 @@ class Bench:
             insert_due(batch, datetime.now(UTC) - timedelta(seconds=1))
             jobs.enqueue_job()
             total += batch
-            wait_sent(total, 3600)
+            wait_settled(total, 3600)
             time.sleep(1)
             readings.append(worker.rss_mib())
         worker.stop()
@@ -298,11 +297,11 @@ def _scalar(sql: str):
         return connection.execute(text(sql)).scalar()
 
 
-def wait_sent(count: int, timeout: float) -> None:
+def wait_settled(count: int, timeout: float) -> None:
     """Until `count` messages are settled: SENT, or FAILED after exhausting their retries (with
     random failures that happens now and then; in production the recover job re-sends them)."""
-    sandbox.wait_for(lambda: _scalar("SELECT count(*) FROM messages WHERE status IN ('SENT', 'FAILED')") >= count,
-                     timeout, f"{count} messages settled", interval=0.2)
+    settled = "SELECT count(*) FROM messages WHERE status IN ('SENT', 'FAILED')"
+    sandbox.wait_for(lambda: _scalar(settled) >= count, timeout, f"{count} messages settled", interval=0.2)
 
 
 def sent_by_share(share: float) -> float:

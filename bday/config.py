@@ -115,9 +115,8 @@ class Settings(BaseSettings):
     @field_validator("cron_minute_schedule", "cron_plan_schedule", "cron_recovery_schedule")
     @classmethod
     def _check_cron(cls, value: str) -> str:
-        from celery.schedules import (
-            crontab,  # local: settings must not need Celery to import
-        )
+        # local: settings must not need Celery to import
+        from celery.schedules import crontab
 
         if len(value.split()) != 5:
             raise ValueError("expected a five-field cron expression such as '*/5 * * * *'")
