@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bday.occasions import is_known_zone
+from bday.core.occasions import is_known_zone
 
 
 class SettingsError(Exception):
@@ -72,8 +72,9 @@ class Settings(BaseSettings):
     queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1)
     exchange_name: str = _env("RABBITMQ_EXCHANGE", "birthday.messages", min_length=1)
     queue_name: str = _env("RABBITMQ_QUEUE", "birthday.messages.queue", min_length=1)
-    scheduler_queue_name: str = _env("RABBITMQ_SCHEDULER_QUEUE", "birthday.scheduler.queue",
-                                     min_length=1)
+    scheduler_queue_name: str = _env(
+        "RABBITMQ_SCHEDULER_QUEUE", "birthday.scheduler.queue", min_length=1
+    )
     dead_letter_exchange_name: str = _env("RABBITMQ_DLX", "birthday.messages.dlx", min_length=1)
     dead_letter_queue_name: str = _env("RABBITMQ_DLQ", "birthday.messages.dlq", min_length=1)
     direct_send_fallback: bool = _env("DIRECT_SEND_FALLBACK", False)
@@ -138,7 +139,8 @@ class Settings(BaseSettings):
         if self.queue_retry_max_delay_ms < self.queue_retry_delay_ms:
             raise ValueError(
                 f"QUEUE_RETRY_MAX_DELAY ({self.queue_retry_max_delay_ms}) must not be below "
-                f"QUEUE_RETRY_DELAY ({self.queue_retry_delay_ms})")
+                f"QUEUE_RETRY_DELAY ({self.queue_retry_delay_ms})"
+            )
         return self
 
     @property

@@ -1,153 +1,21 @@
-"""Hooks: what happens to a user's greetings when the user changes or an occasion is announced.
+"""User hooks, at the path the contract names (`from bday.hooks import on_birthday_hook`)."""
 
-Each hook writes message rows and commits before it publishes anything, so a job can never
-reference a row that is not there yet, and it never calls the email service itself (unless
-DIRECT_SEND_FALLBACK is on and RabbitMQ is unreachable: the seed's Step 11). A failed publish
-never raises into the caller: the row stays PENDING and the minute enqueue job delivers it.
-"""
+from bday.users.hooks import (
+    next_owed_occasion,
+    on_anniversary_hook,
+    on_birthday_hook,
+    on_user_created,
+    on_user_deleted,
+    on_user_updated,
+    on_users_imported,
+)
 
-from __future__ import annotations
-
-import logging
-import uuid
-from datetime import UTC, datetime, timedelta
-
-from sqlalchemy import select, text
-
-from bday import dispatch, planner
-from bday.config import Settings, get_settings
-from bday.db import transaction
-from bday.models import Message, User, idempotency_key
-from bday.occasions import Kind, Occasion, occasions_between, zone
-
-log = logging.getLogger(__name__)
-
-_LOOK_AHEAD = timedelta(days=367)
-_BULK = 5000
-
-
-def on_user_created(user_id: uuid.UUID) -> int:
-    """Plan the new user's owed greetings and publish those due now; returns rows planned."""
-    return _replan_and_dispatch(user_id)
-
-
-def on_user_updated(user_id: uuid.UUID) -> int:
-    """Cancel greetings the change made wrong, plan and publish the right ones."""
-    return _replan_and_dispatch(user_id)
-
-
-def on_user_deleted(user_id: uuid.UUID) -> int:
-    """Cancel every unsent greeting of a deleted user; returns rows cancelled."""
-    with transaction() as session:
-        return planner.cancel_stale(session, user_id, _now())
-
-
-def on_users_imported(user_ids: list[uuid.UUID]) -> int:
-    """`on_user_created` for a bulk import, set-based: plan all, publish those due now."""
-    if not user_ids:
-        return 0
-    settings, now = get_settings(), _now()
-    planned = 0
-    for start in range(0, len(user_ids), _BULK):
-        chunk = user_ids[start:start + _BULK]
-        with transaction() as session:
-            planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
-        with transaction() as session:
-            due = dispatch.claim_due(session, now, lead_s=settings.enqueue_lead_s,
-                                     catch_up_hours=settings.catch_up_hours, limit=len(chunk) * 2,
-                                     user_ids=chunk)
-        _publish(due, settings)
-    return planned
-
-
-def on_birthday_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
-    """Queue the user's birthday greeting (the seed's Step 5); returns the message id."""
-    return _occasion_hook(user_id, Kind.BIRTHDAY)
-
-
-def on_anniversary_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
-    """Queue the user's work-anniversary greeting; None if they have no anniversary."""
-    return _occasion_hook(user_id, Kind.ANNIVERSARY)
-
-
-def _replan_and_dispatch(user_id: uuid.UUID) -> int:
-    settings, now = get_settings(), _now()
-    with transaction() as session:
-        cancelled = planner.cancel_stale(session, user_id, now, settings)
-        planned = planner.plan(session, planner.Window.around(now, settings), settings, [user_id])
-    with transaction() as session:
-        due = dispatch.claim_due(session, now, lead_s=settings.enqueue_lead_s,
-                                 catch_up_hours=settings.catch_up_hours, limit=100,
-                                 user_ids=[user_id])
-    _publish(due, settings)
-    log.info("user %s: %d greeting(s) planned, %d cancelled, %d queued", user_id, planned,
-             cancelled, len(due))
-    return planned
-
-
-def _occasion_hook(user_id: uuid.UUID | str, kind: Kind) -> uuid.UUID | None:
-    from bday.users import UserNotFound, parse_user_id
-
-    settings, now = get_settings(), _now()
-    user_id = parse_user_id(user_id)
-    with transaction() as session:
-        user = session.get(User, user_id)
-        if user is None or user.deleted_at is not None:
-            raise UserNotFound(user_id)
-        occasion = next_owed_occasion(user, kind, now, settings)
-        if occasion is None:
-            return None
-        planner.insert_rows(session, [(user_id, occasion)])
-        message_id = session.scalar(
-            select(Message.id).where(
-                Message.idempotency_key == idempotency_key(user_id, kind, occasion.local_date),
-                Message.status != "CANCELLED"))
-        jobs = dispatch.reissue(session, [message_id], ("PENDING",), now)
-    _publish(jobs, settings)  # nothing to publish when the row was already queued or sent
-    return message_id
-
-
-def next_owed_occasion(user: User, kind: Kind, now: datetime, settings: Settings) -> Occasion | None:
-    """The user's earliest occasion of `kind` that is owed and not yet CATCH_UP_HOURS late."""
-    original = user.birthday if kind is Kind.BIRTHDAY else user.anniversary
-    if original is None:
-        return None
-    owed_from = user.birthday_owed_from if kind is Kind.BIRTHDAY else user.anniversary_owed_from
-    for occasion in occasions_between(kind, original, zone(user.timezone),
-                                      now - timedelta(hours=settings.catch_up_hours), now + _LOOK_AHEAD,
-                                      send_time=settings.send_time, feb29_policy=settings.feb29_policy):
-        if occasion.send_at > owed_from:
-            return occasion
-    return None
-
-
-def _publish(jobs: list[dispatch.Job], settings: Settings) -> None:
-    failed = dispatch.publish(jobs)
-    if not failed:
-        return
-    with transaction() as session:
-        dispatch.release(session, failed)
-    if settings.direct_send_fallback:
-        _send_directly(failed)
-
-
-_DUE_PENDING = text("SELECT id FROM messages WHERE id = ANY(:ids) AND status = 'PENDING' "
-                    "AND scheduled_send_time <= :now")
-
-
-def _send_directly(jobs: list[dispatch.Job]) -> None:
-    """DIRECT_SEND_FALLBACK: the broker is unreachable, so send what is due right here."""
-    from bday.delivery import deliver
-    from bday.sender import get_sender
-    from bday.tasks import get_breaker
-
-    with transaction() as session:
-        due = [row.id for row in session.execute(_DUE_PENDING, {"ids": [j.message_id for j in jobs],
-                                                                 "now": _now()})]
-    for message_id in due:
-        outcome = deliver(str(message_id), None, sender=get_sender(), breaker=get_breaker(), via="direct")
-        log.warning("message %s sent directly (broker unreachable): %s", message_id, outcome.reason)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
+__all__ = [
+    "next_owed_occasion",
+    "on_anniversary_hook",
+    "on_birthday_hook",
+    "on_user_created",
+    "on_user_deleted",
+    "on_user_updated",
+    "on_users_imported",
+]

@@ -1,4 +1,4 @@
-"""Alembic environment: DATABASE_URL from bday's settings, metadata from bday.models."""
+"""Alembic environment: DATABASE_URL from bday's settings, metadata from bday.store.models."""
 
 from logging.config import fileConfig
 
@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from bday.config import get_settings
-from bday.db import sqlalchemy_url
-from bday.models import Base
+from bday.store.db import sqlalchemy_url
+from bday.store.models import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

@@ -14,9 +14,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from bday import db, migrate
-from bday import sandbox as services
 from bday.config import get_settings
+from bday.devtools import sandbox as services
+from bday.ops import migrate
+from bday.store import db
 
 ADMIN_URL = os.environ.get("BDAY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 RUN_ID = uuid.uuid4().hex[:10]
@@ -26,8 +27,12 @@ NAME = f"bday_test_{RUN_ID}"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--long", action="store_true", default=False,
-                     help="chaos suite at full size (2,000 messages, 10 kills, 5-minute outage...)")
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="chaos suite at full size (2,000 messages, 10 kills, 5-minute outage...)",
+    )
 
 
 def pytest_configure(config):

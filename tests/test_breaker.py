@@ -13,10 +13,10 @@ import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 
-from bday.breaker import Breaker
 from bday.config import load_settings
-from bday.db import engine
-from bday.sender import TransientSendError
+from bday.delivery.breaker import Breaker
+from bday.delivery.sender import TransientSendError
+from bday.store.db import engine
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -25,8 +25,14 @@ DOWN = TransientSendError("HTTP 503", status=503)
 
 
 def settings(**overrides):
-    base = {"BREAKER_FAILURES": 5, "BREAKER_WINDOW": 30, "BREAKER_COOLDOWN": 5,
-            "BREAKER_COOLDOWN_MAX": 15, "BREAKER_IDLE": 30, "BREAKER_PROBE_WAIT": 0.2}
+    base = {
+        "BREAKER_FAILURES": 5,
+        "BREAKER_WINDOW": 30,
+        "BREAKER_COOLDOWN": 5,
+        "BREAKER_COOLDOWN_MAX": 15,
+        "BREAKER_IDLE": 30,
+        "BREAKER_PROBE_WAIT": 0.2,
+    }
     return load_settings(**{**base, **overrides})
 
 

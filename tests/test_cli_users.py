@@ -8,13 +8,25 @@ import sys
 
 import pytest
 
-from bday import users
-from bday.cli import run
+from bday.cli.main import run
+from bday.users import api as users
 
 pytestmark = pytest.mark.usefixtures("database")
 
-ADD = ["users", "add", "--first-name", "Ada", "--last-name", "Lovelace",
-       "--email", "ada@example.com", "--birthday", "1990-03-05", "--timezone", "Asia/Tokyo"]
+ADD = [
+    "users",
+    "add",
+    "--first-name",
+    "Ada",
+    "--last-name",
+    "Lovelace",
+    "--email",
+    "ada@example.com",
+    "--birthday",
+    "1990-03-05",
+    "--timezone",
+    "Asia/Tokyo",
+]
 
 
 def bday(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -40,8 +52,14 @@ def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys
     assert code == 0
     user_id = out.strip()
     code, out, _ = bday(monkeypatch, capsys, "users", "list")
-    assert out.split("\t") == [user_id, "Ada Lovelace", "ada@example.com", "1990-03-05",
-                               "2015-06-01", "Asia/Tokyo\n"]
+    assert out.split("\t") == [
+        user_id,
+        "Ada Lovelace",
+        "ada@example.com",
+        "1990-03-05",
+        "2015-06-01",
+        "Asia/Tokyo\n",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -59,7 +77,9 @@ def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys
         ("--email", "a@b@c.com", "email"),
     ],
 )
-def test_users_add_with_a_bad_field_is_one_line_exit_2_and_writes_nothing(monkeypatch, capsys, option, value, field):
+def test_users_add_with_a_bad_field_is_one_line_exit_2_and_writes_nothing(
+    monkeypatch, capsys, option, value, field
+):
     code, out, err = bday(monkeypatch, capsys, *_replace(ADD, option, value))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"bday: {field}: ")
@@ -77,15 +97,26 @@ def test_a_bad_setting_is_one_line_exit_2(monkeypatch, capsys, settings_env):
     settings_env.setenv("SEND_TIME", "25:00")
     code, _, err = bday(monkeypatch, capsys, "users", "list")
     assert code == 2
-    assert err == "bday: invalid setting SEND_TIME='25:00': expected HH:MM between 00:00 and 23:59\n"
+    assert (
+        err == "bday: invalid setting SEND_TIME='25:00': expected HH:MM between 00:00 and 23:59\n"
+    )
 
 
 def test_users_update_changes_fields_and_refuses_bad_ones(monkeypatch, capsys):
-    user_id = users.create_user(first_name="Ada", last_name="Lovelace", email="ada@example.com",
-                                birthday="1990-03-05", timezone="Asia/Tokyo")
-    code, _, _ = bday(monkeypatch, capsys, "users", "update", str(user_id), "--timezone", "Europe/Paris")
+    user_id = users.create_user(
+        first_name="Ada",
+        last_name="Lovelace",
+        email="ada@example.com",
+        birthday="1990-03-05",
+        timezone="Asia/Tokyo",
+    )
+    code, _, _ = bday(
+        monkeypatch, capsys, "users", "update", str(user_id), "--timezone", "Europe/Paris"
+    )
     assert code == 0 and users.get_user(user_id).timezone == "Europe/Paris"
-    code, _, err = bday(monkeypatch, capsys, "users", "update", str(user_id), "--birthday", "1990-02-31")
+    code, _, err = bday(
+        monkeypatch, capsys, "users", "update", str(user_id), "--birthday", "1990-02-31"
+    )
     assert code == 2 and err.startswith("bday: birthday: ")
     assert users.get_user(user_id).birthday.isoformat() == "1990-03-05"
     code, _, err = bday(monkeypatch, capsys, "users", "update", str(user_id))
@@ -93,8 +124,13 @@ def test_users_update_changes_fields_and_refuses_bad_ones(monkeypatch, capsys):
 
 
 def test_users_delete_removes_the_user_and_an_unknown_id_is_exit_2(monkeypatch, capsys):
-    user_id = users.create_user(first_name="Ada", last_name="Lovelace", email="ada@example.com",
-                                birthday="1990-03-05", timezone="Asia/Tokyo")
+    user_id = users.create_user(
+        first_name="Ada",
+        last_name="Lovelace",
+        email="ada@example.com",
+        birthday="1990-03-05",
+        timezone="Asia/Tokyo",
+    )
     assert bday(monkeypatch, capsys, "users", "delete", str(user_id))[0] == 0
     assert users.count_users() == 0
     code, _, err = bday(monkeypatch, capsys, "users", "delete", str(user_id))
@@ -104,9 +140,18 @@ def test_users_delete_removes_the_user_and_an_unknown_id_is_exit_2(monkeypatch, 
 def test_the_installed_console_script_runs_db_upgrade_and_users_add(database_url):
     env = {**os.environ, "DATABASE_URL": database_url}
     bin_dir = os.path.dirname(sys.executable)
-    upgrade = subprocess.run([f"{bin_dir}/bday", "db", "upgrade"], env=env, capture_output=True, text=True)
+    upgrade = subprocess.run(
+        [f"{bin_dir}/bday", "db", "upgrade"], env=env, capture_output=True, text=True
+    )
     assert upgrade.returncode == 0, upgrade.stderr
     assert "database at revision" in upgrade.stdout
-    bad = subprocess.run([f"{bin_dir}/bday", *_replace(ADD, "--timezone", "Mars/Olympus")],
-                         env=env, capture_output=True, text=True)
-    assert (bad.returncode, bad.stderr) == (2, "bday: timezone: unknown IANA time zone 'Mars/Olympus'\n")
+    bad = subprocess.run(
+        [f"{bin_dir}/bday", *_replace(ADD, "--timezone", "Mars/Olympus")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "bday: timezone: unknown IANA time zone 'Mars/Olympus'\n",
+    )

@@ -32,7 +32,11 @@ def test_values_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("FEB29_POLICY", "mar1")
     monkeypatch.setenv("QUEUE_MAX_RETRIES", "9")
     settings = load_settings()
-    assert (settings.send_time, settings.feb29_policy, settings.queue_max_retries) == (time(7, 30), "mar1", 9)
+    assert (settings.send_time, settings.feb29_policy, settings.queue_max_retries) == (
+        time(7, 30),
+        "mar1",
+        9,
+    )
 
 
 def test_a_dotenv_file_is_honoured(monkeypatch, tmp_path):

@@ -11,12 +11,12 @@ import pytest
 import respx
 from sqlalchemy import text
 
-from bday.breaker import Breaker
 from bday.config import load_settings
-from bday.db import engine, transaction
-from bday.delivery import Action, deliver
-from bday.models import Message, User, idempotency_key
-from bday.sender import EmailSender
+from bday.delivery.attempt import Action, deliver
+from bday.delivery.breaker import Breaker
+from bday.delivery.sender import EmailSender
+from bday.store.db import engine, transaction
+from bday.store.models import Message, User, idempotency_key
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -27,8 +27,9 @@ DUE = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
 
 @pytest.fixture
 def settings():
-    return load_settings(EMAIL_SERVICE_URL=URL, QUEUE_MAX_RETRIES=2, QUEUE_RETRY_DELAY=2000,
-                         BREAKER_IDLE=0)
+    return load_settings(
+        EMAIL_SERVICE_URL=URL, QUEUE_MAX_RETRIES=2, QUEUE_RETRY_DELAY=2000, BREAKER_IDLE=0
+    )
 
 
 @pytest.fixture
@@ -47,57 +48,104 @@ def ada(status="QUEUED", scheduled=DUE, token=None, retry_count=0, deleted=False
     user_id, message_id = uuid.uuid4(), uuid.uuid4()
     since = datetime(2020, 1, 1, tzinfo=UTC)
     with transaction() as session:
-        session.add(User(id=user_id, first_name="Ada", last_name="Lovelace", email="ada@example.com",
-                         birthday=date(1990, 3, 5), timezone="UTC", birthday_owed_from=since,
-                         anniversary_owed_from=since,
-                         deleted_at=NOW if deleted else None))
+        session.add(
+            User(
+                id=user_id,
+                first_name="Ada",
+                last_name="Lovelace",
+                email="ada@example.com",
+                birthday=date(1990, 3, 5),
+                timezone="UTC",
+                birthday_owed_from=since,
+                anniversary_owed_from=since,
+                deleted_at=NOW if deleted else None,
+            )
+        )
         session.flush()
-        session.add(Message(id=message_id, user_id=user_id, message_type="BIRTHDAY", status=status,
-                            occasion_date=scheduled.date(), scheduled_send_time=scheduled,
-                            idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
-                            dispatch_token=token, retry_count=retry_count))
+        session.add(
+            Message(
+                id=message_id,
+                user_id=user_id,
+                message_type="BIRTHDAY",
+                status=status,
+                occasion_date=scheduled.date(),
+                scheduled_send_time=scheduled,
+                idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
+                dispatch_token=token,
+                retry_count=retry_count,
+            )
+        )
     return message_id
 
 
 def row(message_id) -> dict:
     with engine().connect() as connection:
-        return dict(connection.execute(text("SELECT * FROM messages WHERE id = :id"),
-                                       {"id": message_id}).mappings().one())
+        return dict(
+            connection.execute(text("SELECT * FROM messages WHERE id = :id"), {"id": message_id})
+            .mappings()
+            .one()
+        )
 
 
 def go(message_id, sender, breaker, settings, token=None, now=NOW):
-    return deliver(str(message_id), token and str(token), sender=sender, breaker=breaker,
-                   settings=settings, now=now)
+    return deliver(
+        str(message_id),
+        token and str(token),
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        now=now,
+    )
 
 
 @respx.mock
-def test_a_due_message_is_sent_with_the_exact_text_and_its_id_as_idempotency_key(sender, breaker, settings):
-    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, json={"ok": True}))
+def test_a_due_message_is_sent_with_the_exact_text_and_its_id_as_idempotency_key(
+    sender, breaker, settings
+):
+    route = respx.post(f"{URL}/send-email").mock(
+        return_value=httpx.Response(200, json={"ok": True})
+    )
     message_id = ada()
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DONE and outcome.reason == "sent"
     request = route.calls.last.request
     assert request.headers["Idempotency-Key"] == str(message_id)
-    assert request.read() == b'{"email":"ada@example.com","message":"Hey, Ada Lovelace it\'s your birthday"}'
+    assert (
+        request.read()
+        == b'{"email":"ada@example.com","message":"Hey, Ada Lovelace it\'s your birthday"}'
+    )
     stored = row(message_id)
-    assert (stored["status"], stored["provider_status"], stored["attempts"], stored["sent_via"]) == ("SENT", 200, 1, "queue")
+    assert (
+        stored["status"],
+        stored["provider_status"],
+        stored["attempts"],
+        stored["sent_via"],
+    ) == ("SENT", 200, 1, "queue")
     assert stored["sent_at"] is not None and stored["lease_expires_at"] is None
 
 
 @respx.mock
-def test_a_transient_failure_requeues_the_row_and_asks_for_a_retry_with_backoff(sender, breaker, settings):
+def test_a_transient_failure_requeues_the_row_and_asks_for_a_retry_with_backoff(
+    sender, breaker, settings
+):
     respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(503, text="busy"))
     message_id = ada()
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.RETRY and 2.0 <= outcome.delay_s <= 2.5
     stored = row(message_id)
-    assert (stored["status"], stored["retry_count"], stored["provider_status"]) == ("QUEUED", 1, 503)
+    assert (stored["status"], stored["retry_count"], stored["provider_status"]) == (
+        "QUEUED",
+        1,
+        503,
+    )
     assert "503" in stored["last_error"] and stored["next_attempt_at"] is not None
 
 
 @respx.mock
 def test_retry_after_from_a_429_sets_the_retry_delay(sender, breaker, settings):
-    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(429, headers={"Retry-After": "30"}))
+    respx.post(f"{URL}/send-email").mock(
+        return_value=httpx.Response(429, headers={"Retry-After": "30"})
+    )
     outcome = go(ada(), sender, breaker, settings)
     assert outcome.action is Action.RETRY and outcome.delay_s == 30
 
@@ -114,12 +162,18 @@ def test_exhausted_retries_fail_the_row_and_dead_letter_the_job(sender, breaker,
 
 @respx.mock
 def test_a_permanent_error_fails_at_once_without_retrying(sender, breaker, settings):
-    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(400, text="bad address"))
+    route = respx.post(f"{URL}/send-email").mock(
+        return_value=httpx.Response(400, text="bad address")
+    )
     message_id = ada()
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEAD_LETTER and route.call_count == 1
     stored = row(message_id)
-    assert (stored["status"], stored["failure_reason"], stored["retry_count"]) == ("FAILED", "permanent", 0)
+    assert (stored["status"], stored["failure_reason"], stored["retry_count"]) == (
+        "FAILED",
+        "permanent",
+        0,
+    )
 
 
 @respx.mock
@@ -140,7 +194,9 @@ def test_a_superseded_job_is_a_no_op(sender, breaker, settings):
 
 
 @respx.mock
-def test_a_job_for_a_future_instant_is_deferred_to_that_instant_never_sent_early(sender, breaker, settings):
+def test_a_job_for_a_future_instant_is_deferred_to_that_instant_never_sent_early(
+    sender, breaker, settings
+):
     route = respx.post(f"{URL}/send-email")
     message_id = ada(scheduled=NOW + timedelta(seconds=42))
     outcome = go(message_id, sender, breaker, settings)
@@ -149,12 +205,16 @@ def test_a_job_for_a_future_instant_is_deferred_to_that_instant_never_sent_early
 
 
 @respx.mock
-def test_a_message_held_by_another_worker_is_deferred_until_its_lease_ends(sender, breaker, settings):
+def test_a_message_held_by_another_worker_is_deferred_until_its_lease_ends(
+    sender, breaker, settings
+):
     route = respx.post(f"{URL}/send-email")
     message_id = ada()
     with transaction() as session:
-        session.execute(text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
-                        {"t": NOW + timedelta(seconds=20), "id": message_id})
+        session.execute(
+            text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
+            {"t": NOW + timedelta(seconds=20), "id": message_id},
+        )
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEFER and outcome.delay_s == 21
     assert route.call_count == 0
@@ -165,8 +225,10 @@ def test_a_message_whose_worker_died_is_taken_over_after_the_lease(sender, break
     respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
     message_id = ada()
     with transaction() as session:
-        session.execute(text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
-                        {"t": NOW - timedelta(seconds=1), "id": message_id})
+        session.execute(
+            text("UPDATE messages SET status='SENDING', lease_expires_at=:t WHERE id=:id"),
+            {"t": NOW - timedelta(seconds=1), "id": message_id},
+        )
     assert go(message_id, sender, breaker, settings).reason == "sent"
 
 
@@ -210,13 +272,23 @@ def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settin
     route = respx.post(f"{URL}/send-email")
     breaker = Breaker(settings)
     with transaction() as session:
-        session.execute(text("INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
-                             "VALUES ('email-service', 'open', :until, 5)"), {"until": NOW + timedelta(seconds=10)})
+        session.execute(
+            text(
+                "INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
+                "VALUES ('email-service', 'open', :until, 5)"
+            ),
+            {"until": NOW + timedelta(seconds=10)},
+        )
     message_id = ada(retry_count=1)
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEFER and outcome.delay_s >= 10
     stored = row(message_id)
-    assert (stored["status"], stored["retry_count"], stored["deferrals"], stored["attempts"]) == ("QUEUED", 1, 1, 0)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"], stored["attempts"]) == (
+        "QUEUED",
+        1,
+        1,
+        0,
+    )
     assert route.call_count == 0
 
 
@@ -232,10 +304,17 @@ def test_a_failed_probe_defers_the_message_without_spending_a_retry(sender, sett
 
 
 def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it():
-    from bday.delivery import record_delivered
+    from bday.delivery.attempt import record_delivered
 
     message_id = ada(status="QUEUED")
-    record_delivered({"id": str(message_id), "at": NOW.isoformat(), "status": 200,
-                      "response": "ok", "via": "queue"})
+    record_delivered(
+        {
+            "id": str(message_id),
+            "at": NOW.isoformat(),
+            "status": 200,
+            "response": "ok",
+            "via": "queue",
+        }
+    )
     stored = row(message_id)
     assert (stored["status"], stored["sent_at"], stored["provider_status"]) == ("SENT", NOW, 200)

@@ -10,7 +10,7 @@ import sys
 import celery
 import pytest
 
-from bday.celery_app import refuse_open_flower
+from bday.broker.app import refuse_open_flower
 
 CELERY = os.path.join(os.path.dirname(sys.executable), "celery")
 FLOWER = [CELERY, "-A", "bday", "flower"]
@@ -33,8 +33,15 @@ def free_port() -> int:
         ([*FLOWER, "--address=0.0.0.0"], {"FLOWER_ADDRESS": "127.0.0.1"}),
         (FLOWER, {"FLOWER_BASIC_AUTH": ""}),
     ],
-    ids=["no-address-no-auth", "bare-celery-name", "address-equals-all", "address-space-all",
-         "env-address-all", "command-line-beats-env", "empty-basic-auth"],
+    ids=[
+        "no-address-no-auth",
+        "bare-celery-name",
+        "address-equals-all",
+        "address-space-all",
+        "env-address-all",
+        "command-line-beats-env",
+        "empty-basic-auth",
+    ],
 )
 def test_flower_open_to_the_network_without_auth_is_refused(argv, environ):
     reason = refuse_open_flower(argv, environ)
@@ -59,8 +66,16 @@ def test_the_refusal_names_the_address_it_would_have_used():
         ([*FLOWER, "--basic-auth=admin:s3cret"], {}),
         ([*FLOWER, "--address=0.0.0.0", "--basic-auth=admin:s3cret"], {}),
     ],
-    ids=["address-loopback", "address-space-localhost", "address-ipv6-loopback", "env-address-loopback",
-         "env-basic-auth", "all-interfaces-with-env-auth", "basic-auth-option", "all-interfaces-with-auth-option"],
+    ids=[
+        "address-loopback",
+        "address-space-localhost",
+        "address-ipv6-loopback",
+        "env-address-loopback",
+        "env-basic-auth",
+        "all-interfaces-with-env-auth",
+        "basic-auth-option",
+        "all-interfaces-with-auth-option",
+    ],
 )
 def test_flower_on_localhost_or_behind_basic_auth_is_allowed(argv, environ):
     assert refuse_open_flower(argv, environ) is None
@@ -88,11 +103,20 @@ def test_python_m_celery_flower_without_auth_is_refused_too():
 
 
 def test_the_installed_celery_command_refuses_open_flower_with_one_line_and_exit_2(tmp_path):
-    env = {name: value for name, value in os.environ.items()
-           if name not in ("FLOWER_BASIC_AUTH", "FLOWER_ADDRESS")}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("FLOWER_BASIC_AUTH", "FLOWER_ADDRESS")
+    }
     # Run from elsewhere: the guard must hold wherever the operator starts Flower.
-    finished = subprocess.run([*FLOWER, f"--port={free_port()}"], env=env, cwd=tmp_path,
-                              capture_output=True, text=True, timeout=30)
+    finished = subprocess.run(
+        [*FLOWER, f"--port={free_port()}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert finished.returncode == 2
     assert finished.stderr.count("\n") == 1
     assert finished.stderr.startswith("bday: ") and "FLOWER_BASIC_AUTH" in finished.stderr

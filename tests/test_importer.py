@@ -13,29 +13,46 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bday import users
-from bday.db import transaction
-from bday.importer import ImportFileError, import_rows, read_rows
-from bday.models import User
+from bday.store.db import transaction
+from bday.store.models import User
+from bday.users import api as users
+from bday.users.importer import ImportFileError, import_rows, read_rows
 from tests.test_cli_users import bday  # the in-process CLI runner
 
 pytestmark = pytest.mark.usefixtures("database")
 
 HEADER = ["first_name", "last_name", "email", "birthday", "timezone", "anniversary"]
-ZONES = ["Asia/Tokyo", "Europe/London", "America/New_York", "Australia/Sydney", "Asia/Kathmandu",
-         "Pacific/Chatham", "Pacific/Kiritimati", "Etc/GMT+12", "America/St_Johns", "UTC"]
+ZONES = [
+    "Asia/Tokyo",
+    "Europe/London",
+    "America/New_York",
+    "Australia/Sydney",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "Pacific/Kiritimati",
+    "Etc/GMT+12",
+    "America/St_Johns",
+    "UTC",
+]
 TAKEN = "Taken.User@Example.com"
 REPORT_LINE = re.compile(r"^  line (\d+): (\w+): (.+)$")
 
 
 def good_row(i: int) -> list[str]:
     """A valid row whose email has upper-case letters (stored lower-cased)."""
-    return [f"First{i}", f"Last{i}", f"User.{i}@Example.COM", f"{1950 + i % 60}-{1 + i % 12:02d}-{1 + i % 28:02d}",
-            ZONES[i % len(ZONES)], f"{2000 + i % 20}-{1 + (i * 7) % 12:02d}-{1 + i % 28:02d}" if i % 3 else ""]
+    return [
+        f"First{i}",
+        f"Last{i}",
+        f"User.{i}@Example.COM",
+        f"{1950 + i % 60}-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        ZONES[i % len(ZONES)],
+        f"{2000 + i % 20}-{1 + (i * 7) % 12:02d}-{1 + i % 28:02d}" if i % 3 else "",
+    ]
 
 
 def bad_rows() -> list[tuple[list[str], str]]:
     """Twenty rows, each wrong in its own way, with the field the report must name."""
+
     def row(**changes) -> list[str]:
         values = dict(zip(HEADER, good_row(10_000 + len(rows))))
         values.update(changes)
@@ -50,8 +67,8 @@ def bad_rows() -> list[tuple[list[str], str]]:
         (dict(first_name="x" * 10_000), "first_name"),
         (dict(last_name="Love\x07lace"), "last_name"),
         (dict(email="nobody"), "email"),
-        (dict(email="USER.7@example.com"), "email"),     # row 7 earlier in the file has it
-        (dict(email=TAKEN.upper()), "email"),             # an existing user has it
+        (dict(email="USER.7@example.com"), "email"),  # row 7 earlier in the file has it
+        (dict(email=TAKEN.upper()), "email"),  # an existing user has it
         (dict(timezone=""), "timezone"),
         (dict(timezone="asia/tokyo"), "timezone"),
         (dict(birthday="05/03/1990"), "birthday"),
@@ -63,12 +80,14 @@ def bad_rows() -> list[tuple[list[str], str]]:
         (dict(first_name="Ada\x00"), "first_name"),
     ]:
         rows.append((row(**changes), field))
-    rows.append((row()[:4], "row"))                      # the timezone column is missing
-    rows.append((row() + ["surplus"], "row"))            # one column too many
+    rows.append((row()[:4], "row"))  # the timezone column is missing
+    rows.append((row() + ["surplus"], "row"))  # one column too many
     return rows
 
 
-def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER, encoding: str = "utf-8") -> Path:
+def write_csv(
+    path: Path, rows: list[list[str]], header: list[str] = HEADER, encoding: str = "utf-8"
+) -> Path:
     with path.open("w", newline="", encoding=encoding) as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -95,9 +114,11 @@ def report(out: str) -> dict[int, tuple[str, str]]:
 
 
 def test_a_thousand_rows_with_twenty_bad_imports_the_good_and_reports_the_bad_by_line_and_field(
-        monkeypatch, capsys, tmp_path):
-    users.create_user(first_name="Taken", last_name="User", email=TAKEN, birthday="1980-01-01",
-                      timezone="UTC")
+    monkeypatch, capsys, tmp_path
+):
+    users.create_user(
+        first_name="Taken", last_name="User", email=TAKEN, birthday="1980-01-01", timezone="UTC"
+    )
     bad = bad_rows()
     assert len(bad) == 20 and len({tuple(r) for r, _ in bad}) == 20
     slots = {25 + i * 48: entry for i, entry in enumerate(bad)}  # spread over the file, after row 7
@@ -124,15 +145,20 @@ def test_a_thousand_rows_with_twenty_bad_imports_the_good_and_reports_the_bad_by
 
 
 def test_the_duplicate_and_the_taken_email_are_reported_as_such(monkeypatch, capsys, tmp_path):
-    users.create_user(first_name="Taken", last_name="User", email=TAKEN, birthday="1980-01-01",
-                      timezone="UTC")
+    users.create_user(
+        first_name="Taken", last_name="User", email=TAKEN, birthday="1980-01-01", timezone="UTC"
+    )
     rows = [good_row(1), good_row(2), good_row(3)]
     rows[2][2] = rows[0][2].upper()
     rows.append(good_row(4)[:2] + [TAKEN.lower()] + good_row(4)[3:])
-    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(write_csv(tmp_path / "u.csv", rows)))
+    code, out, _ = bday(
+        monkeypatch, capsys, "users", "import", str(write_csv(tmp_path / "u.csv", rows))
+    )
     assert code == 1
-    assert report(out) == {4: ("email", "appears earlier in this file"),
-                           5: ("email", "is already used by another user")}
+    assert report(out) == {
+        4: ("email", "appears earlier in this file"),
+        5: ("email", "is already used by another user"),
+    }
 
 
 def test_a_file_with_no_bad_rows_imports_all_and_exits_0(monkeypatch, capsys, tmp_path):
@@ -147,7 +173,9 @@ def test_imported_emails_are_stored_lower_cased(monkeypatch, capsys, tmp_path):
     rows = [good_row(i) for i in range(5)]
     rows[0][2] = "Ada.LOVELACE@Example.COM"
     bday(monkeypatch, capsys, "users", "import", str(write_csv(tmp_path / "users.csv", rows)))
-    assert stored_emails() == {"ada.lovelace@example.com"} | {f"user.{i}@example.com" for i in range(1, 5)}
+    assert stored_emails() == {"ada.lovelace@example.com"} | {
+        f"user.{i}@example.com" for i in range(1, 5)
+    }
 
 
 def test_a_utf8_file_with_a_byte_order_mark_imports(monkeypatch, capsys, tmp_path):
@@ -160,11 +188,18 @@ def test_a_utf8_file_with_a_byte_order_mark_imports(monkeypatch, capsys, tmp_pat
     assert "Zoë" in {user.first_name for user in users.list_users()}
 
 
-def test_columns_may_come_in_any_order_and_anniversary_may_be_left_out(monkeypatch, capsys, tmp_path):
+def test_columns_may_come_in_any_order_and_anniversary_may_be_left_out(
+    monkeypatch, capsys, tmp_path
+):
     header = ["timezone", "email", "birthday", "last_name", "first_name"]
     rows = [["Asia/Tokyo", "ada@example.com", "1990-03-05", "Lovelace", "Ada"]]
-    code, _, _ = bday(monkeypatch, capsys, "users", "import",
-                      str(write_csv(tmp_path / "users.csv", rows, header=header)))
+    code, _, _ = bday(
+        monkeypatch,
+        capsys,
+        "users",
+        "import",
+        str(write_csv(tmp_path / "users.csv", rows, header=header)),
+    )
     assert code == 0
     (user,) = users.list_users()
     assert (user.first_name, user.timezone, user.anniversary) == ("Ada", "Asia/Tokyo", None)
@@ -179,20 +214,27 @@ def written(path: Path, content: bytes) -> Path:
 
 
 BAD_FILES = {
-    "missing-timezone": lambda tmp: write_csv(tmp / "u.csv", [good_row(1)[:4] + good_row(1)[5:]],
-                                              header=[h for h in HEADER if h != "timezone"]),
-    "unknown-column": lambda tmp: write_csv(tmp / "u.csv", [good_row(1) + ["+81 3 1234"]],
-                                            header=HEADER + ["phone"]),
+    "missing-timezone": lambda tmp: write_csv(
+        tmp / "u.csv",
+        [good_row(1)[:4] + good_row(1)[5:]],
+        header=[h for h in HEADER if h != "timezone"],
+    ),
+    "unknown-column": lambda tmp: write_csv(
+        tmp / "u.csv", [good_row(1) + ["+81 3 1234"]], header=HEADER + ["phone"]
+    ),
     "no-header": lambda tmp: write_csv(tmp / "u.csv", [good_row(2)], header=good_row(1)),
     "empty-file": lambda tmp: written(tmp / "u.csv", b""),
     "missing-file": lambda tmp: tmp / "does-not-exist.csv",
-    "not-utf8": lambda tmp: written(tmp / "u.csv", ",".join(HEADER).encode()
-                                    + b"\n\xff\xfeAda,L,a@x.com,1990-01-01,UTC,\n"),
+    "not-utf8": lambda tmp: written(
+        tmp / "u.csv", ",".join(HEADER).encode() + b"\n\xff\xfeAda,L,a@x.com,1990-01-01,UTC,\n"
+    ),
 }
 
 
 @pytest.mark.parametrize("make", BAD_FILES.values(), ids=BAD_FILES.keys())
-def test_an_unusable_file_is_refused_with_one_line_and_nothing_written(monkeypatch, capsys, tmp_path, make):
+def test_an_unusable_file_is_refused_with_one_line_and_nothing_written(
+    monkeypatch, capsys, tmp_path, make
+):
     path = make(tmp_path)
     code, out, err = bday(monkeypatch, capsys, "users", "import", str(path))
     assert code != 0
@@ -201,9 +243,11 @@ def test_an_unusable_file_is_refused_with_one_line_and_nothing_written(monkeypat
     assert users.count_users() == 0
 
 
-@pytest.mark.parametrize("make", [BAD_FILES["missing-timezone"], BAD_FILES["unknown-column"],
-                                  BAD_FILES["missing-file"]],
-                         ids=["missing-timezone", "unknown-column", "missing-file"])
+@pytest.mark.parametrize(
+    "make",
+    [BAD_FILES["missing-timezone"], BAD_FILES["unknown-column"], BAD_FILES["missing-file"]],
+    ids=["missing-timezone", "unknown-column", "missing-file"],
+)
 def test_an_unusable_file_exits_2_like_every_other_input_error(monkeypatch, capsys, tmp_path, make):
     code, _, err = bday(monkeypatch, capsys, "users", "import", str(make(tmp_path)))
     assert code == 2
@@ -229,13 +273,16 @@ def test_import_rows_returns_the_count_the_new_ids_and_each_refusal_with_its_lin
     assert result.imported == 2 and len(result.user_ids) == 2
     assert result.errors == [(3, "birthday: '1990-02-30' is not a real date (YYYY-MM-DD)")]
     assert sum(progress) == 2
-    assert {users.get_user(uid).email for uid in result.user_ids} == {"user.1@example.com", "user.3@example.com"}
+    assert {users.get_user(uid).email for uid in result.user_ids} == {
+        "user.1@example.com",
+        "user.3@example.com",
+    }
 
 
 def test_a_line_after_a_quoted_multiline_field_keeps_its_physical_line_number(tmp_path):
     rows = [good_row(1), good_row(2), good_row(3)]
-    rows[0][1] = "Love\nlace"   # a quoted newline: the record spans lines 2-3
-    rows[1][3] = "1990-02-30"   # so this record sits on line 4
+    rows[0][1] = "Love\nlace"  # a quoted newline: the record spans lines 2-3
+    rows[1][3] = "1990-02-30"  # so this record sits on line 4
     result = import_rows(read_rows(write_csv(tmp_path / "u.csv", rows))[0])
     assert (4, "birthday") in [(line, text.split(":")[0]) for line, text in result.errors]
 

@@ -14,9 +14,9 @@ import pytest
 import time_machine
 from sqlalchemy import text
 
-from bday import jobs
-from bday.db import engine, transaction
-from bday.models import Message, User, idempotency_key
+from bday.scheduling import jobs
+from bday.store.db import engine, transaction
+from bday.store.models import Message, User, idempotency_key
 from tests.e2e.stack import purge_all, queue_counts
 
 NOW = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
@@ -29,27 +29,49 @@ def clean_queues(database):
     purge_all()
 
 
-def user(zone="UTC", birthday=date(1990, 3, 5), owed_from=datetime(2020, 1, 1, tzinfo=UTC)) -> uuid.UUID:
+def user(
+    zone="UTC", birthday=date(1990, 3, 5), owed_from=datetime(2020, 1, 1, tzinfo=UTC)
+) -> uuid.UUID:
     user_id = uuid.uuid4()
     with transaction() as session:
-        session.add(User(id=user_id, first_name="Ada", last_name="Lovelace", email=f"{user_id}@example.com",
-                         birthday=birthday, timezone=zone, birthday_owed_from=owed_from,
-                         anniversary_owed_from=owed_from))
+        session.add(
+            User(
+                id=user_id,
+                first_name="Ada",
+                last_name="Lovelace",
+                email=f"{user_id}@example.com",
+                birthday=birthday,
+                timezone=zone,
+                birthday_owed_from=owed_from,
+                anniversary_owed_from=owed_from,
+            )
+        )
     return user_id
 
 
 def message(status="PENDING", scheduled=NOW, **values) -> uuid.UUID:
     user_id, message_id = user(), uuid.uuid4()
     with transaction() as session:
-        session.add(Message(id=message_id, user_id=user_id, message_type="BIRTHDAY", status=status,
-                            occasion_date=scheduled.date(), scheduled_send_time=scheduled,
-                            idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()), **values))
+        session.add(
+            Message(
+                id=message_id,
+                user_id=user_id,
+                message_type="BIRTHDAY",
+                status=status,
+                occasion_date=scheduled.date(),
+                scheduled_send_time=scheduled,
+                idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
+                **values,
+            )
+        )
     return message_id
 
 
 def rows() -> dict[uuid.UUID, dict]:
     with engine().connect() as connection:
-        return {r["id"]: dict(r) for r in connection.execute(text("SELECT * FROM messages")).mappings()}
+        return {
+            r["id"]: dict(r) for r in connection.execute(text("SELECT * FROM messages")).mappings()
+        }
 
 
 def count(sql: str) -> int:
@@ -101,7 +123,9 @@ def test_two_enqueue_runs_at_once_claim_each_row_exactly_once():
         message(scheduled=NOW - timedelta(seconds=5))
     results = []
     with time_machine.travel(NOW, tick=False):
-        threads = [threading.Thread(target=lambda: results.append(jobs.enqueue_job())) for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: results.append(jobs.enqueue_job())) for _ in range(2)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -113,8 +137,12 @@ def test_two_enqueue_runs_at_once_claim_each_row_exactly_once():
 
 def test_recover_republishes_a_queued_row_whose_job_was_lost_with_a_new_token():
     old_token = uuid.uuid4()
-    lost = message(status="QUEUED", dispatch_token=old_token, next_attempt_at=NOW - timedelta(minutes=10))
-    fresh = message(status="QUEUED", dispatch_token=uuid.uuid4(), next_attempt_at=NOW - timedelta(seconds=5))
+    lost = message(
+        status="QUEUED", dispatch_token=old_token, next_attempt_at=NOW - timedelta(minutes=10)
+    )
+    fresh = message(
+        status="QUEUED", dispatch_token=uuid.uuid4(), next_attempt_at=NOW - timedelta(seconds=5)
+    )
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=True)
     assert result["republished_lost"] == 1
@@ -133,7 +161,10 @@ def test_recover_takes_back_a_row_whose_worker_died_mid_send():
 
 
 def test_recover_revives_transient_failures_when_the_service_answers():
-    failed = [message(status="FAILED", failure_reason="retries_exhausted", retry_count=5) for _ in range(3)]
+    failed = [
+        message(status="FAILED", failure_reason="retries_exhausted", retry_count=5)
+        for _ in range(3)
+    ]
     permanent = message(status="FAILED", failure_reason="permanent")
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=True)
@@ -145,7 +176,11 @@ def test_recover_revives_transient_failures_when_the_service_answers():
 
 def test_recover_sends_a_single_probe_while_the_service_is_not_answering():
     for minutes in range(5):
-        message(status="FAILED", failure_reason="retries_exhausted", scheduled=NOW - timedelta(minutes=minutes))
+        message(
+            status="FAILED",
+            failure_reason="retries_exhausted",
+            scheduled=NOW - timedelta(minutes=minutes),
+        )
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=False)
     assert result["revived_failed"] == 1
@@ -154,7 +189,11 @@ def test_recover_sends_a_single_probe_while_the_service_is_not_answering():
 
 
 def test_recover_expires_owed_rows_past_catch_up_and_records_its_heartbeat():
-    late = message(status="QUEUED", scheduled=NOW - timedelta(hours=50), next_attempt_at=NOW - timedelta(hours=50))
+    late = message(
+        status="QUEUED",
+        scheduled=NOW - timedelta(hours=50),
+        next_attempt_at=NOW - timedelta(hours=50),
+    )
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=True)
     assert result["expired"] == 1 and rows()[late]["failure_reason"] == "expired"
@@ -162,7 +201,11 @@ def test_recover_expires_owed_rows_past_catch_up_and_records_its_heartbeat():
 
 
 def test_a_forced_deadline_keeps_an_old_row_sendable():
-    kept = message(status="PENDING", scheduled=NOW - timedelta(hours=60), send_deadline=NOW + timedelta(hours=1))
+    kept = message(
+        status="PENDING",
+        scheduled=NOW - timedelta(hours=60),
+        send_deadline=NOW + timedelta(hours=1),
+    )
     with time_machine.travel(NOW, tick=False):
         result = jobs.enqueue_job()
     assert result == {"published": 1, "expired": 0}
@@ -170,8 +213,15 @@ def test_a_forced_deadline_keeps_an_old_row_sendable():
 
 
 def test_drain_deferred_republishes_the_backlog_oldest_first():
-    deferred = [message(status="QUEUED", deferrals=2, scheduled=NOW - timedelta(minutes=m),
-                        next_attempt_at=NOW + timedelta(minutes=1)) for m in range(3)]
+    deferred = [
+        message(
+            status="QUEUED",
+            deferrals=2,
+            scheduled=NOW - timedelta(minutes=m),
+            next_attempt_at=NOW + timedelta(minutes=1),
+        )
+        for m in range(3)
+    ]
     with time_machine.travel(NOW, tick=False):
         assert jobs.drain_deferred() == 3
     assert all(rows()[m]["next_attempt_at"] == NOW for m in deferred)

@@ -12,13 +12,20 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bday import logs
-from bday.logs import JsonFormatter, MaskEmails, mask_emails
+from bday.telemetry import logs
+from bday.telemetry.logs import JsonFormatter, MaskEmails, mask_emails
 
 # Text around an address that cannot join it: no address characters, no '@'.
-SURROUNDING = st.text(alphabet=st.characters(blacklist_characters=string.ascii_letters + string.digits
-                                             + "._%+-@", blacklist_categories=("Cs",)), max_size=30)
-COMMON_LOCAL = st.text(alphabet=string.ascii_letters + string.digits + "_%+-", min_size=1, max_size=64)
+SURROUNDING = st.text(
+    alphabet=st.characters(
+        blacklist_characters=string.ascii_letters + string.digits + "._%+-@",
+        blacklist_categories=("Cs",),
+    ),
+    max_size=30,
+)
+COMMON_LOCAL = st.text(
+    alphabet=string.ascii_letters + string.digits + "_%+-", min_size=1, max_size=64
+)
 
 
 def masked_form(address: str) -> str:
@@ -26,9 +33,15 @@ def masked_form(address: str) -> str:
     return f"{local[0]}***@{domain}"
 
 
-@given(local=COMMON_LOCAL, domain=st.emails().map(lambda a: a.rsplit("@", 1)[1]),
-       before=SURROUNDING, after=SURROUNDING)
-def test_an_ordinary_address_in_any_text_keeps_only_its_first_letter_and_domain(local, domain, before, after):
+@given(
+    local=COMMON_LOCAL,
+    domain=st.emails().map(lambda a: a.rsplit("@", 1)[1]),
+    before=SURROUNDING,
+    after=SURROUNDING,
+)
+def test_an_ordinary_address_in_any_text_keeps_only_its_first_letter_and_domain(
+    local, domain, before, after
+):
     address = f"{local}@{domain}"
     masked = mask_emails(f"{before} {address} {after}")
     assert masked == f"{before} {masked_form(address)} {after}"
@@ -88,7 +101,9 @@ def test_the_json_formatter_keeps_a_traceback_inside_the_one_line():
     try:
         raise ValueError("boom")
     except ValueError:
-        entry = logging.LogRecord("bday.test", logging.ERROR, __file__, 1, "failed", (), exc_info=True)
+        entry = logging.LogRecord(
+            "bday.test", logging.ERROR, __file__, 1, "failed", (), exc_info=True
+        )
         import sys
 
         entry.exc_info = sys.exc_info()

@@ -9,7 +9,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bday import migrate, sandbox
+from bday.devtools import sandbox
+from bday.ops import migrate
 from tests.conftest import ADMIN_URL, RUN_ID
 
 
@@ -85,7 +86,9 @@ def test_a_cancelled_row_does_not_block_its_replacement(database_url):
         try:
             _message(connection, user_id, "k1", status="CANCELLED")
             _message(connection, user_id, "k1")  # no error
-            count = connection.execute("SELECT count(*) FROM messages WHERE idempotency_key='k1'").fetchone()
+            count = connection.execute(
+                "SELECT count(*) FROM messages WHERE idempotency_key='k1'"
+            ).fetchone()
             assert count == (2,)
         finally:
             connection.execute("TRUNCATE users, messages CASCADE")
@@ -115,12 +118,19 @@ def test_an_unknown_status_is_refused(database_url):
 @pytest.mark.parametrize(
     ("query", "index"),
     [
-        ("SELECT id FROM users WHERE deleted_at IS NULL AND bday_month_day(birthday) = ANY('{305,306}')",
-         "ix_users_birthday_month_day"),
-        ("SELECT id FROM users WHERE deleted_at IS NULL AND anniversary IS NOT NULL"
-         " AND bday_month_day(anniversary) = ANY('{305}')", "ix_users_anniversary_month_day"),
-        ("SELECT id FROM messages WHERE status = 'PENDING' AND scheduled_send_time < now()",
-         "ix_messages_due"),
+        (
+            "SELECT id FROM users WHERE deleted_at IS NULL AND bday_month_day(birthday) = ANY('{305,306}')",
+            "ix_users_birthday_month_day",
+        ),
+        (
+            "SELECT id FROM users WHERE deleted_at IS NULL AND anniversary IS NOT NULL"
+            " AND bday_month_day(anniversary) = ANY('{305}')",
+            "ix_users_anniversary_month_day",
+        ),
+        (
+            "SELECT id FROM messages WHERE status = 'PENDING' AND scheduled_send_time < now()",
+            "ix_messages_due",
+        ),
     ],
 )
 def test_planner_and_enqueue_lookups_use_their_indexes(database_url, query, index):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from bday.occasions import (
+from bday.core.occasions import (
     Kind,
     is_known_zone,
     message_text,
@@ -84,18 +84,25 @@ def test_feb29_is_celebrated_per_policy_in_non_leap_years(year, policy, expected
 
 def test_feb29_under_mar1_policy_is_sent_on_march_first_local():
     found = occasions_between(
-        Kind.BIRTHDAY, date(1996, 2, 29), zone("Asia/Tokyo"),
-        utc(2027, 2, 1), utc(2027, 4, 1), send_time=NINE, feb29_policy="mar1",
+        Kind.BIRTHDAY,
+        date(1996, 2, 29),
+        zone("Asia/Tokyo"),
+        utc(2027, 2, 1),
+        utc(2027, 4, 1),
+        send_time=NINE,
+        feb29_policy="mar1",
     )
     assert [(o.local_date, o.send_at) for o in found] == [(date(2027, 3, 1), utc(2027, 3, 1, 0, 0))]
 
 
 def test_dec31_and_jan1_around_the_date_line_fall_in_the_same_utc_hours():
     window = (utc(2026, 12, 31, 18, 0), utc(2026, 12, 31, 22, 0))
-    kiritimati = occasions_between(Kind.BIRTHDAY, date(1990, 1, 1), zone("Pacific/Kiritimati"),
-                                   *window, send_time=NINE)
-    pago_pago = occasions_between(Kind.BIRTHDAY, date(1990, 12, 31), zone("Pacific/Pago_Pago"),
-                                  *window, send_time=NINE)
+    kiritimati = occasions_between(
+        Kind.BIRTHDAY, date(1990, 1, 1), zone("Pacific/Kiritimati"), *window, send_time=NINE
+    )
+    pago_pago = occasions_between(
+        Kind.BIRTHDAY, date(1990, 12, 31), zone("Pacific/Pago_Pago"), *window, send_time=NINE
+    )
     assert [o.local_date for o in kiritimati] == [date(2027, 1, 1)]
     assert [o.local_date for o in pago_pago] == [date(2026, 12, 31)]
     assert kiritimati[0].send_at == utc(2026, 12, 31, 19, 0)
@@ -103,32 +110,42 @@ def test_dec31_and_jan1_around_the_date_line_fall_in_the_same_utc_hours():
 
 
 def test_no_occasion_in_the_year_of_the_date_itself():
-    found = occasions_between(Kind.ANNIVERSARY, date(2026, 3, 10), zone("UTC"),
-                              utc(2026, 1, 1), utc(2028, 1, 1), send_time=NINE)
+    found = occasions_between(
+        Kind.ANNIVERSARY,
+        date(2026, 3, 10),
+        zone("UTC"),
+        utc(2026, 1, 1),
+        utc(2028, 1, 1),
+        send_time=NINE,
+    )
     assert [o.local_date for o in found] == [date(2027, 3, 10)]
 
 
 def test_message_texts_are_the_contract_texts():
     assert message_text(Kind.BIRTHDAY, "Ada", "Lovelace") == "Hey, Ada Lovelace it's your birthday"
-    assert (message_text("ANNIVERSARY", "Ada", "Lovelace")
-            == "Hey, Ada Lovelace it's your work anniversary")
+    assert (
+        message_text("ANNIVERSARY", "Ada", "Lovelace")
+        == "Hey, Ada Lovelace it's your work anniversary"
+    )
 
 
-@pytest.mark.parametrize("name", ["UTC", "Etc/GMT+12", "America/Argentina/Buenos_Aires", "Asia/Kathmandu"])
+@pytest.mark.parametrize(
+    "name", ["UTC", "Etc/GMT+12", "America/Argentina/Buenos_Aires", "Asia/Kathmandu"]
+)
 def test_real_zone_names_are_known(name):
     assert is_known_zone(name)
 
 
-@pytest.mark.parametrize("name", ["Mars/Olympus", "", "utc ", "localtime", "Factory", "America/new_york"])
+@pytest.mark.parametrize(
+    "name", ["Mars/Olympus", "", "utc ", "localtime", "Factory", "America/new_york"]
+)
 def test_names_that_are_not_places_are_unknown(name):
     assert not is_known_zone(name)
 
 
 # --- properties -------------------------------------------------------------------------------
 
-ZONES = sorted(
-    name for name in __import__("zoneinfo").available_timezones() if is_known_zone(name)
-)
+ZONES = sorted(name for name in __import__("zoneinfo").available_timezones() if is_known_zone(name))
 zones = st.sampled_from(ZONES)
 originals = st.dates(min_value=date(1900, 1, 1), max_value=date(2025, 12, 31))
 years = st.integers(min_value=1970, max_value=2100)
@@ -140,14 +157,17 @@ def _wall_exists(local: date, at: time, zone_name: str) -> bool:
     tz = zone(zone_name)
     wall = datetime.combine(local, at)
     return any(
-        wall.replace(tzinfo=tz, fold=fold).astimezone(UTC).astimezone(tz).replace(tzinfo=None) == wall
+        wall.replace(tzinfo=tz, fold=fold).astimezone(UTC).astimezone(tz).replace(tzinfo=None)
+        == wall
         for fold in (0, 1)
     )
 
 
 @settings(max_examples=400, deadline=None)
 @given(zones, originals, years, send_times, policies)
-def test_send_instant_reads_back_as_send_time_on_the_occasion_date(zone_name, original, year, at, policy):
+def test_send_instant_reads_back_as_send_time_on_the_occasion_date(
+    zone_name, original, year, at, policy
+):
     tz = zone(zone_name)
     local = occasion_date(original, year, policy)
     instant = send_instant(local, tz, at)
@@ -183,14 +203,21 @@ def test_send_instant_never_falls_on_another_local_date(zone_name, original, yea
 def test_every_year_yields_exactly_one_occasion(zone_name, original, first_year, at, policy):
     assume(original.year < first_year)
     # Window edges in mid-June: far from every occasion date's neighbourhood problems at New Year.
-    found = occasions_between(Kind.BIRTHDAY, original, zone(zone_name),
-                              utc(first_year, 6, 15), utc(first_year + 5, 6, 15),
-                              send_time=at, feb29_policy=policy)
+    found = occasions_between(
+        Kind.BIRTHDAY,
+        original,
+        zone(zone_name),
+        utc(first_year, 6, 15),
+        utc(first_year + 5, 6, 15),
+        send_time=at,
+        feb29_policy=policy,
+    )
     dates = [o.local_date for o in found]
     expected = [
         occasion_date(original, y, policy)
         for y in range(first_year, first_year + 6)
-        if utc(first_year, 6, 15) <= send_instant(occasion_date(original, y, policy), zone(zone_name), at)
+        if utc(first_year, 6, 15)
+        <= send_instant(occasion_date(original, y, policy), zone(zone_name), at)
         < utc(first_year + 5, 6, 15)
     ]
     assert dates == expected
@@ -199,21 +226,40 @@ def test_every_year_yields_exactly_one_occasion(zone_name, original, first_year,
 
 
 @settings(max_examples=400, deadline=None)
-@given(zones, originals, st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1)),
-       st.integers(min_value=1, max_value=24 * 80), send_times, policies)
-def test_the_month_day_prefilter_never_drops_an_occasion(zone_name, original, start, hours, at, policy):
+@given(
+    zones,
+    originals,
+    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1)),
+    st.integers(min_value=1, max_value=24 * 80),
+    send_times,
+    policies,
+)
+def test_the_month_day_prefilter_never_drops_an_occasion(
+    zone_name, original, start, hours, at, policy
+):
     start = start.replace(tzinfo=UTC)
     end = start + timedelta(hours=hours)
-    found = occasions_between(Kind.BIRTHDAY, original, zone(zone_name), start, end,
-                              send_time=at, feb29_policy=policy)
+    found = occasions_between(
+        Kind.BIRTHDAY, original, zone(zone_name), start, end, send_time=at, feb29_policy=policy
+    )
     keys = month_days_near(start, end, at, policy)
     for _ in found:
         assert original.month * 100 + original.day in keys
 
 
-DST_ZONES = ["America/New_York", "Europe/London", "Australia/Sydney", "Australia/Lord_Howe",
-             "Pacific/Chatham", "America/St_Johns", "America/Santiago", "Europe/Berlin",
-             "Asia/Tehran", "America/Havana", "Pacific/Auckland"]
+DST_ZONES = [
+    "America/New_York",
+    "Europe/London",
+    "Australia/Sydney",
+    "Australia/Lord_Howe",
+    "Pacific/Chatham",
+    "America/St_Johns",
+    "America/Santiago",
+    "Europe/Berlin",
+    "Asia/Tehran",
+    "America/Havana",
+    "Pacific/Auckland",
+]
 
 
 def _transitions(zone_name: str, year: int) -> list[tuple[datetime, timedelta, timedelta]]:
@@ -233,20 +279,26 @@ def _transitions(zone_name: str, year: int) -> list[tuple[datetime, timedelta, t
                 else:
                     low = middle
             high = instant + timedelta(seconds=high)
-            found.append((high, instant.astimezone(tz).utcoffset(), later.astimezone(tz).utcoffset()))
+            found.append(
+                (high, instant.astimezone(tz).utcoffset(), later.astimezone(tz).utcoffset())
+            )
         instant = later
     return found
 
 
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from(DST_ZONES), st.integers(min_value=2000, max_value=2030), st.data())
-def test_send_time_inside_a_gap_or_overlap_resolves_to_transition_or_first_occurrence(zone_name, year, data):
+def test_send_time_inside_a_gap_or_overlap_resolves_to_transition_or_first_occurrence(
+    zone_name, year, data
+):
     transitions = _transitions(zone_name, year)
     assume(transitions)
     moment, before, after = data.draw(st.sampled_from(transitions))
     tz = zone(zone_name)
     jump = abs(after - before)
-    into = timedelta(minutes=data.draw(st.integers(min_value=0, max_value=int(jump.total_seconds() // 60) - 1)))
+    into = timedelta(
+        minutes=data.draw(st.integers(min_value=0, max_value=int(jump.total_seconds() // 60) - 1))
+    )
     if after > before:  # spring forward: wall times [moment+before, moment+after) never happen
         wall = (moment + before + into).replace(tzinfo=None)
         assert send_instant(wall.date(), tz, wall.time()) == moment

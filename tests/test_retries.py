@@ -13,7 +13,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from bday.config import Settings, load_settings
-from bday.retries import JITTER_FRACTION, backoff_s
+from bday.core.retries import JITTER_FRACTION, backoff_s
 
 MAX_RETRIES = 100  # QUEUE_MAX_RETRIES is validated to at most 100
 HIGH = 1 + JITTER_FRACTION
@@ -23,8 +23,9 @@ EPS = 1e-9
 @functools.cache
 def policy(delay_ms: int, backoff: str = "exponential", max_delay_ms: int = 600_000) -> Settings:
     """Settings built the way an operator sets them: by their environment names."""
-    return load_settings(**{"QUEUE_RETRY_DELAY": delay_ms, "QUEUE_RETRY_BACKOFF": backoff,
-                            "QUEUE_RETRY_MAX_DELAY": max_delay_ms})
+    return load_settings(
+        QUEUE_RETRY_DELAY=delay_ms, QUEUE_RETRY_BACKOFF=backoff, QUEUE_RETRY_MAX_DELAY=max_delay_ms
+    )
 
 
 delays_ms = st.integers(min_value=1, max_value=86_400_000)
@@ -38,8 +39,11 @@ def within(value: float, low: float, high: float) -> bool:
 
 def test_settings_take_the_retry_knobs_by_their_environment_names():
     settings = policy(1500, "fixed", 9000)
-    assert (settings.queue_retry_delay_ms, settings.queue_retry_backoff,
-            settings.queue_retry_max_delay_ms) == (1500, "fixed", 9000)
+    assert (
+        settings.queue_retry_delay_ms,
+        settings.queue_retry_backoff,
+        settings.queue_retry_max_delay_ms,
+    ) == (1500, "fixed", 9000)
 
 
 def test_the_defaults_wait_two_then_four_then_eight_seconds_before_jitter():
@@ -55,8 +59,11 @@ def test_the_first_retry_never_comes_sooner_than_the_configured_delay(delay_ms, 
     assert within(wait, delay_ms / 1000, delay_ms / 1000 * HIGH)
 
 
-@given(delay_ms=st.integers(min_value=1, max_value=60_000), retry=st.integers(min_value=1, max_value=20),
-       rng=rngs)
+@given(
+    delay_ms=st.integers(min_value=1, max_value=60_000),
+    retry=st.integers(min_value=1, max_value=20),
+    rng=rngs,
+)
 def test_exponential_backoff_doubles_per_retry_until_the_cap(delay_ms, retry, rng):
     max_delay_ms = 10**12  # far above every wait here: the cap never bites
     wait = backoff_s(retry, policy(delay_ms, "exponential", max_delay_ms), rng=rng)
@@ -64,8 +71,12 @@ def test_exponential_backoff_doubles_per_retry_until_the_cap(delay_ms, retry, rn
     assert within(wait, base, base * HIGH)
 
 
-@given(delay_ms=delays_ms, max_delay_ms=st.integers(min_value=0, max_value=10**9), retry=retries,
-       rng=rngs)
+@given(
+    delay_ms=delays_ms,
+    max_delay_ms=st.integers(min_value=0, max_value=10**9),
+    retry=retries,
+    rng=rngs,
+)
 def test_exponential_backoff_is_capped_by_the_max_delay(delay_ms, max_delay_ms, retry, rng):
     assume(max_delay_ms >= delay_ms)  # a lower cap is refused by the settings themselves
     wait = backoff_s(retry, policy(delay_ms, "exponential", max_delay_ms), rng=rng)
@@ -81,17 +92,26 @@ def test_fixed_backoff_waits_the_same_delay_for_every_retry(delay_ms, retry, rng
     assert within(wait, delay_ms / 1000, delay_ms / 1000 * HIGH)
 
 
-@given(delay_ms=st.integers(min_value=1, max_value=600_000), retry=st.integers(min_value=1, max_value=10),
-       extra_s=st.floats(min_value=0.001, max_value=1e6), rng=rngs)
+@given(
+    delay_ms=st.integers(min_value=1, max_value=600_000),
+    retry=st.integers(min_value=1, max_value=10),
+    extra_s=st.floats(min_value=0.001, max_value=1e6),
+    rng=rngs,
+)
 def test_a_retry_after_longer_than_the_computed_wait_wins(delay_ms, retry, extra_s, rng):
     settings = policy(delay_ms)
-    longest_computed = min(delay_ms / 1000 * 2 ** (retry - 1), settings.queue_retry_max_delay_ms / 1000) * HIGH
+    longest_computed = (
+        min(delay_ms / 1000 * 2 ** (retry - 1), settings.queue_retry_max_delay_ms / 1000) * HIGH
+    )
     retry_after = longest_computed + extra_s
     assert backoff_s(retry, settings, retry_after_s=retry_after, rng=rng) == retry_after
 
 
-@given(delay_ms=st.integers(min_value=1000, max_value=600_000), retry=st.integers(min_value=1, max_value=10),
-       rng=rngs)
+@given(
+    delay_ms=st.integers(min_value=1000, max_value=600_000),
+    retry=st.integers(min_value=1, max_value=10),
+    rng=rngs,
+)
 def test_a_retry_after_shorter_than_the_computed_wait_does_not_shorten_it(delay_ms, retry, rng):
     settings = policy(delay_ms)
     seed = rng.random()
@@ -110,7 +130,9 @@ def test_jitter_spreads_a_crowd_of_retries(backoff):
 
 def test_the_same_random_source_gives_the_same_wait():
     settings = policy(2000)
-    assert backoff_s(4, settings, rng=random.Random(42)) == backoff_s(4, settings, rng=random.Random(42))
+    assert backoff_s(4, settings, rng=random.Random(42)) == backoff_s(
+        4, settings, rng=random.Random(42)
+    )
 
 
 def test_a_zero_delay_retries_at_once():

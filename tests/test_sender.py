@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from bday.sender import (
+from bday.delivery.sender import (
     EmailSender,
     PermanentSendError,
     Receipt,
@@ -161,8 +161,9 @@ def test_an_unexpected_redirect_is_permanent_and_not_followed(sender, service, s
     assert route.call_count == 1 and elsewhere.call_count == 0
 
 
-@pytest.mark.parametrize("error", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteTimeout,
-                                   httpx.PoolTimeout])
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout, httpx.ConnectTimeout, httpx.WriteTimeout, httpx.PoolTimeout]
+)
 def test_a_timeout_is_transient(sender, service, error):
     service.post(URL).mock(side_effect=error("took too long"))
     with pytest.raises(TransientSendError) as caught:
@@ -217,8 +218,10 @@ def test_the_client_never_retries_by_itself_on_a_connection_error(sender, servic
 NOW = datetime(2026, 3, 5, 9, 0, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("garbage", [None, "", "   ", "soon", "-5", "1.5", "7s", "Tomorrow 9am",
-                                     "Wed, 99 Foo 2026 25:61:00 GMT"])
+@pytest.mark.parametrize(
+    "garbage",
+    [None, "", "   ", "soon", "-5", "1.5", "7s", "Tomorrow 9am", "Wed, 99 Foo 2026 25:61:00 GMT"],
+)
 def test_retry_after_that_is_absent_or_garbage_is_none(garbage):
     assert retry_after_seconds(garbage, now=NOW) is None
 

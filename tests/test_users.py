@@ -9,15 +9,20 @@ import pytest
 import time_machine
 from sqlalchemy import func, select
 
-from bday import users
-from bday.db import transaction
-from bday.models import Message, Status, User
-from bday.users import UserInputError, UserNotFound
+from bday.store.db import transaction
+from bday.store.models import Message, Status, User
+from bday.users import api as users
+from bday.users.api import UserInputError, UserNotFound
 
 pytestmark = pytest.mark.usefixtures("database")
 
-ADA = dict(first_name="Ada", last_name="Lovelace", email="ada@example.com",
-           birthday="1990-03-05", timezone="Asia/Tokyo")
+ADA = dict(
+    first_name="Ada",
+    last_name="Lovelace",
+    email="ada@example.com",
+    birthday="1990-03-05",
+    timezone="Asia/Tokyo",
+)
 
 
 def messages(user_id=None) -> list[Message]:

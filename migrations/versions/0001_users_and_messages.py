@@ -43,8 +43,7 @@ def upgrade() -> None:
         sa.Column("deleted_at", TS),
     )
     op.execute(
-        "CREATE UNIQUE INDEX uq_users_email_live ON users (lower(email)) "
-        "WHERE deleted_at IS NULL"
+        "CREATE UNIQUE INDEX uq_users_email_live ON users (lower(email)) WHERE deleted_at IS NULL"
     )
     op.execute(
         "CREATE INDEX ix_users_birthday_month_day ON users (bday_month_day(birthday)) "
@@ -85,9 +84,7 @@ def upgrade() -> None:
         sa.Column("sent_via", sa.String(16)),
         sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
         sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
-        sa.CheckConstraint(
-            "message_type IN ('BIRTHDAY', 'ANNIVERSARY')", name="ck_messages_type"
-        ),
+        sa.CheckConstraint("message_type IN ('BIRTHDAY', 'ANNIVERSARY')", name="ck_messages_type"),
         sa.CheckConstraint(
             "status IN ('PENDING', 'QUEUED', 'SENDING', 'SENT', 'FAILED', 'CANCELLED')",
             name="ck_messages_status",
@@ -103,9 +100,7 @@ def upgrade() -> None:
         "WHERE status IN ('PENDING', 'QUEUED', 'SENDING')"
     )
     op.create_index("ix_messages_user", "messages", ["user_id"])
-    op.execute(
-        "CREATE INDEX ix_messages_failed ON messages (failed_at) WHERE status = 'FAILED'"
-    )
+    op.execute("CREATE INDEX ix_messages_failed ON messages (failed_at) WHERE status = 'FAILED'")
 
 
 def downgrade() -> None:

@@ -17,8 +17,10 @@ depends_on = None
 def upgrade() -> None:
     # Consecutive failed probes of the cold gate (closed, nothing succeeded for BREAKER_IDLE).
     # The breaker opens when they reach BREAKER_FAILURES, as it does for failures while warm.
-    op.add_column("circuit_breakers",
-                  sa.Column("cold_failures", sa.Integer, nullable=False, server_default="0"))
+    op.add_column(
+        "circuit_breakers",
+        sa.Column("cold_failures", sa.Integer, nullable=False, server_default="0"),
+    )
 
 
 def downgrade() -> None:

@@ -49,5 +49,9 @@ def _store(name: str, figures: dict) -> None:
 
 def sends_summary(per_key: Counter, total: int) -> dict:
     """Figures every scenario reports: delivered keys, lost ones, keys sent more than once."""
-    return {"messages": total, "delivered": len(per_key), "lost": total - len(per_key),
-            "second_sends": sum(count - 1 for count in per_key.values() if count > 1)}
+    return {
+        "messages": total,
+        "delivered": len(per_key),
+        "lost": total - len(per_key),
+        "second_sends": sum(count - 1 for count in per_key.values() if count > 1),
+    }

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from bday import jobs
+from bday.scheduling import jobs
 from tests.chaos.conftest import sends_summary
 from tests.e2e.conftest import add_due_messages, add_user, rows
 from tests.e2e.stack import statuses, wait_until
@@ -31,9 +31,13 @@ def test_a_flaky_service_still_gets_every_key_exactly_once(stack, scale, report)
     for record in stack.fake.records:
         outcomes[record.outcome] = outcomes.get(record.outcome, 0) + 1
     per_key = stack.fake.sent_per_key()
-    report.update(sends_summary(per_key, count), calls=len(stack.fake.records), outcomes=outcomes,
-                  drain_s=round(time.monotonic() - started, 1),
-                  breaker_trips=_breaker_trips())
+    report.update(
+        sends_summary(per_key, count),
+        calls=len(stack.fake.records),
+        outcomes=outcomes,
+        drain_s=round(time.monotonic() - started, 1),
+        breaker_trips=_breaker_trips(),
+    )
     assert set(per_key.values()) == {1} and len(per_key) == count
     assert report["breaker_trips"] == 0, "random failures must not trip the breaker"
 
@@ -41,10 +45,12 @@ def test_a_flaky_service_still_gets_every_key_exactly_once(stack, scale, report)
 def _breaker_trips() -> int:
     from sqlalchemy import text
 
-    from bday.db import engine
+    from bday.store.db import engine
 
     with engine().connect() as connection:
-        return connection.execute(text("SELECT coalesce(sum(trips), 0) FROM circuit_breakers")).scalar()
+        return connection.execute(
+            text("SELECT coalesce(sum(trips), 0) FROM circuit_breakers")
+        ).scalar()
 
 
 @pytest.mark.timeout(900)  # --long: a five-minute outage
@@ -66,16 +72,22 @@ def test_greetings_due_at_once_during_an_outage_cost_few_calls_and_drain_fast(st
     records = stack.fake.records
     during = sum(1 for r in records if r.at < back)
     last_sent = max(r.at for r in records if r.outcome == "sent")
-    report.update(sends_summary(stack.fake.sent_per_key(), count), outage_s=outage_s,
-                  calls_during_outage=during, drain_after_return_s=round(last_sent - back, 1),
-                  failed=statuses()["FAILED"])
+    report.update(
+        sends_summary(stack.fake.sent_per_key(), count),
+        outage_s=outage_s,
+        calls_during_outage=during,
+        drain_after_return_s=round(last_sent - back, 1),
+        failed=statuses()["FAILED"],
+    )
     assert report["failed"] == 0 and report["lost"] == 0 and report["second_sends"] == 0
     assert during <= 30, f"{during} calls reached a service that was down"
     assert last_sent - back <= 30
     assert all(row.retry_count == 0 for row in rows()), "deferrals must not spend retries"
 
 
-def test_a_day_long_email_outage_sends_what_is_still_owed_and_expires_the_rest(stack, scale, report):
+def test_a_day_long_email_outage_sends_what_is_still_owed_and_expires_the_rest(
+    stack, scale, report
+):
     """Rows whose instants lie 1-30 h in the past while the service answered 503; then it
     comes back. Within CATCH_UP_HOURS (48) they go out; older ones end FAILED expired."""
     now = datetime.now(UTC)
@@ -93,8 +105,12 @@ def test_a_day_long_email_outage_sends_what_is_still_owed_and_expires_the_rest(s
     wait_until(lambda: statuses()["SENT"] == owed, 120, "owed messages sent after the outage")
     state = statuses()
     per_key = stack.fake.sent_per_key()
-    report.update(sends_summary(per_key, owed), calls_while_down=calls_while_down,
-                  expired=state["FAILED"], drain_s=round(time.monotonic() - back, 1))
+    report.update(
+        sends_summary(per_key, owed),
+        calls_while_down=calls_while_down,
+        expired=state["FAILED"],
+        drain_s=round(time.monotonic() - back, 1),
+    )
     assert state == {"SENT": owed, "FAILED": 10}
     assert {r.failure_reason for r in rows() if r.status == "FAILED"} == {"expired"}
     assert set(per_key.values()) == {1}
@@ -116,10 +132,20 @@ def test_after_a_day_with_nothing_running_everything_owed_is_sent_once(stack, sc
             zone, local_day = f"Etc/GMT-{hours_ago}", now.date()
         else:
             zone, local_day = f"Etc/GMT+{24 - hours_ago}", now.date() - timedelta(days=1)
-        owed_users.append(add_user(f"Missed{index}", zone=zone, birthday=_same_day_1990(local_day),
-                                   owed_from=now - timedelta(days=400)))
-    too_old = add_user("TooOld", zone="UTC", birthday=_same_day_1990(now.date() - timedelta(days=3)),
-                       owed_from=now - timedelta(days=400))
+        owed_users.append(
+            add_user(
+                f"Missed{index}",
+                zone=zone,
+                birthday=_same_day_1990(local_day),
+                owed_from=now - timedelta(days=400),
+            )
+        )
+    too_old = add_user(
+        "TooOld",
+        zone="UTC",
+        birthday=_same_day_1990(now.date() - timedelta(days=3)),
+        owed_from=now - timedelta(days=400),
+    )
     env = {**FAST, "SEND_TIME": send_time}
     started = time.monotonic()
     stack.start_worker(concurrency=16, extra_env=env)
@@ -128,8 +154,11 @@ def test_after_a_day_with_nothing_running_everything_owed_is_sent_once(stack, sc
     time.sleep(2)
     per_key = stack.fake.sent_per_key()
     sent_users = {row.user_id for row in rows() if row.status == "SENT"}
-    report.update(sends_summary(per_key, len(_owed_rows())), users=missed,
-                  catch_up_s=round(time.monotonic() - started, 1))
+    report.update(
+        sends_summary(per_key, len(_owed_rows())),
+        users=missed,
+        catch_up_s=round(time.monotonic() - started, 1),
+    )
     assert set(owed_users) <= sent_users
     assert too_old not in sent_users
     assert set(per_key.values()) == {1}

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bday import db, jobs
+from bday.scheduling import jobs
+from bday.store import db
 from tests.chaos.conftest import sends_summary
 from tests.e2e.conftest import add_due_messages, add_user, rows
 from tests.e2e.stack import statuses, wait_until
@@ -66,7 +67,9 @@ def test_sigterm_finishes_in_flight_sends_and_leaves_nothing_sending(stack, repo
     assert after_stop["SENDING"] == 0, after_stop
     stack.start_worker(name="after-term", concurrency=16, extra_env=FAST)
     wait_until(lambda: _sent() == count, 120, "the rest sent by the next worker")
-    report.update(sends_summary(stack.fake.sent_per_key(), count), sent_before_stop=after_stop["SENT"])
+    report.update(
+        sends_summary(stack.fake.sent_per_key(), count), sent_before_stop=after_stop["SENT"]
+    )
     assert report["second_sends"] == 0 and report["lost"] == 0
 
 
@@ -102,8 +105,12 @@ def test_a_rabbitmq_restart_mid_run_loses_and_doubles_nothing(stack, scale, repo
 
 def _restart_postgresql() -> None:
     version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def test_a_postgresql_restart_mid_run_loses_nothing(stack, scale, report):
@@ -122,19 +129,26 @@ def test_two_beats_and_three_workers_at_once_send_each_greeting_once(stack, scal
     count = scale.pick(300, 1000)
     instant = (datetime.now(UTC) + timedelta(seconds=75)).replace(second=0, microsecond=0)
     env = {**FAST, "SEND_TIME": instant.strftime("%H:%M")}
-    users = [add_user(f"Crowd{i}", zone="UTC", birthday=instant.date().replace(year=1990))
-             for i in range(count)]
+    users = [
+        add_user(f"Crowd{i}", zone="UTC", birthday=instant.date().replace(year=1990))
+        for i in range(count)
+    ]
     for index in range(3):
         stack.start_worker(name=f"crowd{index}", concurrency=8, extra_env=env)
     stack.start_beat(extra_env=env)
     stack.start_beat(extra_env=env)
-    wait_until(lambda: _sent() == count, (instant - datetime.now(UTC)).total_seconds() + 90,
-               "every greeting sent")
+    wait_until(
+        lambda: _sent() == count,
+        (instant - datetime.now(UTC)).total_seconds() + 90,
+        "every greeting sent",
+    )
     time.sleep(3)
     per_key = stack.fake.sent_per_key()
     lateness = sorted(r.at - instant.timestamp() for r in stack.fake.records if r.outcome == "sent")
-    report.update(sends_summary(per_key, count), p95_lateness_s=round(lateness[int(0.95 * (len(lateness) - 1))], 2))
+    report.update(
+        sends_summary(per_key, count),
+        p95_lateness_s=round(lateness[int(0.95 * (len(lateness) - 1))], 2),
+    )
     assert len(rows()) == count == len(set(users))
     assert report["second_sends"] == 0 and report["lost"] == 0
     assert min(lateness) >= 0
-

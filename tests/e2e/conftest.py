@@ -8,11 +8,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from bday import db, planner
 from bday.config import get_settings
-from bday.db import transaction
-from bday.models import Message, User, idempotency_key
-from bday.occasions import Kind
+from bday.core.occasions import Kind
+from bday.scheduling import planner
+from bday.store import db
+from bday.store.db import transaction
+from bday.store.models import Message, User, idempotency_key
 from tests.conftest import TRUNCATE
 from tests.e2e.stack import FakeEmail, Stack, purge_all
 
@@ -29,8 +30,12 @@ STACK_ENV = {
 @pytest.fixture
 def stack(database_url, tmp_path, monkeypatch) -> Iterator[Stack]:
     fake = FakeEmail()
-    env = {**STACK_ENV, "DATABASE_URL": database_url, "RABBITMQ_URL": os.environ["RABBITMQ_URL"],
-           "EMAIL_SERVICE_URL": fake.url}
+    env = {
+        **STACK_ENV,
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": os.environ["RABBITMQ_URL"],
+        "EMAIL_SERVICE_URL": fake.url,
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()
@@ -44,31 +49,64 @@ def stack(database_url, tmp_path, monkeypatch) -> Iterator[Stack]:
     get_settings.cache_clear()
 
 
-def add_user(name: str = "Ada", *, zone: str = "UTC", birthday: date | None = None,
-             owed_from: datetime | None = None, anniversary: date | None = None) -> uuid.UUID:
+def add_user(
+    name: str = "Ada",
+    *,
+    zone: str = "UTC",
+    birthday: date | None = None,
+    owed_from: datetime | None = None,
+    anniversary: date | None = None,
+) -> uuid.UUID:
     """Insert a user directly (bypassing hooks), owed from `owed_from` (default: long ago)."""
     since = owed_from or datetime(2000, 1, 1, tzinfo=UTC)
-    user = User(id=uuid.uuid4(), first_name=name, last_name="Test", email=f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com",
-                birthday=birthday or date(1990, 1, 1), anniversary=anniversary, timezone=zone,
-                birthday_owed_from=since, anniversary_owed_from=since)
+    user = User(
+        id=uuid.uuid4(),
+        first_name=name,
+        last_name="Test",
+        email=f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com",
+        birthday=birthday or date(1990, 1, 1),
+        anniversary=anniversary,
+        timezone=zone,
+        birthday_owed_from=since,
+        anniversary_owed_from=since,
+    )
     with transaction() as session:
         session.add(user)
     return user.id
 
 
-def add_due_messages(count: int, at: datetime, kind: Kind = Kind.BIRTHDAY, prefix: str = "u") -> list[uuid.UUID]:
+def add_due_messages(
+    count: int, at: datetime, kind: Kind = Kind.BIRTHDAY, prefix: str = "u"
+) -> list[uuid.UUID]:
     """`count` users with one PENDING message each, scheduled at `at` (bulk insert)."""
     since = datetime(2000, 1, 1, tzinfo=UTC)
     users, messages = [], []
     for index in range(count):
         user_id = uuid.uuid4()
-        users.append({"id": user_id, "first_name": f"{prefix}{index}", "last_name": "Test",
-                      "email": f"{prefix}{index}-{user_id.hex[:6]}@example.com", "birthday": date(1990, 1, 1),
-                      "timezone": "UTC", "birthday_owed_from": since, "anniversary_owed_from": since})
+        users.append(
+            {
+                "id": user_id,
+                "first_name": f"{prefix}{index}",
+                "last_name": "Test",
+                "email": f"{prefix}{index}-{user_id.hex[:6]}@example.com",
+                "birthday": date(1990, 1, 1),
+                "timezone": "UTC",
+                "birthday_owed_from": since,
+                "anniversary_owed_from": since,
+            }
+        )
         local = at.date()
-        messages.append({"id": uuid.uuid4(), "user_id": user_id, "message_type": kind.value,
-                         "status": "PENDING", "occasion_date": local, "scheduled_send_time": at,
-                         "idempotency_key": idempotency_key(user_id, kind, local)})
+        messages.append(
+            {
+                "id": uuid.uuid4(),
+                "user_id": user_id,
+                "message_type": kind.value,
+                "status": "PENDING",
+                "occasion_date": local,
+                "scheduled_send_time": at,
+                "idempotency_key": idempotency_key(user_id, kind, local),
+            }
+        )
     with transaction() as session:
         session.execute(User.__table__.insert(), users)
         session.execute(Message.__table__.insert(), messages)
@@ -86,4 +124,4 @@ def next_instant(min_ahead_s: float = 3.0) -> datetime:
     return (now + timedelta(seconds=min_ahead_s + 1)).replace(microsecond=0)
 
 
-__all__ = ["add_user", "add_due_messages", "rows", "next_instant", "planner"]
+__all__ = ["add_due_messages", "add_user", "next_instant", "planner", "rows"]

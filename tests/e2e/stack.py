@@ -17,11 +17,12 @@ from pathlib import Path
 from kombu import Connection
 from sqlalchemy import text
 
-from bday import db, sandbox
-from bday.broker import topology
+from bday.broker.topology import topology
 from bday.config import get_settings
-from bday.fake_email import Behaviour, FakeEmailService, serve
-from bday.sandbox import Process
+from bday.devtools import sandbox
+from bday.devtools.fake_email import Behaviour, FakeEmailService, serve
+from bday.devtools.sandbox import Process
+from bday.store import db
 
 
 class FakeEmail:
@@ -40,7 +41,8 @@ class FakeEmail:
     def _run(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
         self._task = self._loop.create_task(
-            serve(self.service, "127.0.0.1", self.port, ready=lambda _port: ready.set()))
+            serve(self.service, "127.0.0.1", self.port, ready=lambda _port: ready.set())
+        )
         try:
             self._loop.run_until_complete(self._task)
         except asyncio.CancelledError:
@@ -81,8 +83,13 @@ class Stack:
     def _env(self, extra_env: dict | None) -> dict:
         return {**self.env, **(extra_env or {})}
 
-    def start_worker(self, name: str = "w1", concurrency: int = 8, extra_env: dict | None = None,
-                     wait: bool = True) -> Process:
+    def start_worker(
+        self,
+        name: str = "w1",
+        concurrency: int = 8,
+        extra_env: dict | None = None,
+        wait: bool = True,
+    ) -> Process:
         name = f"{name}-{len(self.processes)}"
         process = sandbox.spawn_worker(name, self._env(extra_env), self.workdir, concurrency)
         self.processes.append(process)
@@ -91,7 +98,9 @@ class Stack:
         return process
 
     def start_beat(self, extra_env: dict | None = None) -> Process:
-        process = sandbox.spawn_beat(self._env(extra_env), self.workdir, f"beat-{len(self.processes)}")
+        process = sandbox.spawn_beat(
+            self._env(extra_env), self.workdir, f"beat-{len(self.processes)}"
+        )
         self.processes.append(process)
         sandbox.wait_ready(process, "beat: Starting")
         return process
@@ -103,8 +112,9 @@ class Stack:
         self.fake.stop()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str = "condition",
-               interval: float = 0.1):
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str = "condition", interval: float = 0.1
+):
     try:
         return sandbox.wait_for(predicate, timeout, what, interval)
     except TimeoutError as exc:
@@ -113,8 +123,13 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str = "con
 
 def statuses() -> Counter:
     with db.engine().connect() as connection:
-        return Counter(dict(connection.execute(
-            text("SELECT status, count(*) FROM messages GROUP BY status")).all()))
+        return Counter(
+            dict(
+                connection.execute(
+                    text("SELECT status, count(*) FROM messages GROUP BY status")
+                ).all()
+            )
+        )
 
 
 def queue_counts() -> dict[str, int]:

@@ -13,8 +13,11 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from bday import db, hooks, jobs, sandbox
-from bday.celery_app import app
+from bday.broker.app import app
+from bday.devtools import sandbox
+from bday.scheduling import jobs
+from bday.store import db
+from bday.users import hooks
 from tests.e2e.conftest import add_due_messages, add_user, rows
 from tests.e2e.stack import queue_counts, statuses, wait_until
 from tests.test_cli_users import bday
@@ -42,7 +45,9 @@ def test_replay_since_24h_requeues_failed_messages_that_then_get_sent(stack, mon
 def test_replay_refuses_messages_older_than_catch_up_unless_forced(stack, monkeypatch, capsys):
     [old] = add_due_messages(1, datetime.now(UTC) - timedelta(hours=60))
     with db.engine().begin() as connection:
-        connection.execute(text("UPDATE messages SET status='FAILED', failure_reason='expired', failed_at=now()"))
+        connection.execute(
+            text("UPDATE messages SET status='FAILED', failure_reason='expired', failed_at=now()")
+        )
     code, out, _ = bday(monkeypatch, capsys, "replay")
     assert "refused 1 older than CATCH_UP_HOURS" in out and statuses()["FAILED"] == 1
     stack.start_worker()
@@ -52,7 +57,9 @@ def test_replay_refuses_messages_older_than_catch_up_unless_forced(stack, monkey
     assert stack.fake.sent_per_key() == {str(old): 1}
 
 
-def test_dlq_list_shows_the_death_reason_and_the_row_and_purge_drops_settled_ones(stack, monkeypatch, capsys):
+def test_dlq_list_shows_the_death_reason_and_the_row_and_purge_drops_settled_ones(
+    stack, monkeypatch, capsys
+):
     stack.fake.set(fixed_status=400)
     [message_id] = add_due_messages(1, datetime.now(UTC))
     stack.start_worker()
@@ -61,7 +68,11 @@ def test_dlq_list_shows_the_death_reason_and_the_row_and_purge_drops_settled_one
     code, out, _ = bday(monkeypatch, capsys, "dlq", "list", "--json")
     [job] = json.loads(out)
     assert (job["message_id"], job["death"], job["status"], job["reason"]) == (
-        str(message_id), "rejected", "FAILED", "permanent")
+        str(message_id),
+        "rejected",
+        "FAILED",
+        "permanent",
+    )
     assert "400" in job["error"]
     assert queue_counts()["dlq"] == 1  # listing keeps the job
     stack.fake.set(fixed_status=0)
@@ -72,7 +83,7 @@ def test_dlq_list_shows_the_death_reason_and_the_row_and_purge_drops_settled_one
 
 
 def test_dlq_purge_keeps_owed_and_malformed_jobs_unless_all(stack, monkeypatch, capsys):
-    from bday.tasks import send_message
+    from bday.worker.tasks import send_message
 
     stack.start_worker()
     send_message.apply_async(args=["not-a-uuid"])
@@ -100,13 +111,19 @@ def test_health_passes_with_a_running_stack_and_names_what_is_missing(stack, mon
 
 def _heartbeat(name: str):
     with db.engine().connect() as connection:
-        return connection.execute(text("SELECT beat_at FROM heartbeats WHERE name = :n"), {"n": name}).scalar()
+        return connection.execute(
+            text("SELECT beat_at FROM heartbeats WHERE name = :n"), {"n": name}
+        ).scalar()
 
 
 def test_health_reports_an_open_breaker_as_degraded_not_dead(database, monkeypatch, capsys):
     with db.engine().begin() as connection:
-        connection.execute(text("INSERT INTO circuit_breakers (name, state, opened_at, open_until) "
-                                "VALUES ('email-service', 'open', now() - interval '5 minutes', now() + interval '10 seconds')"))
+        connection.execute(
+            text(
+                "INSERT INTO circuit_breakers (name, state, opened_at, open_until) "
+                "VALUES ('email-service', 'open', now() - interval '5 minutes', now() + interval '10 seconds')"
+            )
+        )
     code, out, _ = bday(monkeypatch, capsys, "health", "--check", "email-service")
     assert code == 0 and out.startswith("WARN email-service: breaker open for 3")
 
@@ -122,10 +139,16 @@ def test_status_json_counts_rows_queues_and_overdue(stack, monkeypatch, capsys):
     assert "messages:  PENDING 4" in out and "overdue:   oldest" in out
 
 
-def test_every_metric_in_the_alerts_and_dashboard_is_scraped_from_running_exporters(stack, tmp_path):
+def test_every_metric_in_the_alerts_and_dashboard_is_scraped_from_running_exporters(
+    stack, tmp_path
+):
     port, worker_port = sandbox.free_port(), sandbox.free_port()
-    exporter = sandbox.spawn("metrics", sandbox.bday_command("metrics", "--address", "127.0.0.1", "--port", str(port)),
-                             stack.env, tmp_path)
+    exporter = sandbox.spawn(
+        "metrics",
+        sandbox.bday_command("metrics", "--address", "127.0.0.1", "--port", str(port)),
+        stack.env,
+        tmp_path,
+    )
     stack.processes.append(exporter)
     stack.start_worker(extra_env={"WORKER_METRICS_PORT": str(worker_port)})
     stack.fake.set(fail_first=1)  # one retry, one error, one latency sample, one sent
@@ -136,7 +159,11 @@ def test_every_metric_in_the_alerts_and_dashboard_is_scraped_from_running_export
     scraped = _scrape(port) + _scrape(worker_port)
     exported = set(re.findall(r"^([a-z_]+)(?:\{|\s)", scraped, re.M))
     wanted = _metric_names_in_monitoring()
-    missing = {name for name in wanted if not name.startswith(("celery_", "rabbitmq_")) and name not in exported}
+    missing = {
+        name
+        for name in wanted
+        if not name.startswith(("celery_", "rabbitmq_")) and name not in exported
+    }
     assert missing == set()
 
 
@@ -151,19 +178,33 @@ def _scrape(port: int) -> str:
 
 
 def _metric_names_in_monitoring() -> set[str]:
-    expressions = [rule["expr"] for group in yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text())["groups"]
-                   for rule in group["rules"]]
+    expressions = [
+        rule["expr"]
+        for group in yaml.safe_load((ROOT / "monitoring/alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
     dashboard = json.loads((ROOT / "monitoring/grafana/dashboards/bday.json").read_text())
-    expressions += [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
-    return {name for expr in expressions for name in re.findall(r"\b(bday_[a-z_]+|celery_[a-z_]+)\b", expr)}
+    expressions += [
+        target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])
+    ]
+    return {
+        name
+        for expr in expressions
+        for name in re.findall(r"\b(bday_[a-z_]+|celery_[a-z_]+)\b", expr)
+    }
 
 
-def test_with_the_fallback_on_a_hook_sends_directly_when_rabbitmq_is_unreachable(stack, monkeypatch, settings_env):
+def test_with_the_fallback_on_a_hook_sends_directly_when_rabbitmq_is_unreachable(
+    stack, monkeypatch, settings_env
+):
     send_time = (datetime.now(UTC) - timedelta(hours=1)).strftime("%H:%M")
     settings_env.setenv("SEND_TIME", send_time)
     settings_env.setenv("DIRECT_SEND_FALLBACK", "true")
-    user_id = add_user("Fallback", zone="UTC",
-                       birthday=(datetime.now(UTC) - timedelta(hours=1)).date().replace(year=1990))
+    user_id = add_user(
+        "Fallback",
+        zone="UTC",
+        birthday=(datetime.now(UTC) - timedelta(hours=1)).date().replace(year=1990),
+    )
     with monkeypatch.context() as broken:
         broken.setattr(app.conf, "broker_url", "amqp://guest:guest@127.0.0.1:1//")
         message_id = hooks.on_birthday_hook(user_id)

@@ -12,13 +12,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kombu import Connection, Exchange, Producer
 
-from bday import hooks, jobs, users
-from bday.broker import SEND_ROUTING_KEY, topology
-from bday.celery_app import app
+from bday.broker.app import app
+from bday.broker.topology import SEND_ROUTING_KEY, topology
 from bday.config import get_settings
-from bday.events import USER_BIRTHDAY, emit
-from bday.occasions import message_text
-from bday.tasks import send_message
+from bday.core.occasions import message_text
+from bday.scheduling import jobs
+from bday.users import api as users
+from bday.users import hooks
+from bday.users.events import USER_BIRTHDAY, emit
+from bday.worker.tasks import send_message
 from tests.e2e.conftest import add_due_messages, add_user, next_instant, rows
 from tests.e2e.stack import queue_counts, statuses, wait_until
 
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _local_date(at: datetime, zone_name: str):
-    from bday.occasions import zone
+    from bday.core.occasions import zone
 
     return at.astimezone(zone(zone_name)).date()
 
@@ -36,19 +38,31 @@ def test_greetings_go_out_at_send_time_through_beat_and_never_early(stack):
     now = datetime.now(UTC)
     instant = (now + timedelta(seconds=80)).replace(second=0, microsecond=0)
     send_time = instant.strftime("%H:%M")
-    owed = [add_user(f"Owed{i}", zone="UTC", birthday=_local_date(instant, "UTC").replace(year=1990))
-            for i in range(5)]
+    owed = [
+        add_user(f"Owed{i}", zone="UTC", birthday=_local_date(instant, "UTC").replace(year=1990))
+        for i in range(5)
+    ]
     # Etc/GMT-1 is UTC+1: SEND_TIME there came an hour before `instant`, before this user existed.
-    too_late = add_user("Late", zone="Etc/GMT-1", owed_from=now,
-                        birthday=_local_date(instant - timedelta(hours=1), "Etc/GMT-1").replace(year=1990))
-    tomorrow = add_user("Tomorrow", zone="UTC",
-                        birthday=(_local_date(instant, "UTC") + timedelta(days=1)).replace(year=1990))
+    too_late = add_user(
+        "Late",
+        zone="Etc/GMT-1",
+        owed_from=now,
+        birthday=_local_date(instant - timedelta(hours=1), "Etc/GMT-1").replace(year=1990),
+    )
+    tomorrow = add_user(
+        "Tomorrow",
+        zone="UTC",
+        birthday=(_local_date(instant, "UTC") + timedelta(days=1)).replace(year=1990),
+    )
     env = {"SEND_TIME": send_time}
     stack.start_worker(extra_env=env)
     stack.start_beat(extra_env=env)
 
-    wait_until(lambda: statuses()["SENT"] >= 5, (instant - datetime.now(UTC)).total_seconds() + 30,
-               "five greetings sent")
+    wait_until(
+        lambda: statuses()["SENT"] >= 5,
+        (instant - datetime.now(UTC)).total_seconds() + 30,
+        "five greetings sent",
+    )
     time.sleep(2)
     records = stack.fake.records
     assert len(records) == 5
@@ -57,7 +71,9 @@ def test_greetings_go_out_at_send_time_through_beat_and_never_early(stack):
     assert lateness[-1] < 2.0, lateness
     sent_users = {row.user_id for row in rows() if row.status == "SENT"}
     assert sent_users == set(owed)
-    assert {r.message for r in records} == {message_text("BIRTHDAY", f"Owed{i}", "Test") for i in range(5)}
+    assert {r.message for r in records} == {
+        message_text("BIRTHDAY", f"Owed{i}", "Test") for i in range(5)
+    }
     assert too_late not in {row.user_id for row in rows()}
     assert [row.status for row in rows() if row.user_id == tomorrow] == ["PENDING"]
 
@@ -108,20 +124,34 @@ def _publish_raw(body: bytes, headers: dict, content_type: str = "application/js
     parts = topology(get_settings())
     with Connection(get_settings().rabbitmq_url) as connection:
         Producer(connection.channel()).publish(
-            body, exchange=Exchange(parts.exchange.name, type="topic"), routing_key=SEND_ROUTING_KEY,
-            headers=headers, content_type=content_type, content_encoding="utf-8")
+            body,
+            exchange=Exchange(parts.exchange.name, type="topic"),
+            routing_key=SEND_ROUTING_KEY,
+            headers=headers,
+            content_type=content_type,
+            content_encoding="utf-8",
+        )
 
 
 def test_malformed_jobs_are_dead_lettered_while_good_jobs_keep_flowing(stack):
     good = add_due_messages(5, next_instant(2))
     stack.start_worker()
     _publish_raw(b"{this is not json", {"task": "bday.tasks.send_message", "id": str(uuid.uuid4())})
-    _publish_raw(json.dumps([[], {}, {}]).encode(), {"task": "bday.tasks.no_such_task", "id": str(uuid.uuid4())})
-    send_message.apply_async(args=[str(uuid.uuid4())])  # a well-formed job for a row that does not exist
+    _publish_raw(
+        json.dumps([[], {}, {}]).encode(),
+        {"task": "bday.tasks.no_such_task", "id": str(uuid.uuid4())},
+    )
+    send_message.apply_async(
+        args=[str(uuid.uuid4())]
+    )  # a well-formed job for a row that does not exist
     send_message.apply_async(args=["not-a-uuid"])
     task = {"task": "bday.tasks.send_message"}
-    _publish_raw(json.dumps([[], {"unexpected": 1}, {}]).encode(), {**task, "id": str(uuid.uuid4())})
-    _publish_raw(json.dumps([["x" * 1_000_000], {}, {}]).encode(), {**task, "id": str(uuid.uuid4())})
+    _publish_raw(
+        json.dumps([[], {"unexpected": 1}, {}]).encode(), {**task, "id": str(uuid.uuid4())}
+    )
+    _publish_raw(
+        json.dumps([["x" * 1_000_000], {}, {}]).encode(), {**task, "id": str(uuid.uuid4())}
+    )
     jobs.enqueue_job()
     wait_until(lambda: statuses()["SENT"] == 5, 20, "good messages sent")
     wait_until(lambda: queue_counts()["dlq"] == 6, 15, "six malformed jobs in the DLQ")
@@ -133,8 +163,11 @@ def test_the_same_hook_called_twice_sends_once(stack, settings_env):
     # SEND_TIME an hour ago: the greeting is owed and overdue, so the hook publishes it at once.
     send_time = (datetime.now(UTC) - timedelta(hours=1)).strftime("%H:%M")
     settings_env.setenv("SEND_TIME", send_time)
-    user_id = add_user("Hooked", zone="UTC",
-                       birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990))
+    user_id = add_user(
+        "Hooked",
+        zone="UTC",
+        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+    )
     stack.start_worker(extra_env={"SEND_TIME": send_time})
     first = hooks.on_birthday_hook(user_id)
     second = hooks.on_birthday_hook(user_id)
@@ -149,7 +182,9 @@ def test_the_same_hook_called_twice_sends_once(stack, settings_env):
 def test_two_enqueue_runs_at_once_publish_each_row_once(stack):
     add_due_messages(300, next_instant(3))
     results = []
-    runners = [threading.Thread(target=lambda: results.append(jobs.enqueue_job())) for _ in range(2)]
+    runners = [
+        threading.Thread(target=lambda: results.append(jobs.enqueue_job())) for _ in range(2)
+    ]
     for runner in runners:
         runner.start()
     for runner in runners:
@@ -176,8 +211,11 @@ def test_a_job_delivered_early_is_not_sent_early(stack):
 def test_a_zone_change_after_publishing_turns_the_queued_job_into_a_no_op(stack, settings_env):
     send_time = (datetime.now(UTC) - timedelta(hours=1)).strftime("%H:%M")
     settings_env.setenv("SEND_TIME", send_time)
-    user_id = add_user("Mover", zone="UTC",
-                       birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990))
+    user_id = add_user(
+        "Mover",
+        zone="UTC",
+        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+    )
     queued = hooks.on_birthday_hook(user_id)  # published; no worker is running yet
     users.update_user(user_id, timezone="Pacific/Kiritimati")
     assert [row.status for row in rows() if row.id == queued] == ["CANCELLED"]
@@ -191,8 +229,11 @@ def test_a_zone_change_after_publishing_turns_the_queued_job_into_a_no_op(stack,
 def test_a_hook_whose_publish_fails_leaves_the_row_for_enqueue(stack, monkeypatch, settings_env):
     send_time = (datetime.now(UTC) - timedelta(hours=1)).strftime("%H:%M")
     settings_env.setenv("SEND_TIME", send_time)
-    user_id = add_user("Offline", zone="UTC",
-                       birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990))
+    user_id = add_user(
+        "Offline",
+        zone="UTC",
+        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+    )
     with monkeypatch.context() as broken:
         broken.setattr(app.conf, "broker_url", "amqp://guest:guest@127.0.0.1:1//")
         message_id = hooks.on_birthday_hook(user_id)  # must not raise

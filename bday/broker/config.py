@@ -1,0 +1,96 @@
+"""Celery settings derived from bday's settings (loaded lazily by `app.config_from_object`).
+
+Each choice below is there for a reason that matters to exactly-once delivery:
+
+* `task_acks_late` + `task_acks_on_failure=False`: a job is acknowledged only after
+  its outcome is recorded; a task that raises is rejected without requeue, so it dead-letters.
+* `task_reject_on_worker_lost`: a job whose (prefork) worker process died is requeued, not acked.
+* publisher confirms on the publishes that create work (enqueue, hooks, recovery, replay: see
+  `dispatch.publish`, which opens its own confirming connection). Not for Celery's internal
+  publishes from worker threads (events, retries): measured here, confirms there stalled a
+  threads-pool worker for ~90 s (until the heartbeat timeout) in 1 of 3 runs of 2,000 no-op
+  tasks, and in none of 5 runs without. A retry that is lost anyway is caught by recovery:
+  the row stays QUEUED with its next_attempt_at.
+* `broker_connection_max_retries=None`: workers and beat reconnect for as long as it takes.
+* quorum queues on a topic exchange: countdowns are held by the broker (native delayed
+  delivery), never in worker memory past RabbitMQ's 30-minute consumer timeout.
+* JSON only, no result backend: jobs carry ids, outcomes live in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from celery.schedules import crontab
+
+from bday.broker.topology import DELAYED_QUEUE_TYPE, topology
+from bday.config import SettingsError, get_settings
+
+try:
+    _settings = get_settings()
+except SettingsError as error:
+    from bday.broker.app import exit_on_bad_settings
+
+    exit_on_bad_settings(error)
+
+_topology = topology(_settings)
+
+
+def _cron(expression: str) -> crontab:
+    return crontab.from_string(expression)
+
+
+broker_url = _settings.rabbitmq_url
+broker_connection_retry_on_startup = True
+broker_connection_max_retries = None
+broker_heartbeat = 30
+broker_native_delayed_delivery_queue_type = DELAYED_QUEUE_TYPE
+
+task_serializer = "json"
+accept_content = ["json"]
+result_backend = None
+task_ignore_result = True
+task_acks_late = True
+task_acks_on_failure = False
+task_acks_on_timeout = False
+task_reject_on_worker_lost = True
+task_create_missing_queues = False
+
+task_queues = _topology.consumed_queues
+task_default_queue = _topology.send_queue.name
+task_default_exchange = _topology.exchange.name
+task_default_exchange_type = "topic"
+task_default_routing_key = _topology.send_queue.routing_key
+task_routes = {
+    "bday.tasks.send_message": {"queue": _topology.send_queue.name},
+    "bday.tasks.noop": {"queue": _topology.send_queue.name},  # the benchmark's baseline
+    "bday.tasks.*": {"queue": _topology.scheduler_queue.name},
+}
+
+worker_pool = "threads"  # the send is I/O-bound: threads wait on the email service cheaply
+worker_concurrency = _settings.queue_concurrency
+worker_prefetch_multiplier = 2
+worker_consumer = "bday.broker.app:DeadLetteringConsumer"
+# Off by default (they cost ~0.65 ms of worker CPU per message, measured): Flower switches them
+# on in the workers it watches (its enable_events option, on by default); WORKER_TASK_EVENTS=true
+# turns them on from the start.
+worker_send_task_events = _settings.worker_task_events
+task_send_sent_event = _settings.worker_task_events
+worker_hijack_root_logger = False
+
+timezone = _settings.cron_timezone
+enable_utc = True
+beat_scheduler = "bday.worker.beat:Scheduler"
+beat_max_loop_interval = 10
+beat_schedule = {
+    "enqueue": {
+        "task": "bday.tasks.enqueue",
+        "schedule": _cron(_settings.cron_minute_schedule),
+    },
+    "plan": {
+        "task": "bday.tasks.plan",
+        "schedule": _cron(_settings.cron_plan_schedule),
+    },
+    "recover": {
+        "task": "bday.tasks.recover",
+        "schedule": _cron(_settings.cron_recovery_schedule),
+    },
+}

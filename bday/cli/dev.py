@@ -1,0 +1,80 @@
+"""`bday fake-email-service`: the local stand-in for the email service."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("fake-email-service")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; loopback unless you mean to expose it.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8025, show_default=True)
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests answered 500.",
+)
+@click.option(
+    "--timeout-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of requests held past any client timeout.",
+)
+@click.option(
+    "--latency-ms",
+    type=click.FloatRange(0),
+    default=0.0,
+    show_default=True,
+    help="Delay before every answer.",
+)
+@click.option("--down", is_flag=True, help="Answer 503 to everything (until POST /control).")
+def fake_email_service(host, port, failure_rate, timeout_rate, latency_ms, down) -> None:
+    """Serve POST /send-email like the real service and record every request.
+
+    GET /requests lists them, GET /stats counts them, POST /control changes behaviour live
+    (JSON such as {"down": false, "failure_rate": 0.1}), POST /reset forgets them.
+    """
+    from bday.devtools import fake_email
+
+    fake_email.run(
+        host,
+        port,
+        failure_rate=failure_rate,
+        timeout_rate=timeout_rate,
+        latency_ms=latency_ms,
+        down=down,
+    )
+
+
+@click.command("demo")
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0, 0.9),
+    default=0.2,
+    show_default=True,
+    help="Share of email-service calls that fail at random (and are retried).",
+)
+@click.option("--latency-ms", type=click.FloatRange(0), default=60, show_default=True)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(30),
+    default=300,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
+@click.option("--keep", is_flag=True, help="Keep the sandbox database and vhost afterwards.")
+def demo(failure_rate, latency_ms, timeout_s, keep) -> None:
+    """Watch greetings being delivered live, in a sandbox database and vhost of its own."""
+    import sys
+
+    from bday.devtools import demo as demo_module
+
+    sys.exit(demo_module.run(failure_rate, latency_ms, timeout_s, keep))

@@ -1,0 +1,134 @@
+"""The `bday` command line. Every failure a user can cause is one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from sqlalchemy.exc import OperationalError
+
+from bday.config import SettingsError
+
+EXIT_USAGE = 2
+
+
+class Failure(click.ClickException):
+    """A one-line error: printed as `bday: <message>` on stderr, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    def show(self, file=None) -> None:
+        click.echo(f"bday: {self.format_message()}", err=True, file=file)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The typed errors that mean "your input is wrong", reported as one line, exit 2."""
+    from bday.users.api import UserInputError, UserNotFound
+
+    return (SettingsError, UserInputError, UserNotFound)
+
+
+@click.group()
+@click.version_option(package_name="bday")
+def main() -> None:
+    """bday: birthday and work-anniversary greetings at 09:00 local time, exactly once."""
+
+
+# --- db ----------------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def db_upgrade(revision: str) -> None:
+    """Migrate the database at DATABASE_URL to REVISION (default: the newest)."""
+    from bday.ops import migrate
+
+    migrate.upgrade(revision)
+    click.echo(f"database at revision {migrate.current_revision()}")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+def db_downgrade(revision: str) -> None:
+    """Migrate down to REVISION (`base` removes every bday table)."""
+    from bday.ops import migrate
+
+    migrate.downgrade(revision)
+    click.echo(f"database at revision {migrate.current_revision() or 'base'}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's revision and the newest one this code knows."""
+    from bday.ops import migrate
+
+    click.echo(f"current {migrate.current_revision() or 'base'} head {migrate.head_revision()}")
+
+
+def _register_subcommands() -> None:
+    from bday.cli import ops as cli_ops
+    from bday.cli.dev import demo, fake_email_service
+    from bday.cli.users import users
+
+    for command in (
+        users,
+        fake_email_service,
+        cli_ops.status,
+        cli_ops.health,
+        cli_ops.replay,
+        cli_ops.dlq,
+        cli_ops.metrics,
+        cli_ops.bench,
+        demo,
+    ):
+        main.add_command(command)
+
+
+_register_subcommands()
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def run() -> None:
+    """Console-script entry: like click's standalone mode, but every error is one line."""
+    import logging
+
+    from bday.telemetry import logs
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure()
+    try:
+        main.main(standalone_mode=False)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "bday"
+        click.echo(f"{command}: {exc.format_message()} (see --help)", err=True)
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except user_errors() as exc:
+        Failure(str(exc)).show()
+        sys.exit(EXIT_USAGE)
+    except (OSError, OperationalError) as exc:  # connection refused and friends
+        Failure(f"cannot reach a service: {_first_line(exc)}").show()
+        sys.exit(1)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

@@ -1,0 +1,264 @@
+"""Operator commands: status, health, replay, dlq, metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+
+import click
+
+from bday.core.occasions import Kind
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(as_json: bool) -> None:
+    """Counts by status and type, queue and DLQ depth, consumers, oldest overdue, last runs."""
+    from bday.ops import status as state
+
+    database = state.read_database()
+    try:
+        broker = state.read_broker()
+        broker_view = {
+            "queue_depth": broker.queue_depth,
+            "dlq_depth": broker.dlq_depth,
+            "consumers": broker.consumers,
+            "scheduler_depth": broker.scheduler_depth,
+        }
+    except Exception as exc:  # noqa: BLE001 - status must still show the database side
+        broker_view = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+    report = {
+        "messages": dict(sorted(database.by_status.items())),
+        "by_type": {f"{kind}/{st}": n for (kind, st), n in sorted(database.by_type_status.items())},
+        "broker": broker_view,
+        "oldest_overdue": (
+            {"id": database.oldest_overdue_id, "seconds": round(database.oldest_overdue_s, 1)}
+            if database.oldest_overdue_id
+            else None
+        ),
+        "last_runs": {name: at.isoformat() for name, at in sorted(database.heartbeats.items())},
+        "breaker": {
+            "state": database.breaker_state,
+            "open_seconds": round(database.breaker_open_s, 1),
+            "trips": database.breaker_trips,
+        },
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_status(report)
+
+
+def _print_status(report: dict) -> None:
+    now = datetime.now(UTC)
+    click.echo(
+        "messages:  " + ("  ".join(f"{k} {v}" for k, v in report["messages"].items()) or "none")
+    )
+    for key, count in report["by_type"].items():
+        click.echo(f"  {key:<22} {count}")
+    broker = report["broker"]
+    if "error" in broker:
+        click.echo(f"broker:    unreachable ({broker['error']})")
+    else:
+        click.echo(
+            f"queue:     {broker['queue_depth']} ready, {broker['consumers']} consumer(s); "
+            f"DLQ {broker['dlq_depth']}"
+        )
+    overdue = report["oldest_overdue"]
+    click.echo(
+        "overdue:   "
+        + (
+            f"oldest {overdue['seconds']:.0f} s past its instant ({overdue['id']})"
+            if overdue
+            else "none"
+        )
+    )
+    for name, at in report["last_runs"].items():
+        age = (now - datetime.fromisoformat(at)).total_seconds()
+        click.echo(f"last {name + ':':<9}{age:.0f} s ago")
+    breaker = report["breaker"]
+    click.echo(
+        f"breaker:   {breaker['state']}"
+        + (f" for {breaker['open_seconds']:.0f} s" if breaker["state"] != "closed" else "")
+    )
+
+
+@click.command("health")
+@click.option(
+    "--check",
+    "checks",
+    multiple=True,
+    type=click.Choice(["rabbitmq", "postgresql", "workers", "beat", "email-service"]),
+    help="Run only these checks (repeatable). Default: all.",
+)
+def health(checks: tuple[str, ...]) -> None:
+    """One line per check; exit 0 only if all pass (an open breaker is only a warning)."""
+    from bday.ops import health as probes
+
+    results = probes.run(list(checks) or None)
+    for result in results:
+        click.echo(result.line())
+    if not all(result.ok for result in results):
+        sys.exit(1)
+
+
+@click.command("replay")
+@click.option(
+    "--since", "since", default=None, help="Only messages that failed within, e.g. 24h, 90m, 2d."
+)
+@click.option(
+    "--type", "message_type", type=click.Choice([k.value for k in Kind], case_sensitive=False)
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
+@click.option("--force", is_flag=True, help="Also replay messages older than CATCH_UP_HOURS.")
+def replay(since, message_type, limit, dry_run, force) -> None:
+    """Re-queue FAILED messages (the seed's Step 9), resetting their retry counts."""
+    from bday.ops.replay import parse_age, replay_failed
+
+    try:
+        age = parse_age(since) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    result = replay_failed(
+        since=age,
+        message_type=message_type.upper() if message_type else None,
+        limit=limit,
+        dry_run=dry_run,
+        force=force,
+    )
+    verb = "would re-queue" if dry_run else "re-queued"
+    click.echo(f"{verb} {len(result.selected) if dry_run else result.published} message(s)")
+    for message_id in result.selected if dry_run else []:
+        click.echo(f"  {message_id}")
+    if result.too_old:
+        click.echo(f"refused {len(result.too_old)} older than CATCH_UP_HOURS (use --force)")
+
+
+@click.group("dlq")
+def dlq() -> None:
+    """Inspect, replay or purge the dead-letter queue."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(limit, as_json) -> None:
+    """Dead-lettered jobs: why they died and what their message row says now."""
+    from bday.ops import dlq as dead
+
+    jobs = dead.list_jobs(limit)
+    rows = [
+        {
+            "task": j.task,
+            "message_id": j.message_id,
+            "death": j.death_reason,
+            "died_at": j.died_at.isoformat() if j.died_at else None,
+            "status": j.row_status,
+            "reason": j.row_reason,
+            "error": j.row_error,
+        }
+        for j in jobs
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{len(rows)} job(s) in the DLQ")
+    for row in rows:
+        detail = (
+            f"{row['status']} ({row['reason'] or '-'}: {row['error'] or '-'})"
+            if row["status"]
+            else "no such message"
+        )
+        click.echo(
+            f"  {row['message_id'] or '<malformed>'}  {row['task'] or '<no task>'}  died: {row['death']}  "
+            f"row: {detail}"
+        )
+
+
+@dlq.command("replay")
+@click.option("--limit", type=click.IntRange(min=1), default=None)
+def dlq_replay(limit) -> None:
+    """Re-publish dead jobs whose message is still owed (FAILED retries reset)."""
+    from bday.ops import dlq as dead
+
+    replayed, kept = dead.replay(limit)
+    click.echo(f"replayed {replayed}; {kept} left in the DLQ")
+
+
+@dlq.command("purge")
+@click.option(
+    "--all", "everything", is_flag=True, help="Drop every dead job, whatever its row says."
+)
+def dlq_purge(everything) -> None:
+    """Drop dead jobs whose message is already SENT or CANCELLED (all with --all)."""
+    from bday.ops import dlq as dead
+
+    purged, kept = dead.purge(everything)
+    click.echo(f"purged {purged}; {kept} left in the DLQ")
+
+
+@click.command("metrics")
+@click.option("--port", type=click.IntRange(1, 65535), default=9750, show_default=True)
+@click.option("--address", default="0.0.0.0", show_default=True)
+def metrics(port, address) -> None:
+    """Serve bday's state metrics (queues, rows by status, overdue, beat, breaker) for Prometheus."""
+    import time
+
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from bday.ops.exporter import StateCollector
+
+    registry = CollectorRegistry()
+    registry.register(StateCollector())
+    start_http_server(port, addr=address, registry=registry)
+    click.echo(f"bday metrics on http://{address}:{port}/metrics")
+    while True:
+        time.sleep(3600)
+
+
+@click.command("bench")
+@click.option(
+    "--quick", is_flag=True, help="Small counts (a minute or two): for CI and smoke checks."
+)
+@click.option("--concurrency", type=click.IntRange(1, 1000), default=64, show_default=True)
+@click.option(
+    "--pool",
+    type=click.Choice(["threads", "prefork", "solo"]),
+    default="threads",
+    show_default=True,
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Worker processes (each with the pool and concurrency above).",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Run ceiling and delivery this many times and report medians.",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["delivery", "burst", "planning", "memory", "breaker"]),
+    help="Run only these figures (the ceiling always runs).",
+)
+def bench(quick, concurrency, pool, processes, repeat, only) -> None:
+    """Measure capacity on this machine, each figure beside a baseline from the same run."""
+    from bday.devtools import bench as benchmark
+
+    rows = benchmark.run(
+        quick=quick,
+        concurrency=concurrency,
+        pool=pool,
+        repeat=repeat,
+        only=only,
+        processes=processes,
+    )
+    click.echo(benchmark.table(rows))

@@ -1,0 +1,101 @@
+"""`bday users ...`: add, update, delete and list users from the shell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bday.users import api as users_api
+
+
+def _user_options(required: bool):
+    """The field options shared by `add` (all required but anniversary) and `update`."""
+
+    def decorate(command):
+        options = [
+            click.option("--first-name", required=required, help="Given name (1-100 characters)."),
+            click.option("--last-name", required=required, help="Family name (1-100 characters)."),
+            click.option("--email", required=required, help="Email address (unique among users)."),
+            click.option("--birthday", required=required, help="YYYY-MM-DD, not in the future."),
+            click.option("--timezone", required=required, help="IANA zone, e.g. Asia/Tokyo."),
+            click.option("--anniversary", help="Work anniversary, YYYY-MM-DD ('' to remove)."),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+@click.group()
+def users() -> None:
+    """Add, change, delete and list users."""
+
+
+@users.command("add")
+@_user_options(required=True)
+def add(**fields) -> None:
+    """Add a user; prints the new user's id."""
+    click.echo(users_api.create_user(**fields))
+
+
+@users.command("update")
+@click.argument("user_id")
+@_user_options(required=False)
+def update(user_id: str, **fields) -> None:
+    """Change the given fields of user USER_ID."""
+    changes = {name: value for name, value in fields.items() if value is not None}
+    if not changes:
+        raise click.UsageError("nothing to change: give at least one field option")
+    users_api.update_user(user_id, **changes)
+    click.echo(f"updated {user_id}")
+
+
+@users.command("delete")
+@click.argument("user_id")
+def delete(user_id: str) -> None:
+    """Delete user USER_ID and cancel their unsent greetings."""
+    users_api.delete_user(user_id)
+    click.echo(f"deleted {user_id}")
+
+
+@users.command("list")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+def list_(limit: int | None) -> None:
+    """Live users, tab-separated: id, name, email, birthday, anniversary, zone."""
+    for user in users_api.list_users(limit=limit):
+        click.echo(
+            "\t".join(
+                [
+                    str(user.id),
+                    f"{user.first_name} {user.last_name}",
+                    user.email,
+                    user.birthday.isoformat(),
+                    user.anniversary.isoformat() if user.anniversary else "-",
+                    user.timezone,
+                ]
+            )
+        )
+
+
+@users.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def import_(path: Path) -> None:
+    """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
+    [,anniversary]). Valid rows are kept; bad rows are listed with their line numbers."""
+    from bday.cli.main import Failure
+    from bday.users.importer import ImportFileError, import_rows, read_rows
+
+    try:
+        rows, total = read_rows(path)
+    except ImportFileError as exc:
+        raise Failure(str(exc)) from None
+    with click.progressbar(length=total, label=f"importing {total} row(s)", file=sys.stderr) as bar:
+        result = import_rows(rows, progress=bar.update)
+    click.echo(f"imported {result.imported} of {total} row(s); {len(result.errors)} refused")
+    for line, problem in sorted(result.errors):
+        click.echo(f"  line {line}: {problem}")
+    if result.errors:
+        sys.exit(1)

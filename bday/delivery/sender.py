@@ -1,0 +1,184 @@
+"""The email-service client: one `send()`, success returns, failure raises a typed error.
+
+All HTTP status classification lives here (DESIGN.md, "The email service"):
+
+* 2xx: sent.
+* timeouts, connection errors, 5xx and 429: `TransientSendError` (429 and 503 carry the
+  server's `Retry-After`, in seconds, when it sent one).
+* any other status: `PermanentSendError`.
+
+There is no retry loop here: retrying is the task's job (Celery's retry, one layer).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from bday.config import get_settings
+from bday.telemetry import metrics
+
+_RESPONSE_KEEP_CHARS = 500
+
+
+class SendError(Exception):
+    """Base of the two outcomes that are not success."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+    ):
+        super().__init__(message)
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+class TransientSendError(SendError):
+    """Worth trying again later: timeout, connection error, 429 or 5xx."""
+
+
+class PermanentSendError(SendError):
+    """Trying again will not help: a 4xx other than 429, or an unexpected status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the service answered to a successful send."""
+
+    status: int
+    body: str
+    elapsed_s: float
+
+
+class EmailSender:
+    """POSTs greetings to `{base_url}/send-email` over one pooled httpx client."""
+
+    def __init__(
+        self,
+        base_url: str,
+        timeout_s: float,
+        max_connections: int = 10,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = f"{base_url.rstrip('/')}/send-email"
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout_s),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    def send(self, *, email: str, message: str, idempotency_key: str) -> Receipt:
+        """Deliver one greeting. Raises `TransientSendError` or `PermanentSendError`."""
+        started = time.perf_counter()
+        try:
+            response = self._client.post(
+                self.url,
+                json={"email": email, "message": message},
+                headers={"Idempotency-Key": idempotency_key},
+            )
+            receipt = classify(response, time.perf_counter() - started)
+        except httpx.TimeoutException as exc:
+            metrics.record_email_call(time.perf_counter() - started, "timeout")
+            raise TransientSendError(f"timeout: {type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            metrics.record_email_call(time.perf_counter() - started, "connection")
+            raise TransientSendError(f"connection error: {type(exc).__name__}: {exc}") from exc
+        except SendError as exc:
+            metrics.record_email_call(time.perf_counter() - started, _status_kind(exc.status))
+            raise
+        metrics.record_email_call(receipt.elapsed_s, None)
+        return receipt
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def classify(response: httpx.Response, elapsed_s: float = 0.0) -> Receipt:
+    """Map one HTTP response to a Receipt or the matching error."""
+    status = response.status_code
+    body = response.text[:_RESPONSE_KEEP_CHARS]
+    if 200 <= status < 300:
+        return Receipt(status, body, elapsed_s)
+    detail = f"HTTP {status}: {body[:200]}".strip()
+    if status == 429 or status >= 500:
+        raise TransientSendError(
+            detail,
+            status=status,
+            retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+    raise PermanentSendError(detail, status=status)
+
+
+def _status_kind(status: int | None) -> str:
+    if status == 429:
+        return "429"
+    return f"{status // 100}xx" if status else "other"
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+_local = threading.local()
+_shared: dict[tuple, EmailSender] = {}
+
+
+def _green() -> bool:
+    """True under Celery's gevent pool: greenlets are spawned per task, so a per-"thread" client
+    would be a client per message; one shared pool is cheap there (no GIL contention)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("socket")
+
+
+def _shared_sender(key: tuple, settings) -> EmailSender:
+    if key not in _shared:
+        _shared[key] = EmailSender(
+            settings.email_service_url,
+            settings.email_service_timeout_s,
+            max_connections=settings.queue_concurrency + 2,
+        )
+    return _shared[key]
+
+
+def get_sender() -> EmailSender:
+    """This thread's sender for the current settings (rebuilt after fork).
+
+    One keep-alive client per worker thread rather than one shared pool: with 64 threads on
+    one httpx pool, py-spy showed most worker time waiting on httpcore's pool lock (its
+    request-to-connection assignment runs under one lock), and throughput fell with it.
+    """
+    settings = get_settings()
+    key = (os.getpid(), settings.email_service_url, settings.email_service_timeout_ms)
+    if _green():
+        return _shared_sender(key, settings)
+    sender = getattr(_local, "sender", None)
+    if sender is None or _local.key != key:
+        _local.sender, _local.key = (
+            EmailSender(
+                settings.email_service_url, settings.email_service_timeout_s, max_connections=1
+            ),
+            key,
+        )
+    return _local.sender

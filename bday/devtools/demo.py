@@ -1,0 +1,376 @@
+"""`bday demo`: the whole system delivering greetings live, in a sandbox of its own.
+
+It creates its own database and vhost (never touching real data), migrates, starts the fake
+email service (with random failures), a worker and beat, and seeds users so that:
+
+* one user in every zone that shares a UTC offset gets a greeting at the next SEND_TIME, a
+  minute or two from now (SEND_TIME is chosen for that offset);
+* users in Tokyo, Sydney, Auckland, Kathmandu, Chatham ... whose 09:00 already passed today
+  are owed late greetings (as after an outage) and get them at once;
+* users further west, whose SEND_TIME is later today, wait (PENDING);
+* one user created just now, after their SEND_TIME, is owed nothing.
+
+A table refreshes while sends happen (retries included); when every due greeting is sent it
+prints a summary, stops everything and drops the sandbox. Ctrl-C does the same at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import available_timezones
+
+from sqlalchemy import text
+
+from bday.core.occasions import is_known_zone, zone
+from bday.devtools import sandbox
+
+CATCH_UP_ZONES = [
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+    "Asia/Kathmandu",
+    "Pacific/Chatham",
+    "Asia/Kolkata",
+    "Pacific/Kiritimati",
+    "Australia/Lord_Howe",
+]
+LATER_ZONES = [
+    "America/New_York",
+    "America/St_Johns",
+    "America/Los_Angeles",
+    "Pacific/Honolulu",
+    "Etc/GMT+12",
+    "America/Argentina/Buenos_Aires",
+]
+FIRST_NAMES = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Edsger",
+    "Barbara",
+    "Donald",
+    "Margaret",
+    "Ken",
+    "Radia",
+    "Linus",
+    "Frances",
+    "Tim",
+    "Hedy",
+    "Dennis",
+    "Katherine",
+    "John",
+    "Anita",
+    "Guido",
+]
+
+
+@dataclass
+class Plan:
+    instant: datetime
+    send_time: str
+    offset: timedelta
+    wave: list[str] = field(default_factory=list)
+
+
+def choose_plan(now: datetime, min_lead_s: int = 45) -> Plan:
+    """The next whole minute at least `min_lead_s` away, and the largest group of zones that
+    share one UTC offset at that instant; SEND_TIME is that minute on their wall clock."""
+    instant = (now + timedelta(seconds=min_lead_s + 59)).replace(second=0, microsecond=0)
+    groups: dict[timedelta, list[str]] = {}
+    for name in sorted(available_timezones()):
+        if is_known_zone(name) and "/" in name and not name.startswith(("Etc/", "SystemV/", "US/")):
+            groups.setdefault(instant.astimezone(zone(name)).utcoffset(), []).append(name)
+    offset, names = max(groups.items(), key=lambda item: len(item[1]))
+    local = instant.astimezone(zone(names[0]))
+    return Plan(instant, local.strftime("%H:%M"), offset, names)
+
+
+def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
+    """Insert the demo's users (existing "for years", so their greetings are owed)."""
+    import psycopg
+
+    groups: dict[str, list[str]] = {"due now": plan.wave, "late (missed)": [], "later today": []}
+    long_ago = datetime(2015, 1, 1, tzinfo=UTC)
+    rows = []
+    for index, name in enumerate(plan.wave):
+        rows.append(_user(index, name, _local_today(plan.instant, name), long_ago))
+    for index, name in enumerate(CATCH_UP_ZONES + LATER_ZONES, start=len(rows)):
+        if not is_known_zone(name):
+            continue
+        local = plan.instant.astimezone(zone(name))
+        # SEND_TIME on this zone's wall clock today: passed already east of the wave, still ahead west.
+        key = "late (missed)" if local.utcoffset() > plan.offset else "later today"
+        groups[key].append(name)
+        rows.append(_user(index, name, local.date(), long_ago))
+    with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as connection:
+        connection.cursor().executemany(
+            "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
+            " birthday_owed_from, anniversary_owed_from) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+            rows,
+        )
+    return groups
+
+
+def _user(index: int, zone_name: str, local_day: date, since: datetime) -> tuple:
+    first = FIRST_NAMES[index % len(FIRST_NAMES)]
+    last = zone_name.rsplit("/", 1)[-1].replace("_", " ")
+    return (
+        uuid.uuid4(),
+        first,
+        last,
+        f"{first.lower()}.{index}@example.com",
+        local_day.replace(year=1990)
+        if (local_day.month, local_day.day) != (2, 29)
+        else date(1992, 2, 29),
+        zone_name,
+        since,
+        since,
+    )
+
+
+def _local_today(instant: datetime, zone_name: str) -> date:
+    return instant.astimezone(zone(zone_name)).date()
+
+
+class Demo:
+    def __init__(self, failure_rate: float, latency_ms: float, timeout_s: float, keep: bool):
+        self.failure_rate, self.latency_ms, self.timeout_s, self.keep = (
+            failure_rate,
+            latency_ms,
+            timeout_s,
+            keep,
+        )
+        self.processes: list[sandbox.Process] = []
+        self.box: sandbox.Sandbox | None = None
+        self.workdir = Path(tempfile.mkdtemp(prefix="bday-demo-"))
+
+    def start(self) -> tuple[Plan, dict[str, list[str]]]:
+        self.box = sandbox.Sandbox.create("bday_demo")
+        plan = choose_plan(datetime.now(UTC))
+        port = sandbox.free_port()
+        self.fake_url = f"http://127.0.0.1:{port}"
+        env = {
+            **self.box.env,
+            "SEND_TIME": plan.send_time,
+            "EMAIL_SERVICE_URL": self.fake_url,
+            "QUEUE_RETRY_DELAY": "1000",
+            "WORKER_METRICS_PORT": "0",
+        }
+        os.environ.update(env)
+        _reload_settings()
+        groups = seed(plan, self.box.database_url)
+        self._new_user_after_instant(plan)
+        fake = sandbox.spawn(
+            "fake-email",
+            sandbox.bday_command(
+                "fake-email-service",
+                "--port",
+                str(port),
+                "--failure-rate",
+                str(self.failure_rate),
+                "--latency-ms",
+                str(self.latency_ms),
+            ),
+            env,
+            self.workdir,
+        )
+        self.processes.append(fake)
+        sandbox.wait_ready(fake, "fake email service on")
+        self.processes.append(sandbox.spawn_worker("worker", env, self.workdir, concurrency=8))
+        self.processes.append(sandbox.spawn_beat(env, self.workdir))
+        sandbox.wait_ready(self.processes[1], " ready.")
+        from bday.scheduling import jobs
+
+        jobs.plan_job()
+        jobs.enqueue_job()  # what beat does at the next minute, done now so late ones go at once
+        return plan, groups
+
+    def _new_user_after_instant(self, plan: Plan) -> None:
+        """A user created now in a zone whose SEND_TIME already passed today: owed nothing."""
+        from bday.users.api import create_user
+
+        name = CATCH_UP_ZONES[0]
+        create_user(
+            first_name="Newcomer",
+            last_name="Tokyo",
+            email="newcomer@example.com",
+            birthday=_local_today(plan.instant, name).replace(year=1991),
+            timezone=name,
+        )
+
+    def requests(self) -> list[dict]:
+        with urllib.request.urlopen(f"{self.fake_url}/requests", timeout=5) as response:
+            return json.load(response)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop(timeout=20)
+        if self.box is not None and not self.keep:
+            from bday.store import db
+
+            db.reset_engines()
+            self.box.destroy()
+
+
+def _reload_settings() -> None:
+    from bday.config import get_settings
+    from bday.store import db
+
+    get_settings.cache_clear()
+    db.reset_engines()
+
+
+_ROWS = text(
+    """SELECT m.id::text, m.status, m.scheduled_send_time, m.sent_at, m.retry_count, u.timezone,
+              u.first_name, u.last_name
+         FROM messages m JOIN users u ON u.id = m.user_id"""
+)
+
+
+def snapshot() -> list:
+    from bday.store.db import engine
+
+    with engine().connect() as connection:
+        return connection.execute(_ROWS).all()
+
+
+def render(
+    plan: Plan, groups: dict[str, list[str]], rows: list, requests: list[dict], started: float
+):
+    from rich.console import Group
+    from rich.table import Table
+
+    now = datetime.now(UTC)
+    header = Table.grid(padding=(0, 2))
+    header.add_row(
+        f"[b]bday demo[/b]  now {now:%H:%M:%S} UTC",
+        f"SEND_TIME {plan.send_time} local -> due {plan.instant:%H:%M:%S} UTC in {len(plan.wave)} zones "
+        f"(UTC{_fmt_offset(plan.offset)})",
+        f"elapsed {time.monotonic() - started:.0f} s",
+    )
+    by_status = Counter(row.status for row in rows)
+    counts = Table(title="messages", show_edge=False)
+    for status in ("PENDING", "QUEUED", "SENDING", "SENT", "FAILED", "CANCELLED"):
+        counts.add_column(status, justify="right")
+    counts.add_row(
+        *[
+            str(by_status.get(s, 0))
+            for s in ("PENDING", "QUEUED", "SENDING", "SENT", "FAILED", "CANCELLED")
+        ]
+    )
+    recent = Table(title="email service calls (latest)", show_edge=False)
+    for column in ("time (UTC)", "result", "zone", "to", "late by"):
+        recent.add_column(column)
+    by_id = {row.id: row for row in rows}
+    for request in requests[-14:]:
+        row = by_id.get(request["key"])
+        if row is None:
+            continue
+        at = datetime.fromtimestamp(request["at"], UTC)
+        late = (at - row.scheduled_send_time).total_seconds()
+        outcome = (
+            "[green]sent[/green]"
+            if request["outcome"] == "sent"
+            else f"[red]{request['outcome']}[/red] -> retry"
+        )
+        recent.add_row(
+            f"{at:%H:%M:%S.%f}"[:-3],
+            outcome,
+            row.timezone,
+            f"{row.first_name} {row.last_name}",
+            _fmt_late(late),
+        )
+    legend = "  ".join(f"{name}: {len(zones)} zone(s)" for name, zones in groups.items())
+    return Group(header, counts, recent, legend)
+
+
+def _fmt_offset(offset: timedelta) -> str:
+    minutes = int(offset.total_seconds() // 60)
+    sign = "+" if minutes >= 0 else "-"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _fmt_late(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:+.2f} s"
+    return f"{seconds / 3600:.1f} h (caught up)"
+
+
+def finished(plan: Plan, rows: list) -> bool:
+    now = datetime.now(UTC)
+    if now < plan.instant + timedelta(seconds=2):
+        return False
+    due = [row for row in rows if row.scheduled_send_time <= now]
+    return bool(due) and all(row.status in ("SENT", "FAILED", "CANCELLED") for row in due)
+
+
+def summary(plan: Plan, rows: list, requests: list[dict]) -> list[str]:
+    sent = [row for row in rows if row.status == "SENT"]
+    wave = [row for row in sent if row.scheduled_send_time == plan.instant]
+    lateness = sorted((row.sent_at - row.scheduled_send_time).total_seconds() for row in wave)
+    outcomes = Counter(request["outcome"] for request in requests)
+    per_key = Counter(request["key"] for request in requests if request["outcome"] == "sent")
+    lines = [
+        f"sent {len(sent)} greeting(s): {len(wave)} on time at {plan.instant:%H:%M:%S} UTC, "
+        f"{len(sent) - len(wave)} late ones caught up",
+        f"email service calls: {sum(outcomes.values())} ({outcomes.get('sent', 0)} ok, "
+        f"{outcomes.get('failed', 0)} random failures retried)",
+        f"keys sent more than once: {sum(1 for c in per_key.values() if c > 1)}",
+        f"still waiting for later today: {sum(1 for row in rows if row.status == 'PENDING')}",
+    ]
+    if lateness:
+        lines.append(
+            f"on-time wave lateness: median {lateness[len(lateness) // 2]:.2f} s, "
+            f"max {lateness[-1]:.2f} s (never early: min {lateness[0]:+.2f} s)"
+        )
+    return lines
+
+
+def run(
+    failure_rate: float = 0.2, latency_ms: float = 60, timeout_s: float = 300, keep: bool = False
+) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    sandbox.exit_cleanly_on_sigterm()
+    console = Console()
+    demo = Demo(failure_rate, latency_ms, timeout_s, keep)
+    rows: list = []
+    requests: list[dict] = []
+    try:
+        console.print(
+            "[b]bday demo[/b]: creating a sandbox database and vhost, starting the fake "
+            "email service, a worker and beat ..."
+        )
+        plan, groups = demo.start()
+        started = time.monotonic()
+        with Live(console=console, refresh_per_second=4) as live:
+            while time.monotonic() - started < timeout_s:
+                rows, requests = snapshot(), demo.requests()
+                live.update(render(plan, groups, rows, requests, started))
+                if finished(plan, rows):
+                    break
+                time.sleep(0.25)
+        for line in summary(plan, rows, requests):
+            console.print(line)
+        return 0 if finished(plan, rows) else 1
+    except KeyboardInterrupt:
+        console.print("interrupted: stopping ...")
+        for line in summary(plan, rows, requests) if rows else []:
+            console.print(line)
+        return 130
+    finally:
+        demo.stop()
+        console.print(
+            "stopped worker, beat and fake email service"
+            + ("" if keep else "; sandbox database and vhost removed")
+        )

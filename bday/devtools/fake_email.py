@@ -1,0 +1,214 @@
+"""`bday fake-email-service`: a local stand-in for the email service, for tests and demos.
+
+It answers `POST /send-email` like the real one (200 = sent), with configurable random 500s,
+timeouts (it holds the request longer than any client waits), latency, and a `down` mode
+(503 to everything). Each request is recorded (time, body, Idempotency-Key, outcome):
+
+* `GET /requests` -> JSON list of every recorded request (`?since=N` skips the first N)
+* `GET /stats` -> counts by outcome, successes per key, keys that succeeded more than once
+* `POST /control` with JSON `{"down": true, "failure_rate": 0.1, ...}` changes behaviour live
+* `POST /reset` forgets the record
+
+A small asyncio HTTP/1.1 server with keep-alive, so one core serves thousands of requests a
+second; it binds to 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+_TIMEOUT_HOLD_S = 120.0
+
+
+@dataclass
+class Behaviour:
+    failure_rate: float = 0.0
+    timeout_rate: float = 0.0
+    latency_ms: float = 0.0
+    down: bool = False
+    status_when_down: int = 503
+    fail_first: int = 0  # the first N calls for each Idempotency-Key answer 500 (tests)
+    fixed_status: int = 0  # answer every call with this status, e.g. 422 (tests)
+
+    def update(self, changes: dict) -> None:
+        for name, value in changes.items():
+            if name not in self.__dataclass_fields__:
+                raise ValueError(f"unknown setting {name!r}")
+            setattr(self, name, type(getattr(self, name))(value))
+
+
+@dataclass
+class Record:
+    at: float
+    key: str | None
+    email: str | None
+    message: str | None
+    outcome: str  # sent | failed | timeout | down | refused | bad_request
+
+
+@dataclass
+class FakeEmailService:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    records: list[Record] = field(default_factory=list)
+    rng: random.Random = field(default_factory=random.Random)
+    calls_per_key: Counter = field(default_factory=Counter)
+
+    async def handle_send(self, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+        key = headers.get("idempotency-key")
+        try:
+            payload = json.loads(body)
+            email, message = payload["email"], payload["message"]
+        except (ValueError, KeyError, TypeError):
+            self.records.append(Record(time.time(), key, None, None, "bad_request"))
+            return 400, {"error": "expected JSON {email, message}"}
+        self.calls_per_key[key] += 1
+        if self.behaviour.latency_ms:
+            await asyncio.sleep(self.behaviour.latency_ms / 1000)
+        outcome = self._draw(key)
+        self.records.append(Record(time.time(), key, email, message, outcome))
+        if outcome == "timeout":
+            await asyncio.sleep(_TIMEOUT_HOLD_S)
+            return 504, {"error": "timeout"}
+        if outcome == "down":
+            return self.behaviour.status_when_down, {"error": "service down"}
+        if outcome == "failed":
+            return 500, {"error": "random failure"}
+        if outcome == "refused":
+            return self.behaviour.fixed_status, {"error": "refused"}
+        return 200, {"status": "sent", "email": email}
+
+    def _draw(self, key: str | None) -> str:
+        if self.behaviour.down:
+            return "down"
+        if self.behaviour.fixed_status and self.behaviour.fixed_status != 200:
+            return "refused"
+        if self.behaviour.fail_first and self.calls_per_key[key] <= self.behaviour.fail_first:
+            return "failed"
+        roll = self.rng.random()
+        if roll < self.behaviour.timeout_rate:
+            return "timeout"
+        if roll < self.behaviour.timeout_rate + self.behaviour.failure_rate:
+            return "failed"
+        return "sent"
+
+    def stats(self) -> dict:
+        outcomes = Counter(record.outcome for record in self.records)
+        sent_keys = Counter(record.key for record in self.records if record.outcome == "sent")
+        return {
+            "total": len(self.records),
+            "outcomes": dict(outcomes),
+            "sent_keys": len(sent_keys),
+            "duplicate_keys": sorted(key for key, count in sent_keys.items() if count > 1),
+            "behaviour": asdict(self.behaviour),
+        }
+
+    async def route(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict | list]:
+        path = urlsplit(target).path
+        if method == "POST" and path == "/send-email":
+            return await self.handle_send(headers, body)
+        if method == "GET" and path == "/requests":
+            since = int(parse_qs(urlsplit(target).query).get("since", ["0"])[0])
+            return 200, [asdict(record) for record in self.records[since:]]
+        if method == "GET" and path == "/stats":
+            return 200, self.stats()
+        if method == "POST" and path == "/control":
+            try:
+                self.behaviour.update(json.loads(body or b"{}"))
+            except (ValueError, TypeError) as exc:
+                return 400, {"error": str(exc)}
+            return 200, asdict(self.behaviour)
+        if method == "POST" and path == "/reset":
+            self.records.clear()
+            self.calls_per_key.clear()
+            return 200, {"reset": True}
+        if method == "GET" and path == "/health":
+            return 200, {"ok": True}
+        return 404, {"error": f"no route {method} {path}"}
+
+    async def serve_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            while True:
+                request = await _read_request(reader)
+                if request is None:
+                    break
+                method, target, headers, body = request
+                status, payload = await self.route(method, target, headers, body)
+                _write_response(writer, status, payload)
+                await writer.drain()
+                if headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            if not writer.transport.is_closing():
+                writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader):
+    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
+    if not head:
+        return None
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _version = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip()
+    length = int(headers.get("content-length", "0") or 0)
+    body = await reader.readexactly(length) if length else b""
+    return method, target, headers, body
+
+
+def _write_response(writer: asyncio.StreamWriter, status: int, payload) -> None:
+    body = json.dumps(payload).encode()
+    writer.write(
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: keep-alive\r\n\r\n".encode()
+        + body
+    )
+
+
+async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> None:
+    server = await asyncio.start_server(service.serve_connection, host, port, backlog=1024)
+    if ready is not None:
+        ready(server.sockets[0].getsockname()[1])
+    async with server:
+        await server.serve_forever()
+
+
+def run(host: str = "127.0.0.1", port: int = 8025, **behaviour) -> None:
+    """Serve until interrupted (the `bday fake-email-service` command)."""
+    service = FakeEmailService(Behaviour(**behaviour))
+    try:
+        asyncio.run(
+            serve(
+                service,
+                host,
+                port,
+                ready=lambda p: print(
+                    f"fake email service on http://{host}:{p} ({asdict(service.behaviour)})",
+                    flush=True,
+                ),
+            )
+        )
+    except KeyboardInterrupt:
+        pass

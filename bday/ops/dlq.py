@@ -1,0 +1,168 @@
+"""The dead-letter queue: look at what landed there and why, replay it, or purge it.
+
+Jobs are read with basic.get and held unacknowledged while we decide; the ones we keep are
+returned with a requeue at the end, so nothing is lost if this process dies halfway.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kombu import Connection
+from sqlalchemy import text
+
+from bday.broker.topology import topology
+from bday.config import get_settings
+from bday.scheduling import dispatch
+from bday.scheduling.dispatch import SEND_TASK
+from bday.store.db import transaction
+
+
+@dataclass
+class DeadJob:
+    """One dead-lettered job, with why it died and what its message row says now."""
+
+    task: str | None
+    message_id: str | None
+    death_reason: str  # rejected | delivery_limit | expired | maxlen
+    died_at: datetime | None
+    source_queue: str | None
+    row_status: str | None = None
+    row_reason: str | None = None
+    row_error: str | None = None
+    raw: object = None
+
+    @property
+    def malformed(self) -> bool:
+        return self.task != SEND_TASK or self.row_status is None
+
+
+def _describe(message) -> DeadJob:
+    headers = message.headers or {}
+    deaths = headers.get("x-death") or []
+    death = deaths[0] if deaths else {}
+    died = death.get("time")
+    return DeadJob(
+        task=headers.get("task"),
+        message_id=_message_id(message),
+        death_reason=str(death.get("reason") or headers.get("x-first-death-reason") or "unknown"),
+        died_at=died if isinstance(died, datetime) else None,
+        source_queue=death.get("queue"),
+        raw=message,
+    )
+
+
+def _message_id(message) -> str | None:
+    try:
+        args = json.loads(message.body)[0]
+        value = str(args[0]) if args else None
+        uuid.UUID(value or "")
+        return value
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError):
+        return None
+
+
+_ROWS = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
+
+
+def _attach_rows(jobs: list[DeadJob]) -> None:
+    ids = [uuid.UUID(job.message_id) for job in jobs if job.message_id]
+    if not ids:
+        return
+    with transaction() as session:
+        rows = {str(row.id): row for row in session.execute(_ROWS, {"ids": ids})}
+    for job in jobs:
+        row = rows.get(job.message_id or "")
+        if row is not None:
+            job.row_status, job.row_reason, job.row_error = (
+                row.status,
+                row.failure_reason,
+                row.last_error,
+            )
+
+
+@contextmanager
+def _held(limit: int | None = None) -> Iterator[list[DeadJob]]:
+    """Every dead job (up to `limit`), unacked; jobs the block does not ack are requeued."""
+    queue = topology().dead_letter_queue
+    with Connection(get_settings().rabbitmq_url, connect_timeout=5) as connection:
+        connection.ensure_connection(max_retries=1)
+        bound = queue.bind(connection.channel())
+        bound.declare()
+        held = []
+        while limit is None or len(held) < limit:
+            message = bound.get(
+                no_ack=False,
+                accept=[
+                    "json",
+                    "application/json",
+                    "text/plain",
+                    "application/data",
+                    "application/octet-stream",
+                ],
+            )
+            if message is None:
+                break
+            held.append(_describe(message))
+        _attach_rows(held)
+        try:
+            yield held
+        finally:
+            for job in held:
+                if not job.raw.acknowledged:
+                    job.raw.requeue()
+
+
+def list_jobs(limit: int | None = None) -> list[DeadJob]:
+    with _held(limit) as jobs:
+        return jobs
+
+
+def replay(limit: int | None = None, now: datetime | None = None) -> tuple[int, int]:
+    """Re-publish dead jobs whose row is still owed; returns (replayed, kept).
+
+    A FAILED row gets its retries reset; a PENDING or QUEUED row a fresh token. Jobs whose row
+    is SENT, CANCELLED or being sent, and malformed jobs, stay in the DLQ (see `purge`).
+    """
+    now = now or datetime.now(UTC)
+    replayed = 0
+    with _held(limit) as held:
+        owed = [
+            job for job in held if not job.malformed and job.row_status not in ("SENT", "CANCELLED")
+        ]
+        ids = [uuid.UUID(job.message_id) for job in owed]
+        with transaction() as session:
+            session.execute(
+                text(
+                    "UPDATE messages SET retry_count = 0, failure_reason = NULL "
+                    "WHERE id = ANY(:ids) AND status = 'FAILED'"
+                ),
+                {"ids": ids},
+            )
+            jobs = dispatch.reissue(session, ids, ("FAILED", "PENDING", "QUEUED"), now)
+        failed = dispatch.publish(jobs)
+        if failed:
+            with transaction() as session:
+                dispatch.release(session, failed)
+        published = {job.message_id for job in jobs} - {job.message_id for job in failed}
+        for job in owed:
+            if uuid.UUID(job.message_id) in published:
+                job.raw.ack()
+                replayed += 1
+        return replayed, len(held) - replayed
+
+
+def purge(everything: bool = False) -> tuple[int, int]:
+    """Drop dead jobs whose row is SENT or CANCELLED (all with `everything`); (purged, kept)."""
+    purged = 0
+    with _held() as held:
+        for job in held:
+            if everything or job.row_status in ("SENT", "CANCELLED"):
+                job.raw.ack()
+                purged += 1
+        return purged, len(held) - purged

@@ -1,0 +1,248 @@
+"""The periodic jobs beat runs: plan, enqueue, recover. Plain functions; tasks.py wraps them.
+
+* plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS).
+* enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
+  instant (the broker holds them until then), mark them QUEUED.
+* recover: the database decides what is owed, so this job re-publishes whatever the broker
+  lost: QUEUED rows whose job never ran, SENDING rows whose worker died, FAILED rows whose
+  failure was transient once the email service answers again; and it expires rows that are
+  more than CATCH_UP_HOURS late.
+
+Every job is safe to run twice at once (two beats): claims use SKIP LOCKED and conditional
+updates, planning uses ON CONFLICT DO NOTHING, and re-published jobs carry fresh tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.dialects.postgresql import insert
+
+from bday.config import Settings, get_settings
+from bday.delivery.breaker import Breaker
+from bday.scheduling import dispatch, planner
+from bday.store.db import transaction
+from bday.store.models import FailureReason, Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+def plan_job(now: datetime | None = None) -> dict:
+    """Plan the window around `now`; returns {'planned': rows inserted}."""
+    settings, now = get_settings(), now or datetime.now(UTC)
+    with transaction() as session:
+        planned = planner.plan(session, planner.Window.around(now, settings), settings)
+    result = {"planned": planned}
+    heartbeat("plan", now, result)
+    log.info("plan: %d new row(s)", planned)
+    return result
+
+
+def enqueue_job(now: datetime | None = None) -> dict:
+    """Publish every PENDING row due within the lead; returns counts published and expired."""
+    settings, now = get_settings(), now or datetime.now(UTC)
+    expired = expire_overdue(now, settings)
+    published = 0
+    while True:
+        try:
+            claimed = _claim_and_publish(now, settings)
+        except _PublishFailed:
+            break  # the batch rolled back to PENDING; the next run tries again
+        published += claimed
+        if claimed < settings.enqueue_batch:
+            break
+    result = {"published": published, "expired": expired}
+    heartbeat("enqueue", now, result)
+    if published or expired:
+        log.info("enqueue: %d published, %d expired", published, expired)
+    return result
+
+
+class _PublishFailed(Exception):
+    pass
+
+
+def _claim_and_publish(now: datetime, settings: Settings) -> int:
+    """Claim one batch and publish its jobs *inside* the claiming transaction.
+
+    If this process dies anywhere in between, the claim rolls back and the rows are PENDING
+    again: no row is ever QUEUED without a job (the broker confirmed each one before the
+    commit). A job published for a batch that then rolls back still finds its row claimable
+    (PENDING, no token), and the copy published by the next run becomes a no-op. A worker that
+    receives a job before the commit waits on the row lock, at most one batch's publishing.
+    """
+    with transaction() as session:
+        jobs = dispatch.claim_due(
+            session,
+            now,
+            lead_s=settings.enqueue_lead_s,
+            catch_up_hours=settings.catch_up_hours,
+            limit=settings.enqueue_batch,
+        )
+        if dispatch.publish(jobs):
+            raise _PublishFailed
+    return len(jobs)
+
+
+_EXPIRE = text(
+    """
+    UPDATE messages
+       SET status = 'FAILED', failure_reason = :reason, failed_at = :now, updated_at = :now,
+           last_error = :error, lease_expires_at = NULL
+     WHERE coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours)) < :now
+       AND (status IN ('PENDING', 'QUEUED') OR (status = 'SENDING' AND lease_expires_at < :now))
+    """
+)
+
+
+def expire_overdue(now: datetime, settings: Settings) -> int:
+    """Owed rows more than CATCH_UP_HOURS late end FAILED `expired`; returns how many."""
+    with transaction() as session:
+        return session.execute(
+            _EXPIRE,
+            {
+                "now": now,
+                "hours": settings.catch_up_hours,
+                "reason": FailureReason.EXPIRED.value,
+                "error": f"not sent within CATCH_UP_HOURS={settings.catch_up_hours}",
+            },
+        ).rowcount
+
+
+_LOST = text(
+    """
+    SELECT id FROM messages
+     WHERE (status = 'QUEUED' AND next_attempt_at < :lost_before)
+        OR (status = 'SENDING' AND lease_expires_at < :now)
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+_TRANSIENT_FAILED = text(
+    """
+    SELECT id FROM messages
+     WHERE status = 'FAILED' AND failure_reason = :reason AND scheduled_send_time >= :oldest
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+_RESET_RETRIES = text(
+    "UPDATE messages SET retry_count = 0, failure_reason = NULL WHERE id = ANY(:ids)"
+)
+
+
+def recover_job(now: datetime | None = None, *, service_answering: bool | None = None) -> dict:
+    """Re-publish lost and transiently failed rows, expire overdue ones; returns counts.
+
+    `service_answering` says whether the email service has answered recently (the breaker is
+    closed and warm). While it is not, only the oldest transiently failed row is re-published,
+    as a probe: an outage costs one call per recovery run, not one per failed message.
+    """
+    settings, now = get_settings(), now or datetime.now(UTC)
+    expired = expire_overdue(now, settings)
+    with transaction() as session:
+        lost_ids = [
+            row.id
+            for row in session.execute(
+                _LOST,
+                {
+                    "now": now,
+                    "lost_before": now - timedelta(seconds=settings.recovery_grace_s),
+                    "limit": settings.enqueue_batch,
+                },
+            )
+        ]
+        lost = dispatch.reissue(session, lost_ids, ("QUEUED", "SENDING"), now)
+    if service_answering is None:
+        service_answering = _service_answering(now, settings)
+    with transaction() as session:
+        failed_ids = [
+            row.id
+            for row in session.execute(
+                _TRANSIENT_FAILED,
+                {
+                    "reason": FailureReason.RETRIES_EXHAUSTED.value,
+                    "oldest": _catch_up_start(now, settings),
+                    "limit": settings.enqueue_batch if service_answering else 1,
+                },
+            )
+        ]
+        session.execute(_RESET_RETRIES, {"ids": failed_ids})
+        revived = dispatch.reissue(session, failed_ids, ("FAILED",), now)
+    published = dispatch.publish_or_release(lost + revived)
+    result = {
+        "republished_lost": len(lost),
+        "revived_failed": len(revived),
+        "published": published,
+        "expired": expired,
+    }
+    heartbeat("recover", now, result)
+    if lost or revived or expired:
+        log.info("recover: %s", result)
+    return result
+
+
+_DEFERRED = text(
+    """
+    SELECT id FROM messages
+     WHERE status = 'QUEUED' AND deferrals > 0 AND next_attempt_at > :now
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def drain_deferred(now: datetime | None = None) -> int:
+    """The breaker just closed: re-publish every deferred send now, oldest first.
+
+    Their deferred jobs are still waiting in the broker; the fresh tokens make those no-ops.
+    """
+    settings, now = get_settings(), now or datetime.now(UTC)
+    with transaction() as session:
+        ids = [
+            row.id
+            for row in session.execute(_DEFERRED, {"now": now, "limit": settings.enqueue_batch})
+        ]
+        jobs = dispatch.reissue(session, ids, ("QUEUED",), now)
+    published = dispatch.publish_or_release(jobs)
+    if published:
+        log.info("breaker closed: %d deferred send(s) re-published", published)
+    return published
+
+
+def _service_answering(now: datetime, settings: Settings) -> bool:
+    with transaction() as session:
+        row = session.execute(
+            text("SELECT state, last_success_at FROM circuit_breakers WHERE name = 'email-service'")
+        ).first()
+    if row is None or row.last_success_at is None:
+        return False
+    recent = row.last_success_at >= now - timedelta(seconds=max(settings.breaker_idle_s, 60))
+    return row.state == "closed" and recent
+
+
+@functools.cache
+def get_breaker() -> Breaker:
+    """This process's view of the shared breaker; closing it re-publishes deferred sends."""
+    return Breaker(get_settings(), on_close=drain_deferred)
+
+
+def heartbeat(name: str, now: datetime, detail: dict | None = None) -> None:
+    """Record that `name` ran at `now` (read by `bday health` and `bday status`)."""
+    statement = insert(Heartbeat).values(name=name, beat_at=now, detail=detail or {})
+    statement = statement.on_conflict_do_update(
+        index_elements=["name"],
+        set_={"beat_at": statement.excluded.beat_at, "detail": statement.excluded.detail},
+    )
+    with transaction() as session:
+        session.execute(statement)
+
+
+def _catch_up_start(now: datetime, settings: Settings) -> datetime:
+    return now - timedelta(hours=settings.catch_up_hours)

@@ -1,0 +1,185 @@
+"""Planning: turn users into PENDING message rows, set-based and idempotent.
+
+`plan(session, start, end)` inserts a row for every owed occasion whose send instant lies in
+[start, end). Candidate users come from the month-day expression indexes, so the cost follows
+the number of occasions in the window, not the number of users; the exact arithmetic is
+`bday.core.occasions`. Rows go in with `ON CONFLICT DO NOTHING` on the idempotency key, so running
+the planner twice, from two beats at once, or from a hook and the beat, plans each occasion once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from bday.config import Settings, get_settings
+from bday.core.occasions import (
+    Kind,
+    Occasion,
+    month_days_near,
+    occasion_in_year,
+    occasions_between,
+    zone,
+)
+from bday.store.models import UNSENT, Message, Status, User, idempotency_key, month_day
+
+_INSERT_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """[start, end) in UTC: the send instants a planning run covers."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def around(cls, now: datetime, settings: Settings) -> Window:
+        """What is still owed (up to CATCH_UP_HOURS late) and what falls due soon."""
+        return cls(
+            now - timedelta(hours=settings.catch_up_hours),
+            now + timedelta(hours=settings.plan_ahead_hours),
+        )
+
+
+_SOURCES = {
+    Kind.BIRTHDAY: (User.birthday, User.birthday_owed_from),
+    Kind.ANNIVERSARY: (User.anniversary, User.anniversary_owed_from),
+}
+
+
+def owed_occasions(
+    session: Session,
+    window: Window,
+    settings: Settings,
+    user_ids: Iterable[uuid.UUID] | None = None,
+) -> Iterator[tuple[uuid.UUID, Occasion]]:
+    """(user id, occasion) for every owed occasion of a live user with its instant in `window`.
+
+    Owed means the user held that date and zone before the instant (DESIGN.md behaviour 2).
+    """
+    keys = sorted(
+        month_days_near(window.start, window.end, settings.send_time, settings.feb29_policy)
+    )
+    for kind, (date_column, owed_from_column) in _SOURCES.items():
+        query = select(User.id, date_column, User.timezone, owed_from_column).where(
+            User.deleted_at.is_(None), month_day(date_column).in_(keys)
+        )
+        if user_ids is not None:
+            query = query.where(User.id.in_(list(user_ids)))
+        for user_id, original, zone_name, owed_from in session.execute(query):
+            for occasion in occasions_between(
+                kind,
+                original,
+                zone(zone_name),
+                window.start,
+                window.end,
+                send_time=settings.send_time,
+                feb29_policy=settings.feb29_policy,
+            ):
+                if occasion.send_at > owed_from:
+                    yield user_id, occasion
+
+
+def insert_rows(session: Session, owed: Iterable[tuple[uuid.UUID, Occasion]]) -> int:
+    """Insert PENDING rows for `owed`, skipping occasions that already have a live row."""
+    inserted = 0
+    for batch in _batches((_row(user_id, occasion) for user_id, occasion in owed), _INSERT_BATCH):
+        statement = (
+            insert(Message)
+            .values(batch)
+            .on_conflict_do_nothing(
+                index_elements=["idempotency_key"], index_where=text("status <> 'CANCELLED'")
+            )
+            .returning(Message.id)
+        )
+        inserted += len(session.execute(statement).all())
+    return inserted
+
+
+def plan(
+    session: Session,
+    window: Window,
+    settings: Settings | None = None,
+    user_ids: Iterable[uuid.UUID] | None = None,
+) -> int:
+    """Plan every owed occasion in `window` (optionally only for `user_ids`); rows inserted."""
+    settings = settings or get_settings()
+    return insert_rows(session, owed_occasions(session, window, settings, user_ids))
+
+
+def cancel_stale(
+    session: Session, user_id: uuid.UUID, now: datetime, settings: Settings | None = None
+) -> int:
+    """Cancel the user's unsent rows that no longer match their date, zone or existence.
+
+    A row is stale when the user is deleted, its date was removed, or the occasion recomputed
+    from the user's current data has another local date or instant. Only PENDING and QUEUED
+    rows are touched: a SENDING row is already with the email service. Returns rows cancelled.
+    """
+    settings = settings or get_settings()
+    user = session.get(User, user_id)
+    rows = session.execute(
+        select(
+            Message.id, Message.message_type, Message.occasion_date, Message.scheduled_send_time
+        ).where(Message.user_id == user_id, Message.status.in_(UNSENT))
+    ).all()
+    stale = [row.id for row in rows if not _still_owed(user, row, settings)]
+    if not stale:
+        return 0
+    result = session.execute(
+        update(Message)
+        .where(Message.id.in_(stale), Message.status.in_(UNSENT))
+        .values(status=Status.CANCELLED, cancelled_at=now, updated_at=now)
+    )
+    return result.rowcount
+
+
+def _still_owed(user: User | None, row, settings: Settings) -> bool:
+    if user is None or user.deleted_at is not None:
+        return False
+    kind = Kind(row.message_type)
+    original = user.birthday if kind is Kind.BIRTHDAY else user.anniversary
+    if original is None:
+        return False
+    expected = occasion_in_year(
+        kind,
+        original,
+        row.occasion_date.year,
+        zone(user.timezone),
+        settings.send_time,
+        settings.feb29_policy,
+    )
+    return expected is not None and (expected.local_date, expected.send_at) == (
+        row.occasion_date,
+        row.scheduled_send_time,
+    )
+
+
+def _row(user_id: uuid.UUID, occasion: Occasion) -> dict:
+    return {
+        "id": uuid.uuid4(),
+        "user_id": user_id,
+        "message_type": occasion.kind.value,
+        "status": Status.PENDING.value,
+        "occasion_date": occasion.local_date,
+        "scheduled_send_time": occasion.send_at,
+        "idempotency_key": idempotency_key(user_id, occasion.kind, occasion.local_date),
+    }
+
+
+def _batches(items: Iterable[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
