@@ -38,6 +38,15 @@ def _env(name: str, default, **constraints):
     return Field(default, validation_alias=AliasChoices(name), **constraints)
 
 
+# Seconds settings become `timedelta`s and PostgreSQL intervals: `inf`, `nan` or 1e300 would
+# overflow both (or turn the breaker off in all but name), so they are finite and at most a day.
+DAY_S = 86_400
+
+
+def _seconds(name: str, default: float, **constraints):
+    return _env(name, default, allow_inf_nan=False, le=DAY_S, **constraints)
+
+
 class Settings(BaseSettings):
     """The whole configuration. Names of the contract (DESIGN.md) are the env names below."""
 
@@ -58,7 +67,7 @@ class Settings(BaseSettings):
     queue_concurrency: int = _env("QUEUE_CONCURRENCY", 5, ge=1, le=1000)
     queue_max_retries: int = _env("QUEUE_MAX_RETRIES", 5, ge=0, le=100)
     queue_retry_delay_ms: int = _env("QUEUE_RETRY_DELAY", 2000, ge=0, le=86_400_000)
-    queue_retry_max_delay_ms: int = _env("QUEUE_RETRY_MAX_DELAY", 600_000, ge=0)
+    queue_retry_max_delay_ms: int = _env("QUEUE_RETRY_MAX_DELAY", 600_000, ge=0, le=DAY_S * 1000)
     queue_retry_backoff: Literal["exponential", "fixed"] = _env(
         "QUEUE_RETRY_BACKOFF", "exponential"
     )
@@ -67,9 +76,9 @@ class Settings(BaseSettings):
     cron_recovery_schedule: str = _env("CRON_RECOVERY_SCHEDULE", "*/5 * * * *")
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
-    recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10)
+    recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10, le=DAY_S)
     enqueue_batch: int = _env("ENQUEUE_BATCH", 1000, ge=1, le=100_000)
-    queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1)
+    queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1, le=1000)
     exchange_name: str = _env("RABBITMQ_EXCHANGE", "birthday.messages", min_length=1)
     queue_name: str = _env("RABBITMQ_QUEUE", "birthday.messages.queue", min_length=1)
     scheduler_queue_name: str = _env(
@@ -81,12 +90,12 @@ class Settings(BaseSettings):
     db_pool_size: int = _env("DB_POOL_SIZE", 10, ge=1, le=500)
     worker_task_events: bool = _env("WORKER_TASK_EVENTS", False)
     breaker_enabled: bool = _env("BREAKER_ENABLED", True)
-    breaker_failures: int = _env("BREAKER_FAILURES", 5, ge=1)
-    breaker_window_s: float = _env("BREAKER_WINDOW", 30.0, gt=0)
-    breaker_cooldown_s: float = _env("BREAKER_COOLDOWN", 5.0, gt=0)
-    breaker_cooldown_max_s: float = _env("BREAKER_COOLDOWN_MAX", 15.0, gt=0)
-    breaker_idle_s: float = _env("BREAKER_IDLE", 30.0, ge=0)
-    breaker_probe_wait_s: float = _env("BREAKER_PROBE_WAIT", 3.0, ge=0)
+    breaker_failures: int = _env("BREAKER_FAILURES", 5, ge=1, le=10_000)
+    breaker_window_s: float = _seconds("BREAKER_WINDOW", 30.0, gt=0)
+    breaker_cooldown_s: float = _seconds("BREAKER_COOLDOWN", 5.0, gt=0)
+    breaker_cooldown_max_s: float = _seconds("BREAKER_COOLDOWN_MAX", 15.0, gt=0)
+    breaker_idle_s: float = _seconds("BREAKER_IDLE", 30.0, ge=0)
+    breaker_probe_wait_s: float = _seconds("BREAKER_PROBE_WAIT", 3.0, ge=0)
 
     @field_validator("send_time", mode="before")
     @classmethod
@@ -106,7 +115,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        return _check_url(value, ("postgresql", "postgresql+psycopg", "postgres"))
+        _check_url(value, ("postgresql", "postgresql+psycopg", "postgres"))
+        return _check_libpq_options(value)
 
     @field_validator("email_service_url")
     @classmethod
@@ -123,7 +133,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a five-field cron expression such as '*/5 * * * *'")
         try:
             crontab.from_string(value)
-        except Exception as exc:  # celery raises ValueError or its own ParseException
+        except Exception as exc:  # noqa: BLE001 - celery raises ValueError or its ParseException
             raise ValueError(f"not a valid cron expression ({exc})") from None
         return value
 
@@ -168,12 +178,29 @@ def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+def _check_libpq_options(value: str) -> str:
+    """Refuse what libpq would refuse at the first connection (`?foo=bar`), naming it now."""
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict("postgresql://" + value.split("://", 1)[1])
+    except ProgrammingError as exc:
+        raise ValueError(str(exc).strip().splitlines()[0]) from None
+    return value
+
+
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     problem = first["msg"].removeprefix("Value error, ")
     if not first["loc"]:  # a rule across settings: the message names them
         return f"invalid settings: {problem}"
     shown = first.get("input")
+    if isinstance(shown, str):
+        shown = _PASSWORD.sub(r"\1***@", shown)  # URLs may carry a password: never echo it
     value = f"={shown!r}" if isinstance(shown, str | int) else ""
     return f"invalid setting {first['loc'][0]}{value}: {problem}"
 
@@ -184,6 +211,11 @@ def load_settings(**overrides) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_one_line(exc)) from None
+    except UnicodeDecodeError as exc:  # python-dotenv reads .env strictly as UTF-8
+        raise SettingsError(
+            f"cannot read .env: not valid UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
 
 
 @functools.cache

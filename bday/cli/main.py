@@ -5,11 +5,8 @@ from __future__ import annotations
 import sys
 
 import click
-from sqlalchemy.exc import OperationalError
 
-from bday.config import SettingsError
-
-EXIT_USAGE = 2
+from bday.cli.errors import EXIT_USAGE, explain
 
 
 class Failure(click.ClickException):
@@ -22,13 +19,6 @@ class Failure(click.ClickException):
 
     def show(self, file=None) -> None:
         click.echo(f"bday: {self.format_message()}", err=True, file=file)
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """The typed errors that mean "your input is wrong", reported as one line, exit 2."""
-    from bday.users.api import UserInputError, UserNotFound
-
-    return (SettingsError, UserInputError, UserNotFound)
 
 
 @click.group()
@@ -95,11 +85,6 @@ def _register_subcommands() -> None:
 _register_subcommands()
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(getattr(exc, "orig", None) or exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-
-
 def run() -> None:
     """Console-script entry: like click's standalone mode, but every error is one line."""
     import logging
@@ -117,17 +102,17 @@ def run() -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
-    except user_errors() as exc:
-        Failure(str(exc)).show()
-        sys.exit(EXIT_USAGE)
-    except (OSError, OperationalError) as exc:  # connection refused and friends
-        Failure(f"cannot reach a service: {_first_line(exc)}").show()
-        sys.exit(1)
     except click.Abort:
         click.echo("aborted", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
+    except Exception as exc:
+        answer = explain(exc)
+        if answer is None:
+            raise  # not the operator's mistake: a bug, whose traceback is the report
+        Failure(answer[0]).show()
+        sys.exit(answer[1])
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import click
 
+from bday.cli.options import LIMIT
 from bday.core.occasions import Kind
 
 
@@ -110,7 +111,7 @@ def health(checks: tuple[str, ...]) -> None:
 @click.option(
     "--type", "message_type", type=click.Choice([k.value for k in Kind], case_sensitive=False)
 )
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=LIMIT, default=None)
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; change nothing.")
 @click.option("--force", is_flag=True, help="Also replay messages older than CATCH_UP_HOURS.")
 def replay(since, message_type, limit, dry_run, force) -> None:
@@ -118,7 +119,7 @@ def replay(since, message_type, limit, dry_run, force) -> None:
     from bday.ops.replay import parse_age, replay_failed
 
     try:
-        age = parse_age(since) if since else None
+        age = None if since is None else parse_age(since)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     result = replay_failed(
@@ -142,7 +143,7 @@ def dlq() -> None:
 
 
 @dlq.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=LIMIT, default=None)
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(limit, as_json) -> None:
     """Dead-lettered jobs: why they died and what their message row says now."""
@@ -172,13 +173,13 @@ def dlq_list(limit, as_json) -> None:
             else "no such message"
         )
         click.echo(
-            f"  {row['message_id'] or '<malformed>'}  {row['task'] or '<no task>'}  died: {row['death']}  "
-            f"row: {detail}"
+            f"  {row['message_id'] or '<malformed>'}  {row['task'] or '<no task>'}  "
+            f"died: {row['death']}  row: {detail}"
         )
 
 
 @dlq.command("replay")
-@click.option("--limit", type=click.IntRange(min=1), default=None)
+@click.option("--limit", type=LIMIT, default=None)
 def dlq_replay(limit) -> None:
     """Re-publish dead jobs whose message is still owed (FAILED retries reset)."""
     from bday.ops import dlq as dead
@@ -203,16 +204,23 @@ def dlq_purge(everything) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=9750, show_default=True)
 @click.option("--address", default="0.0.0.0", show_default=True)
 def metrics(port, address) -> None:
-    """Serve bday's state metrics (queues, rows by status, overdue, beat, breaker) for Prometheus."""
+    """Serve bday's state metrics (queues, rows by status, overdue, beat, breaker) to Prometheus."""
     import time
 
     from prometheus_client import CollectorRegistry, start_http_server
 
+    from bday.cli.main import Failure
     from bday.ops.exporter import StateCollector
 
     registry = CollectorRegistry()
     registry.register(StateCollector())
-    start_http_server(port, addr=address, registry=registry)
+    try:
+        start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:  # ours to fix, not a remote service's: say so
+        raise Failure(
+            f"cannot listen on {address}:{port} (a local bind problem: {exc.strerror or exc}); "
+            "choose another --port or an --address of this machine"
+        ) from None
     click.echo(f"bday metrics on http://{address}:{port}/metrics")
     while True:
         time.sleep(3600)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from bday.cli.options import LIMIT
 from bday.users import api as users_api
 
 
@@ -62,7 +63,7 @@ def delete(user_id: str) -> None:
 
 
 @users.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many.")
+@click.option("--limit", type=LIMIT, default=None, help="At most this many.")
 def list_(limit: int | None) -> None:
     """Live users, tab-separated: id, name, email, birthday, anniversary, zone."""
     for user in users_api.list_users(limit=limit):

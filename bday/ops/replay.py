@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -73,10 +74,25 @@ def replay_failed(
     return result
 
 
+_AGE = re.compile(r"([0-9]+)([smhd])")  # ASCII digits only: int() also takes '²' and '٣'
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+MAX_AGE = timedelta(days=36_500)  # a century: older than any message, far inside datetime's range
+
+
 def parse_age(value: str) -> timedelta:
-    """'24h', '90m', '2d', '45s' -> timedelta. Raises ValueError for anything else."""
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    value = value.strip().lower()
-    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
-        raise ValueError(f"expected a duration such as 24h, 90m or 2d, got {value!r}")
-    return timedelta(**{units[value[-1]]: int(value[:-1])})
+    """'24h', '90m', '2d', '45s' -> a window of more than zero and at most MAX_AGE.
+
+    Raises ValueError, naming the problem, for anything else: an empty or zero window would
+    otherwise read as "no filter" and replay everything.
+    """
+    shown = repr(value if len(value) <= 40 else value[:37] + "...")
+    match = _AGE.fullmatch(value.strip().lower())
+    if not match:
+        raise ValueError(f"expected digits 0-9 and a unit s, m, h or d (e.g. 24h, 2d), got {shown}")
+    digits, unit = match[1].lstrip("0"), match[2]
+    if not digits:
+        raise ValueError(f"{shown} is an empty window (leave --since out to replay all)")
+    # the length test first: int() of a 5,000-digit string is itself an error
+    if len(digits) > 15 or int(digits) * _SECONDS[unit] > MAX_AGE.total_seconds():
+        raise ValueError(f"{shown} is longer than {MAX_AGE.days} days")
+    return timedelta(seconds=int(digits) * _SECONDS[unit])

@@ -1,0 +1,74 @@
+"""The one place where a failure the operator can cause becomes one line and an exit code.
+
+`explain(exc)` answers `(message, exit code)` for every error that means "fix your input or your
+setup" (exit 2), or "a service is down" (exit 1); anything else is a bug and keeps its
+traceback. Each message names the problem and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import psycopg
+from psycopg import errors as pg
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 1
+
+NOT_MIGRATED = "the database at DATABASE_URL has no bday tables: run `bday db upgrade`"
+BEHIND = "the database at DATABASE_URL is behind this version of bday: run `bday db upgrade`"
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) for an error the operator can fix; None for a bug."""
+    for check in (_user_error, _database_error, _number_error, _service_error):
+        answer = check(exc)
+        if answer is not None:
+            return answer
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _user_error(exc: BaseException) -> tuple[str, int] | None:
+    from alembic.util import CommandError
+
+    from bday.config import SettingsError
+    from bday.users.errors import UserInputError, UserNotFound
+
+    if isinstance(exc, SettingsError | UserInputError | UserNotFound):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, CommandError):  # an unknown revision for `bday db upgrade/downgrade`
+        return f"{first_line(exc)} (`bday db current` shows the known revisions)", EXIT_USAGE
+    return None
+
+
+def _database_error(exc: BaseException) -> tuple[str, int] | None:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, pg.UndefinedTable):
+        return NOT_MIGRATED, EXIT_USAGE
+    if isinstance(orig, pg.UndefinedColumn | pg.UndefinedObject):
+        return BEHIND, EXIT_USAGE
+    if isinstance(orig, pg.NumericValueOutOfRange):
+        return f"a number is out of range: {first_line(orig)}", EXIT_USAGE
+    if isinstance(orig, psycopg.ProgrammingError) and "connection option" in str(orig):
+        return f"invalid setting DATABASE_URL: {first_line(orig)}", EXIT_USAGE
+    return None
+
+
+def _number_error(exc: BaseException) -> tuple[str, int] | None:
+    if isinstance(exc, OverflowError):
+        return f"a number is out of range ({first_line(exc)})", EXIT_USAGE
+    return None
+
+
+def _service_error(exc: BaseException) -> tuple[str, int] | None:
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve a service's host name: {first_line(exc)}", EXIT_UNAVAILABLE
+    if isinstance(exc, OSError | OperationalError):  # connection refused and friends
+        return f"cannot reach a service: {first_line(exc)}", EXIT_UNAVAILABLE
+    return None
