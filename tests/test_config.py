@@ -66,6 +66,18 @@ BAD = [
     ("CRON_MINUTE_SCHEDULE", "* * *", "five-field"),
     ("CRON_PLAN_SCHEDULE", "61 * * * *", "cron"),
     ("CRON_TIMEZONE", "Mars/Olympus", "unknown IANA time zone"),
+    ("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/db?foo=bar", 'parameter: "foo"'),
+    ("BREAKER_COOLDOWN", "inf", "finite"),
+    ("BREAKER_COOLDOWN", "nan", "finite"),
+    ("BREAKER_COOLDOWN", "1e300", "less than or equal to 86400"),
+    ("BREAKER_COOLDOWN_MAX", "-inf", "finite"),
+    ("BREAKER_WINDOW", "86401", "less than or equal to 86400"),
+    ("BREAKER_IDLE", "Infinity", "finite"),
+    ("BREAKER_PROBE_WAIT", "NaN", "finite"),
+    ("RECOVERY_GRACE_SECONDS", "99999999999999999999", "less than or equal to 86400"),
+    ("QUEUE_RETRY_MAX_DELAY", "99999999999999999999", "less than or equal to"),
+    ("QUEUE_DELIVERY_LIMIT", "99999999999", "less than or equal to 1000"),
+    ("BREAKER_FAILURES", "99999999999", "less than or equal to 10000"),
 ]
 
 
@@ -83,5 +95,22 @@ def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, name, value, h
 def test_a_retry_cap_below_the_first_delay_is_refused_naming_both(monkeypatch):
     monkeypatch.setenv("QUEUE_RETRY_DELAY", "5000")
     monkeypatch.setenv("QUEUE_RETRY_MAX_DELAY", "1000")
-    with pytest.raises(SettingsError, match="QUEUE_RETRY_MAX_DELAY .* QUEUE_RETRY_DELAY"):
+    with pytest.raises(SettingsError, match=r"QUEUE_RETRY_MAX_DELAY .* QUEUE_RETRY_DELAY"):
         load_settings()
+
+
+def test_a_dotenv_that_is_not_utf8_is_one_line_naming_the_file(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"SEND_TIME=09:00\n\xff\xfe\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "cannot read .env: not valid UTF-8 (byte 0xff at offset 16); save it as UTF-8"
+    )
+
+
+def test_a_refused_url_never_echoes_its_password(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://bday:s3cret@db:5432/bday?foo=bar")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert "s3cret" not in str(caught.value) and "bday:***@db" in str(caught.value)

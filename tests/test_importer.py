@@ -1,4 +1,4 @@
-"""`bday users import FILE.csv`: good rows kept, bad rows reported by line and field, bad files refused.
+"""`bday users import FILE.csv`: good rows kept, bad rows named by line and field, bad files refused
 
 Runs against the run's real PostgreSQL: uniqueness against existing users and lower-cased
 storage live in the database.
@@ -7,7 +7,11 @@ storage live in the database.
 from __future__ import annotations
 
 import csv
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +58,7 @@ def bad_rows() -> list[tuple[list[str], str]]:
     """Twenty rows, each wrong in its own way, with the field the report must name."""
 
     def row(**changes) -> list[str]:
-        values = dict(zip(HEADER, good_row(10_000 + len(rows))))
+        values = dict(zip(HEADER, good_row(10_000 + len(rows)), strict=False))
         values.update(changes)
         return [values[name] for name in HEADER]
 
@@ -81,7 +85,7 @@ def bad_rows() -> list[tuple[list[str], str]]:
     ]:
         rows.append((row(**changes), field))
     rows.append((row()[:4], "row"))  # the timezone column is missing
-    rows.append((row() + ["surplus"], "row"))  # one column too many
+    rows.append(([*row(), "surplus"], "row"))  # one column too many
     return rows
 
 
@@ -150,7 +154,7 @@ def test_the_duplicate_and_the_taken_email_are_reported_as_such(monkeypatch, cap
     )
     rows = [good_row(1), good_row(2), good_row(3)]
     rows[2][2] = rows[0][2].upper()
-    rows.append(good_row(4)[:2] + [TAKEN.lower()] + good_row(4)[3:])
+    rows.append([*good_row(4)[:2], TAKEN.lower(), *good_row(4)[3:]])
     code, out, _ = bday(
         monkeypatch, capsys, "users", "import", str(write_csv(tmp_path / "u.csv", rows))
     )
@@ -220,14 +224,16 @@ BAD_FILES = {
         header=[h for h in HEADER if h != "timezone"],
     ),
     "unknown-column": lambda tmp: write_csv(
-        tmp / "u.csv", [good_row(1) + ["+81 3 1234"]], header=HEADER + ["phone"]
+        tmp / "u.csv", [[*good_row(1), "+81 3 1234"]], header=[*HEADER, "phone"]
     ),
     "no-header": lambda tmp: write_csv(tmp / "u.csv", [good_row(2)], header=good_row(1)),
     "empty-file": lambda tmp: written(tmp / "u.csv", b""),
     "missing-file": lambda tmp: tmp / "does-not-exist.csv",
-    "not-utf8": lambda tmp: written(
-        tmp / "u.csv", ",".join(HEADER).encode() + b"\n\xff\xfeAda,L,a@x.com,1990-01-01,UTC,\n"
+    "header-not-utf8": lambda tmp: written(tmp / "u.csv", b"\xff\xfe" + ",".join(HEADER).encode()),
+    "duplicate-column": lambda tmp: write_csv(
+        tmp / "u.csv", [[*good_row(1), "other@example.com"]], header=[*HEADER, "email"]
     ),
+    "no-line-end": lambda tmp: written(tmp / "u.csv", b"x" * 200_000),
 }
 
 
@@ -265,30 +271,118 @@ def test_the_header_refusal_names_what_is_missing_or_unknown(tmp_path):
 
 
 def test_import_rows_returns_the_count_the_new_ids_and_each_refusal_with_its_line(tmp_path):
-    rows = [good_row(1), good_row(2)[:3] + ["1990-02-30"] + good_row(2)[4:], good_row(3)]
-    parsed, total = read_rows(write_csv(tmp_path / "u.csv", rows))
-    assert total == 3 and [line for line, _ in parsed] == [2, 3, 4]
+    rows = [good_row(1), [*good_row(2)[:3], "1990-02-30", *good_row(2)[4:]], good_row(3)]
+    parsed = list(read_rows(write_csv(tmp_path / "u.csv", rows)))
+    assert [line for line, _ in parsed] == [2, 3, 4]
     progress: list[int] = []
     result = import_rows(parsed, progress=progress.append)
     assert result.imported == 2 and len(result.user_ids) == 2
     assert result.errors == [(3, "birthday: '1990-02-30' is not a real date (YYYY-MM-DD)")]
-    assert sum(progress) == 2
+    assert sum(progress) == 3
     assert {users.get_user(uid).email for uid in result.user_ids} == {
         "user.1@example.com",
         "user.3@example.com",
     }
 
 
-def test_a_line_after_a_quoted_multiline_field_keeps_its_physical_line_number(tmp_path):
+def test_a_quoted_line_break_costs_only_its_own_lines(tmp_path):
     rows = [good_row(1), good_row(2), good_row(3)]
-    rows[0][1] = "Love\nlace"  # a quoted newline: the record spans lines 2-3
-    rows[1][3] = "1990-02-30"  # so this record sits on line 4
-    result = import_rows(read_rows(write_csv(tmp_path / "u.csv", rows))[0])
-    assert (4, "birthday") in [(line, text.split(":")[0]) for line, text in result.errors]
+    rows[0][1] = "Love\nlace"  # a quoted newline: no field may hold one, so lines 2-3 are bad
+    rows[1][3] = "1990-02-30"  # this record sits on line 4
+    result = import_rows(read_rows(write_csv(tmp_path / "u.csv", rows)))
+    assert [(line, text.split(":")[0]) for line, text in result.errors] == [
+        (2, "row"),
+        (3, "row"),
+        (4, "birthday"),
+    ]
+    assert result.imported == 1  # line 5
 
 
-def test_a_refused_multiline_record_is_reported_at_the_line_where_it_starts(tmp_path):
-    rows = [good_row(1)]
-    rows[0][1] = "Love\nlace"
-    result = import_rows(read_rows(write_csv(tmp_path / "u.csv", rows))[0])
-    assert [line for line, _ in result.errors] == [2]
+def test_the_header_refusal_names_a_column_given_twice(tmp_path):
+    with pytest.raises(ImportFileError, match="names email more than once"):
+        read_rows(BAD_FILES["duplicate-column"](tmp_path))
+
+
+# --- files that are broken in one place: every valid row kept or named --------------------------
+
+
+def lines(path: Path, *texts: str | bytes) -> Path:
+    body = [",".join(HEADER).encode()] + [t if isinstance(t, bytes) else t.encode() for t in texts]
+    return written(path, b"\n".join(body) + b"\n")
+
+
+def csv_line(row: list[str]) -> str:
+    return ",".join(row)
+
+
+def test_an_unmatched_quote_costs_its_own_line_only(monkeypatch, capsys, tmp_path):
+    broken = good_row(3)
+    broken[1] = '"Love' + broken[1]  # the quote never closes
+    path = lines(
+        tmp_path / "u.csv",
+        *(csv_line(r) for r in [good_row(2), broken]),
+        *(csv_line(good_row(i)) for i in (4, 5)),
+    )
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path))
+    assert code == 1
+    assert out.splitlines()[0] == "imported 3 of 4 row(s); 1 refused"
+    assert report(out) == {3: ("row", "not valid CSV (an unmatched quote)")}
+    assert stored_emails() == {f"user.{i}@example.com" for i in (2, 4, 5)}
+
+
+def test_a_field_over_any_limit_names_its_line_and_the_rest_is_imported(
+    monkeypatch, capsys, tmp_path
+):
+    huge = good_row(3)
+    huge[1] = "x" * 131_073  # over the csv module's default field limit, and over MAX_LINE
+    path = lines(tmp_path / "u.csv", *(csv_line(r) for r in [good_row(2), huge, good_row(4)]))
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path))
+    assert code == 1
+    assert list(report(out)) == [3] and report(out)[3][0] == "row"
+    assert stored_emails() == {"user.2@example.com", "user.4@example.com"}
+
+
+def test_a_line_that_is_not_utf8_is_named_and_its_neighbours_kept(monkeypatch, capsys, tmp_path):
+    path = lines(
+        tmp_path / "u.csv",
+        csv_line(good_row(2)),
+        b"Zo\xeb," + ",".join(good_row(3)[1:]).encode(),  # Latin-1
+        csv_line(good_row(4)),
+    )
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path))
+    assert code == 1
+    assert report(out) == {3: ("row", "not valid UTF-8 (save the file as UTF-8)")}
+    assert users.count_users() == 2
+
+
+def test_a_file_without_a_line_end_after_good_rows_stops_named_within_bounds(
+    monkeypatch, capsys, tmp_path
+):
+    path = lines(tmp_path / "u.csv", csv_line(good_row(2)))
+    with path.open("ab") as handle:
+        handle.write(b"\0" * (20 * 2**20))
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path))
+    assert code == 1
+    assert report(out) == {
+        3: ("row", "no line end within 16 MiB; the rest of the file was not read")
+    }
+    assert stored_emails() == {"user.2@example.com"}
+
+
+def test_importing_dev_zero_ends_in_seconds_with_one_line_and_bounded_memory(database_url):
+    env = {**os.environ, "DATABASE_URL": database_url}
+    started = time.monotonic()
+    child = subprocess.Popen(
+        [f"{os.path.dirname(sys.executable)}/bday", "users", "import", "/dev/zero"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    finally:
+        child.kill()
+    assert time.monotonic() - started < 20
+    assert os.waitstatus_to_exitcode(status) == 2
+    assert child.stderr.read() == b"bday: /dev/zero: line 1 is over 65536 bytes: not a CSV file\n"
+    assert usage.ru_maxrss < 300 * 1024  # KiB: the interpreter and its imports, not the file

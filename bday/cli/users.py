@@ -85,18 +85,29 @@ def list_(limit: int | None) -> None:
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def import_(path: Path) -> None:
     """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
-    [,anniversary]). Valid rows are kept; bad rows are listed with their line numbers."""
+    [,anniversary]), one user per line. Valid rows are kept; bad rows are listed with their
+    line numbers (exit 1 if any); an unusable file is refused whole (exit 2)."""
     from bday.cli.main import Failure
-    from bday.users.importer import ImportFileError, import_rows, read_rows
+    from bday.users import importer
 
     try:
-        rows, total = read_rows(path)
-    except ImportFileError as exc:
+        rows = importer.read_rows(path)
+    except importer.ImportFileError as exc:
         raise Failure(str(exc)) from None
-    with click.progressbar(length=total, label=f"importing {total} row(s)", file=sys.stderr) as bar:
-        result = import_rows(rows, progress=bar.update)
-    click.echo(f"imported {result.imported} of {total} row(s); {len(result.errors)} refused")
+    importer.check_database()
+    result = _import_with_progress(rows, importer.import_rows, path.name)
+    click.echo(f"imported {result.imported} of {rows.count} row(s); {result.refused} refused")
     for line, problem in sorted(result.errors):
         click.echo(f"  line {line}: {problem}")
-    if result.errors:
+    if result.refused > len(result.errors):
+        click.echo(f"  ... and {result.refused - len(result.errors)} more not listed")
+    if result.refused:
         sys.exit(1)
+
+
+def _import_with_progress(rows, import_rows, name: str):
+    """A progress bar over the file's bytes (its row count is unknown until the end)."""
+    if rows.size is None:  # a pipe or a device: no length to show progress against
+        return import_rows(rows)
+    with click.progressbar(length=rows.size, label=f"importing {name}", file=sys.stderr) as bar:
+        return import_rows(rows, progress=lambda _: bar.update(rows.position - bar.pos))

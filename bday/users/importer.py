@@ -1,19 +1,28 @@
 """`bday users import FILE.csv`: many users at once, every row validated, bad rows reported.
 
 Columns: first_name,last_name,email,birthday,timezone[,anniversary] (header required, any
-order). Valid rows are inserted in batches; an invalid row, or an email already used (in the
-database or earlier in the file), is reported with its line number and skipped. Greetings for
-all imported users are then planned in one set-based pass.
+order, each named once). Valid rows are inserted in batches; an invalid row, or an email already
+used (in the database or earlier in the file), is reported with its line number and skipped.
+Greetings for all imported users are then planned in one set-based pass.
+
+The file is read as a stream of lines, each at most MAX_LINE bytes, so memory stays bounded
+whatever the file holds (`/dev/zero` included). A record is one line: no user field may
+contain a line break, so a quoted line break can only be a mistake (usually an unmatched
+quote), and reading line by line means such a mistake costs its own line, never the rows after
+it.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from stat import S_ISREG
+from typing import BinaryIO
 
 from sqlalchemy import func, select
 
@@ -25,6 +34,9 @@ from bday.users.api import UserInputError, clean_user_fields
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
 OPTIONAL = ("anniversary",)
 BATCH = 1000
+MAX_LINE = 64 * 1024  # bytes; a valid row is under 2 KB, whitespace and quotes included
+MAX_SKIP = 16 * 1024 * 1024  # an over-long line running this far without a line end ends the read
+MAX_LISTED = 10_000  # refusals kept for the report; more are counted, not listed
 
 
 class ImportFileError(ValueError):
@@ -34,48 +46,154 @@ class ImportFileError(ValueError):
 @dataclass
 class ImportResult:
     imported: int = 0
-    errors: list[tuple[int, str]] = field(default_factory=list)  # (line number, problem)
+    refused: int = 0
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (line, problem), MAX_LISTED
     user_ids: list[uuid.UUID] = field(default_factory=list)
 
+    def refuse(self, line: int, problem: str) -> None:
+        self.refused += 1
+        if len(self.errors) < MAX_LISTED:
+            self.errors.append((line, problem))
 
-def read_rows(path: Path) -> tuple[list[tuple[int, dict]], int]:
-    """(line number, row) for every data row, and the count. Raises ImportFileError."""
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in (reader.fieldnames or [])]
-            missing = [name for name in REQUIRED if name not in header]
-            unknown = [name for name in header if name not in REQUIRED + OPTIONAL]
-            if missing or unknown:
-                raise ImportFileError(
-                    f"{path}: header must name {', '.join(REQUIRED)} [and anniversary]; "
-                    + (
-                        f"missing {', '.join(missing)}"
-                        if missing
-                        else f"unknown {', '.join(unknown)}"
-                    )
-                )
-            reader.fieldnames = header
-            rows = []
+
+class Rows:
+    """The data rows of an open CSV file: yields (line number, row dict) or (line, problem)."""
+
+    def __init__(self, handle: BinaryIO, header: list[str], line: int):
+        self.handle, self.header, self.line = handle, header, line
+        self.count = 0  # data rows met so far (blank lines are not rows)
+        self.position = handle.tell()  # bytes read so far
+        stat = os.fstat(handle.fileno())
+        self.size = stat.st_size if S_ISREG(stat.st_mode) else None
+
+    def _readline(self, limit: int) -> bytes:
+        raw = self.handle.readline(limit)
+        self.position += len(raw)
+        return raw
+
+    def __iter__(self) -> Iterator[tuple[int, dict | str]]:
+        with self.handle:
             while True:
-                first_line = reader.line_num + 1  # a quoted field may span lines: report the first
-                row = next(reader, None)
-                if row is None:
-                    break
-                rows.append((first_line, row))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ImportFileError(f"{path}: cannot read ({exc})") from None
-    return rows, len(rows)
+                raw, self.line = self._readline(MAX_LINE + 1), self.line + 1
+                if not raw:
+                    return
+                item = _parse_line(raw, self.header) if _ends(raw) else self._overlong()
+                if item is None:
+                    continue
+                self.count += 1
+                yield self.line, item
+                if item == _UNENDING:
+                    return
+
+    def _overlong(self) -> str:
+        skipped = MAX_LINE
+        while skipped < MAX_SKIP:
+            chunk = self._readline(MAX_LINE)
+            if not chunk or chunk.endswith(b"\n"):
+                return f"row: longer than {MAX_LINE} bytes (a field too long, or not a CSV line)"
+            skipped += len(chunk)
+        return _UNENDING
+
+
+_UNENDING = f"row: no line end within {MAX_SKIP // 2**20} MiB; the rest of the file was not read"
+
+
+def read_rows(path: Path) -> Rows:
+    """The file's rows, after checking its header. Raises ImportFileError (nothing read yet)."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise ImportFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        header, line = _read_header(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+    return Rows(handle, header, line)
+
+
+def _read_header(handle: BinaryIO, path: Path) -> tuple[list[str], int]:
+    line = 0
+    while True:
+        raw, line = handle.readline(MAX_LINE + 1), line + 1
+        if not raw:
+            raise ImportFileError(f"{path}: empty file; expected a header line naming the columns")
+        if not _ends(raw):
+            raise ImportFileError(f"{path}: line {line} is over {MAX_LINE} bytes: not a CSV file")
+        text = _decode(raw.removeprefix(b"\xef\xbb\xbf") if line == 1 else raw)
+        if text is None:
+            raise ImportFileError(f"{path}: the header is not valid UTF-8; save the file as UTF-8")
+        if text.strip():
+            return _check_header(text, path), line
+
+
+def _check_header(text: str, path: Path) -> list[str]:
+    try:
+        header = [name.strip() for name in next(csv.reader([text], strict=True))]
+    except csv.Error as exc:
+        raise ImportFileError(f"{path}: the header is not valid CSV ({exc})") from None
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise ImportFileError(f"{path}: the header names {', '.join(twice)} more than once")
+    missing = [name for name in REQUIRED if name not in header]
+    unknown = [name[:40] for name in header if name not in REQUIRED + OPTIONAL]
+    if missing or unknown:
+        raise ImportFileError(
+            f"{path}: header must name {', '.join(REQUIRED)} [and anniversary]; "
+            + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
+        )
+    return header
+
+
+def _parse_line(raw: bytes, header: list[str]) -> dict | str | None:
+    """The row on one line, a "row: ..." problem, or None for a blank line."""
+    text = _decode(raw)
+    if text is None:
+        return "row: not valid UTF-8 (save the file as UTF-8)"
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text.strip():
+        return None
+    try:
+        fields = next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        problem = "an unmatched quote" if "end of data" in str(exc) else str(exc)
+        return f"row: not valid CSV ({problem})"
+    if len(fields) != len(header):
+        return f"row: expected {len(header)} columns, got {len(fields)}"
+    return dict(zip(header, fields, strict=True))
+
+
+def _decode(raw: bytes) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _ends(raw: bytes) -> bool:
+    """Whether `raw` is a whole line: it ends with a line end, or is the file's short last line."""
+    return raw.endswith(b"\n") or len(raw) <= MAX_LINE
+
+
+def check_database() -> None:
+    """Fail early (before any progress is shown) if the users table cannot be read."""
+    with transaction() as session:
+        session.execute(select(User.id).limit(1))
 
 
 def import_rows(
-    rows: Iterable[tuple[int, dict]], progress: Callable[[int], None] = lambda n: None
+    rows: Iterable[tuple[int, dict | str]], progress: Callable[[int], None] = lambda n: None
 ) -> ImportResult:
-    """Validate and insert `rows`; returns what was imported and what was refused."""
+    """Validate and insert `rows`; returns what was imported and what was refused.
+
+    `progress(n)` is called with the number of rows handled since its last call.
+    """
     result = ImportResult()
     seen: set[str] = set()
     batch: list[tuple[int, dict]] = []
+    handled = 0
     for line, row in rows:
+        handled += 1
         try:
             values = _clean(row)
             if values["email"] in seen:
@@ -83,19 +201,21 @@ def import_rows(
             seen.add(values["email"])
             batch.append((line, values))
         except UserInputError as exc:
-            result.errors.append((line, str(exc)))
+            result.refuse(line, str(exc))
         if len(batch) == BATCH:
             _insert(batch, result)
-            progress(BATCH)
-            batch = []
+            progress(handled)
+            batch, handled = [], 0
     if batch:
         _insert(batch, result)
-        progress(len(batch))
+    progress(handled)
     hooks.on_users_imported(result.user_ids)
     return result
 
 
-def _clean(row: dict) -> dict:
+def _clean(row: dict | str) -> dict:
+    if isinstance(row, str):  # the reader's own verdict on the line: "row: ..."
+        raise UserInputError("row", row.removeprefix("row: "))
     if None in row or any(value is None for key, value in row.items() if key in REQUIRED):
         raise UserInputError("row", "wrong number of columns")
     return clean_user_fields({key: (value or "").strip() for key, value in row.items()})
@@ -115,7 +235,7 @@ def _insert(batch: list[tuple[int, dict]], result: ImportResult) -> None:
         users = []
         for line, values in batch:
             if values["email"] in taken:
-                result.errors.append((line, "email: is already used by another user"))
+                result.refuse(line, "email: is already used by another user")
                 continue
             users.append(
                 User(
