@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -72,6 +74,25 @@ INVALID = [
     ("timezone", "localtime"),
     ("anniversary", "2021-02-29"),
     ("anniversary", "yesterday"),
+    # invisible or layout-breaking names (issue 16, class 4)
+    ("first_name", "\u200b"),  # only a zero-width space
+    ("first_name", "\u200f"),  # only a right-to-left mark
+    ("first_name", "\u200b\u200c\u200d\u2060\ufeff"),
+    ("first_name", "\u0301\u0301"),  # combining marks with nothing to sit on
+    ("first_name", "\u3164"),  # Hangul filler: a "letter" that renders as nothing
+    ("last_name", "Love\u2028lace"),  # a line separator splits `bday users list` output
+    ("last_name", "Love\u2029lace"),
+    ("last_name", "Ada\u202egnp.exe"),  # a right-to-left override
+    ("last_name", "\u2066Ada\u2069"),  # an isolate
+    ("first_name", "Ad\udcffa"),  # an undecodable byte, as Python decodes it from argv
+    ("first_name", "Ad\ud800a"),  # a lone surrogate PostgreSQL cannot store
+    ("email", "a" * 65 + "@example.com"),  # RFC 5321: 64 octets before the @
+    ("email", "é" * 33 + "@example.com"),  # 33 characters, 66 octets
+    ("email", "ada\udcff@example.com"),
+    ("timezone", "Asia/Tokyo\udcff"),
+    # the anniversary decision (class 7)
+    ("anniversary", "2100-01-01"),
+    ("anniversary", "1980-01-01"),  # before the birthday
 ]
 
 
@@ -98,6 +119,15 @@ def test_create_user_refuses_a_bad_field_by_name_and_writes_nothing(field, value
         ("timezone", "America/Argentina/Buenos_Aires", "America/Argentina/Buenos_Aires"),
         ("timezone", "UTC", "UTC"),
         ("birthday", date(2000, 2, 29), date(2000, 2, 29)),
+        (
+            "first_name",
+            "\u200f\u062f\u0627\u0648\u062f",
+            "\u200f\u062f\u0627\u0648\u062f",
+        ),  # a mark beside visible letters stays
+        ("last_name", "👩\u200d💻", "👩\u200d💻"),  # a zero-width joiner inside an emoji
+        ("email", "a" * 64 + "@example.com", "a" * 64 + "@example.com"),
+        ("anniversary", "1990-03-05", date(1990, 3, 5)),  # the birthday itself is not before it
+        ("anniversary", "  ", None),  # blank means none, as '' does
     ],
 )
 def test_create_user_accepts_and_normalises_valid_fields(field, value, stored):
@@ -120,9 +150,9 @@ def test_a_deleted_users_email_can_be_reused():
 
 def test_update_refuses_an_unknown_field_and_keeps_the_user():
     user_id = users.create_user(**ADA)
-    with pytest.raises(UserInputError, match="^shoe_size: "):
+    with pytest.raises(UserInputError, match=r"^shoe_size: "):
         users.update_user(user_id, shoe_size=42)
-    with pytest.raises(UserInputError, match="^timezone: "):
+    with pytest.raises(UserInputError, match=r"^timezone: "):
         users.update_user(user_id, timezone="Mars/Olympus", first_name="Eve")
     assert users.get_user(user_id).first_name == "Ada"
 
@@ -238,3 +268,66 @@ def test_a_zone_change_on_the_same_date_after_sending_does_not_plan_a_second_gre
     with time_machine.travel(datetime(2027, 3, 5, 1, 0, tzinfo=UTC), tick=False):
         users.update_user(user_id, timezone="America/New_York")  # 09:00 in NY is still ahead
     assert [m.status for m in messages(user_id)] == [Status.SENT]
+
+
+# --- wrong types: say what was given and what is expected (class 5) ----------------------------
+
+WRONG_TYPES = [
+    ("birthday", 19900305, "expected a date or 'YYYY-MM-DD' string, got int 19900305"),
+    ("birthday", 19900305.0, "expected a date or 'YYYY-MM-DD' string, got float 19900305.0"),
+    ("birthday", b"1990-03-05", "expected a date or 'YYYY-MM-DD' string, got bytes b'1990-03-05'"),
+    ("birthday", True, "expected a date or 'YYYY-MM-DD' string, got bool True"),
+    ("birthday", Decimal("1990"), "expected a date or 'YYYY-MM-DD' string, got Decimal('1990')"),
+    ("anniversary", 0, "expected a date or 'YYYY-MM-DD' string, got int 0"),
+    ("anniversary", False, "expected a date or 'YYYY-MM-DD' string, got bool False"),
+    ("timezone", 9, "expected an IANA name such as Europe/London, got int 9"),
+    ("first_name", 5, "expected a string, got int 5"),
+    ("last_name", ["Lovelace"], "expected a string, got list ['Lovelace']"),
+    ("email", ["ada@example.com"], "expected a string, got list ['ada@example.com']"),
+    ("first_name", None, "is required (a string)"),
+    ("birthday", datetime(1990, 3, 5), "must be a date, not a date and time"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), WRONG_TYPES)
+def test_a_value_of_the_wrong_type_is_named_with_what_was_expected(field, value, problem):
+    with pytest.raises(UserInputError) as caught:
+        users.create_user(**{**ADA, field: value})
+    assert str(caught.value) == f"{field}: {problem}"
+    assert user_count() == 0
+
+
+def test_a_zoneinfo_is_accepted_by_its_iana_key():
+    user_id = users.create_user(**{**ADA, "timezone": ZoneInfo("Europe/Paris")})
+    assert users.get_user(user_id).timezone == "Europe/Paris"
+
+
+def test_an_undecodable_byte_is_reported_as_not_utf8_not_as_a_control_character():
+    with pytest.raises(UserInputError) as caught:
+        users.create_user(**{**ADA, "first_name": "Ad\udcffa"})
+    assert str(caught.value) == "first_name: is not valid UTF-8 (the byte 0xff)"
+
+
+def test_an_anniversary_in_the_future_or_before_the_birthday_is_refused_by_name():
+    with pytest.raises(UserInputError, match=r"^anniversary: 2100-01-01 is in the future$"):
+        users.create_user(**{**ADA, "anniversary": "2100-01-01"})
+    with pytest.raises(
+        UserInputError, match=r"^anniversary: 1980-01-01 is before the birthday 1990-03-05$"
+    ):
+        users.create_user(**{**ADA, "anniversary": "1980-01-01"})
+    assert user_count() == 0
+
+
+# --- update_user keeps its promise (class 6) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("missing", ["garbage", uuid.uuid4()], ids=["garbage", "unknown-uuid"])
+def test_update_user_with_no_changes_still_raises_user_not_found(missing):
+    with pytest.raises(UserNotFound):
+        users.update_user(missing)
+
+
+def test_update_user_with_no_changes_on_a_live_user_changes_nothing():
+    user_id = users.create_user(**ADA)
+    users.update_user(user_id)
+    assert users.get_user(user_id).first_name == "Ada"

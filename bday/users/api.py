@@ -13,6 +13,7 @@ import uuid
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
@@ -26,6 +27,7 @@ from bday.users.errors import UserInputError, UserNotFound, parse_user_id
 
 NAME_MAX = 100
 EMAIL_MAX = 320
+LOCAL_PART_MAX = 64
 EARLIEST_YEAR = 1900
 FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary")
 
@@ -78,9 +80,10 @@ def update_user(user_id: uuid.UUID | str, **changes: Any) -> None:
     unknown = sorted(set(changes) - set(FIELDS))
     if unknown:
         raise UserInputError(unknown[0], "not a user field")
-    if not changes:
-        return
     user_id = parse_user_id(user_id)
+    if not changes:
+        get_user(user_id)  # nothing to change, but an unknown id is still UserNotFound
+        return
     now = _now()
     with _unique_email(), transaction() as session:
         user = _live(session, user_id)
@@ -128,54 +131,103 @@ def count_users() -> int:
 
 
 def clean_user_fields(values: dict[str, Any], today: date | None = None) -> dict[str, Any]:
-    """Validated, normalised copies of all user fields. Raises `UserInputError`."""
+    """Validated, normalised copies of all user fields. Raises `UserInputError`.
+
+    The one validation of a user: `create_user`, `update_user`, the CLI and the CSV import all
+    come through here, so a value refused by one is refused by all.
+    """
     tz = clean_timezone(values.get("timezone"))
     today = today or datetime.now(zone(tz)).date()
+    names = {name: clean_name(name, values.get(name)) for name in ("first_name", "last_name")}
+    email = clean_email(values.get("email"))
+    birthday = clean_date("birthday", values.get("birthday"), latest=today)
     return {
-        "first_name": clean_name("first_name", values.get("first_name")),
-        "last_name": clean_name("last_name", values.get("last_name")),
-        "email": clean_email(values.get("email")),
+        **names,
+        "email": email,
         "timezone": tz,
-        "birthday": clean_date("birthday", values.get("birthday"), latest=today),
-        "anniversary": (
-            None
-            if values.get("anniversary") in (None, "")
-            else clean_date("anniversary", values["anniversary"])
-        ),
+        "birthday": birthday,
+        "anniversary": clean_anniversary(values.get("anniversary"), birthday, today),
     }
 
 
 def clean_name(field: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise UserInputError(field, "is required")
-    name = unicodedata.normalize("NFC", value.strip())
+    """1-100 characters of any script, at least one of them visible, on one line."""
+    name = unicodedata.normalize("NFC", _text(field, value, "a string").strip())
     if not name:
         raise UserInputError(field, "must not be empty")
     if len(name) > NAME_MAX:
         raise UserInputError(field, f"must be at most {NAME_MAX} characters (got {len(name)})")
-    if any(unicodedata.category(char) in ("Cc", "Cs") for char in name):
-        raise UserInputError(field, "must not contain control characters")
+    for char in name:
+        problem = _NAME_REFUSES.get(unicodedata.category(char)) or _BIDI.get(char)
+        if problem:
+            raise UserInputError(field, f"must not contain {problem} (U+{ord(char):04X})")
+    if not any(_visible(char) for char in name):
+        raise UserInputError(field, "needs at least one visible character")
     return name
 
 
+# Categories and characters a name must not hold, with the words an error uses for them.
+_NAME_REFUSES = {
+    "Cc": "control characters",
+    "Zl": "a line separator",
+    "Zp": "a paragraph separator",
+}
+# Bidi embeddings, overrides and isolates reorder the text around them (in `bday users list`
+# and in the greeting), the "Trojan Source" trick; the marks LRM/RLM/ALM do not, and stay.
+_BIDI = {chr(c): "a bidi override" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+# Letters by category that render as nothing (Hangul fillers, the braille blank).
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _visible(char: str) -> bool:
+    return unicodedata.category(char)[0] in "LNPS" and char not in _BLANK_LETTERS
+
+
 def clean_email(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
+    text = _text("email", value, "a string").strip()
+    if not text:
         raise UserInputError("email", "is required")
-    if len(value) > EMAIL_MAX:
+    if len(text) > EMAIL_MAX:
         raise UserInputError("email", f"must be at most {EMAIL_MAX} characters")
     try:
-        checked = validate_email(value.strip(), check_deliverability=False)
+        checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise UserInputError("email", f"is not a valid address ({_one_line(exc)})") from None
+    # RFC 5321's 64-octet local part: email-validator checks it only with strict=True (2.2+)
+    if len(checked.local_part.encode()) > LOCAL_PART_MAX:
+        raise UserInputError(
+            "email", f"the part before @ must be at most {LOCAL_PART_MAX} bytes (RFC 5321)"
+        )
     return checked.normalized.lower()
 
 
 def clean_timezone(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
+    """An IANA name, or a `ZoneInfo` built from one (its key is what is stored)."""
+    if isinstance(value, ZoneInfo):
+        if value.key is None or not is_known_zone(value.key):
+            raise UserInputError("timezone", "a ZoneInfo without an IANA key is not supported")
+        return value.key
+    name = _text("timezone", value, "an IANA name such as Europe/London").strip()
+    if not name:
         raise UserInputError("timezone", "is required (an IANA name such as Europe/London)")
-    if not is_known_zone(value.strip()):
-        raise UserInputError("timezone", f"unknown IANA time zone {value.strip()!r}")
-    return value.strip()
+    if not is_known_zone(name):
+        raise UserInputError("timezone", f"unknown IANA time zone {_shown(name)}")
+    return name
+
+
+def clean_anniversary(value: Any, birthday: date, today: date) -> date | None:
+    """None (no anniversary) for None or a blank string; otherwise a date between the
+    birthday and today: a future start date is refused, like a future birthday, because
+    a typo (2100 for 2010) is far likelier than a planned hire (add it once they start)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    anniversary = clean_date("anniversary", value, latest=today)
+    if anniversary < birthday:
+        raise UserInputError(
+            "anniversary",
+            f"{anniversary.isoformat()} is before the birthday {birthday.isoformat()}",
+        )
+    return anniversary
 
 
 def clean_date(field: str, value: Any, latest: date | None = None) -> date:
@@ -192,18 +244,49 @@ def _parse_date(field: str, value: Any) -> date:
         raise UserInputError(field, "must be a date, not a date and time")
     if isinstance(value, date):
         return value
-    if not isinstance(value, str) or not value.strip():
+    text = _text(field, value, "a date or 'YYYY-MM-DD' string").strip()
+    if not text:
         raise UserInputError(field, "is required (YYYY-MM-DD)")
-    text = value.strip()
     try:
         if _ISO_DATE.match(text):
             return date.fromisoformat(text)
     except ValueError:
         pass
-    raise UserInputError(field, f"{text!r} is not a real date (YYYY-MM-DD)")
+    raise UserInputError(field, f"{_shown(text)} is not a real date (YYYY-MM-DD)")
 
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _text(field: str, value: Any, expected: str) -> str:
+    """`value` if it is a string PostgreSQL can store; otherwise a UserInputError saying
+    what was given and what is expected."""
+    if value is None:
+        raise UserInputError(field, f"is required ({expected})")
+    if not isinstance(value, str):
+        raise UserInputError(field, f"expected {expected}, got {_kind(value)}")
+    surrogate = next((char for char in value if "\ud800" <= char <= "\udfff"), None)
+    if surrogate is None:
+        return value
+    if "\udc80" <= surrogate <= "\udcff":  # how Python decodes a byte that is not UTF-8
+        byte = ord(surrogate) - 0xDC00
+        raise UserInputError(field, f"is not valid UTF-8 (the byte 0x{byte:02x})")
+    raise UserInputError(field, f"is not valid Unicode (a lone surrogate U+{ord(surrogate):04X})")
+
+
+def _kind(value: Any) -> str:
+    """`int 19900305`, `list ['a@x.com']`: the type and a short repr of a wrong value."""
+    try:
+        shown = repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real error
+        shown = "<unprintable>"
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    name = type(value).__name__
+    return shown if shown.startswith(name) else f"{name} {shown}"
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:37] + "...")
 
 
 # --- internals --------------------------------------------------------------------------------
