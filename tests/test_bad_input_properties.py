@@ -1,0 +1,271 @@
+"""Hostile and careless input, generated: `bday users add`, `bday users import` and
+`create_user` never answer with a traceback, exit only with a documented code (0 done, 1 an
+import that refused some rows, 2 refused), write nothing when they refuse, and an import keeps
+or names every row.
+
+The examples are bounded (MAX_EXAMPLES each) so the suite stays fast in CI; run with
+`--hypothesis-seed=N` to replay a failure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import uuid
+from datetime import date
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+
+from bday.store.db import transaction
+from bday.users import api as users
+from bday.users.api import UserInputError
+from tests.test_cli_users import bday
+
+pytestmark = pytest.mark.usefixtures("database")
+
+MAX_EXAMPLES = 60
+PROPERTY = settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary")
+ZONES = ["Asia/Tokyo", "UTC", "Etc/GMT+12", "America/St_Johns", "Pacific/Chatham"]
+_serial = itertools.count()
+
+# Values a careless operator or a hostile user has been seen to type, plus their cousins.
+NASTY = [
+    "",
+    " ",
+    "\u200b",
+    "\u200f",
+    "\u3164",
+    "\u0301",
+    "Ada\u2028Lovelace",
+    "Ada\u2029",
+    "\u202egnp.exe",
+    "\u2066Ada\u2069",
+    "Ad\udcffa",
+    "\ud800",
+    "Ada\x00",
+    "Ada\x1c",
+    "Ada\x85",
+    "Ada\r\n",
+    "\ufeff",
+    "'; DROP TABLE users; --",
+    "{first_name}",
+    "%s%s%n",
+    '"',
+    '","',
+    "\\",
+    "x" * 101,
+    "x" * 2_000,
+    "a" * 65 + "@example.com",
+    "ada@example.com\n",
+    "ada@@example.com",
+    "²",
+    "19900305",
+    "\uff11\uff19\uff19\uff10-03-05",  # full-width digits
+    "1990-03-05T00:00",
+    "0001-01-01",
+    "1899-12-31",
+    "2100-01-01",
+    "9999-12-31",
+    "99999999999999999999",
+    "-1",
+    "NaN",
+    "inf",
+    "Asia/Tokyo\x00",
+    "asia/tokyo",
+    "../../etc/passwd",
+    "UTC ",
+    "localtime",
+]
+
+
+def fingerprint() -> str:
+    """A digest of every users row, to prove that a refusal wrote nothing."""
+    with transaction() as session:
+        return session.execute(
+            text("SELECT coalesce(md5(string_agg(u::text, ',' ORDER BY id)), '') FROM users u")
+        ).scalar_one()
+
+
+def live_count() -> int:
+    return users.count_users()
+
+
+# --- strategies ---------------------------------------------------------------------------------
+
+
+def valid_value(field: str, serial: int) -> st.SearchStrategy[str]:
+    visible = st.characters(categories=["L"], exclude_characters="\u115f\u1160\u3164\uffa0")
+    letters = st.text(visible, min_size=1, max_size=20)
+    birthday = st.dates(date(1900, 1, 1), date(2000, 12, 31)).map(date.isoformat)
+    return {
+        "first_name": letters,
+        "last_name": letters,
+        "email": st.just(f"user.{serial}.{uuid.uuid4().hex[:8]}@example.com"),
+        "birthday": birthday,
+        "timezone": st.sampled_from(ZONES),
+        "anniversary": st.sampled_from(["", "2001-01-01", "2020-02-29"]),
+    }[field]
+
+
+hostile_text = st.one_of(
+    st.sampled_from(NASTY),
+    st.text(max_size=60),
+    st.text(st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Zs", "Mn", "Co"]), max_size=8),
+    st.builds("".join, st.lists(st.sampled_from(NASTY), min_size=2, max_size=3)),
+)
+
+
+@st.composite
+def valid_user(draw) -> dict:
+    serial = next(_serial)
+    return {field: draw(valid_value(field, serial)) for field in FIELDS}
+
+
+@st.composite
+def user_fields(draw, hostile: st.SearchStrategy) -> dict:
+    """All six fields valid but one or two, which are drawn from `hostile`."""
+    values = draw(valid_user())
+    for field in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2, unique=True)):
+        values[field] = draw(hostile)
+    return values
+
+
+python_values = st.one_of(
+    hostile_text,
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.binary(max_size=12),
+    st.decimals(),
+    st.dates(),
+    st.datetimes(),
+    st.lists(st.text(max_size=5), max_size=2),
+)
+
+
+def attempt(fields: dict) -> tuple[uuid.UUID | None, UserInputError | None]:
+    """create_user's id, or its refusal; any other exception fails the test."""
+    try:
+        return users.create_user(**fields), None
+    except UserInputError as exc:
+        return None, exc
+
+
+# --- create_user --------------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(fields=user_fields(python_values))
+def test_create_user_stores_a_valid_user_or_refuses_by_field_writing_nothing(fields):
+    before = fingerprint()
+    user_id, refusal = attempt(fields)
+    if refusal is not None:
+        assert refusal.field in FIELDS and str(refusal).startswith(f"{refusal.field}: ")
+        assert "\n" not in str(refusal) and len(str(refusal)) < 300
+        assert fingerprint() == before
+        return
+    stored = users.get_user(user_id)
+    values = {field: getattr(stored, field) for field in FIELDS}
+    assert users.clean_user_fields(values) == values  # what is stored passes the same rules
+
+
+# --- bday users add -----------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(fields=user_fields(hostile_text))
+def test_users_add_exits_0_with_an_id_or_2_with_one_line_and_nothing_written(
+    monkeypatch, capsys, fields
+):
+    before, count = fingerprint(), live_count()
+    args = ["users", "add"]
+    for field, value in fields.items():
+        args += [f"--{field.replace('_', '-')}", value]
+    code, out, err = bday(monkeypatch, capsys, *args)
+    assert code in (0, 2), err
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.count("\n") == 1 and out == ""
+        assert fingerprint() == before
+        return
+    assert uuid.UUID(out.strip()) and live_count() == count + 1
+    listing = bday(monkeypatch, capsys, "users", "list")[1]
+    assert len(listing.splitlines()) == count + 1  # one user, one line: no separator got in
+
+
+# --- bday users import --------------------------------------------------------------------------
+
+HEADER = ",".join(FIELDS)
+REPORT_LINE = re.compile(r"^  line (\d+): ")
+
+
+def csv_line(values: dict) -> str:
+    return ",".join(values[field] for field in FIELDS)
+
+
+hostile_line = st.one_of(
+    st.text(max_size=80),
+    st.sampled_from(NASTY),
+    st.builds(csv_line, user_fields(hostile_text)),
+    st.builds(lambda values: csv_line(values).replace(",", ',"', 1), valid_user()),
+    st.builds(lambda values: csv_line(values) + ",surplus", valid_user()),
+    st.builds(lambda values: csv_line(values).rsplit(",", 1)[0], valid_user()),
+).map(lambda line: line.replace("\n", " ").encode("utf-8", "surrogatepass"))
+
+import_lines = st.lists(
+    st.one_of(
+        valid_user().map(lambda values: ("valid", values)),
+        hostile_line.map(lambda raw: ("hostile", raw)),
+        st.binary(max_size=40).map(lambda raw: ("hostile", raw.replace(b"\n", b" "))),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def is_row(raw: bytes) -> bool:
+    """Whether the importer counts this line as a row (blank lines are not rows)."""
+    try:
+        return bool(raw.decode("utf-8").strip())
+    except UnicodeDecodeError:
+        return True
+
+
+def write_import(path: Path, lines: list[tuple[str, dict | bytes]]) -> list[bytes]:
+    raws = [csv_line(item).encode() if kind == "valid" else item for kind, item in lines]
+    path.write_bytes(b"\n".join([HEADER.encode(), *raws]) + b"\n")
+    return raws
+
+
+@PROPERTY
+@given(lines=import_lines)
+def test_users_import_keeps_or_names_every_row_and_exits_0_or_1(
+    monkeypatch, capsys, tmp_path, lines
+):
+    path = tmp_path / "hostile.csv"
+    raws = write_import(path, lines)
+    before, count = fingerprint(), live_count()
+    code, out, err = bday(monkeypatch, capsys, "users", "import", str(path))
+    assert "Traceback" not in err
+    summary = re.fullmatch(r"imported (\d+) of (\d+) row\(s\); (\d+) refused", out.splitlines()[0])
+    imported, total, refused = (int(n) for n in summary.groups())
+    named = [int(m[1]) for m in map(REPORT_LINE.match, out.splitlines()[1:]) if m]
+    assert total == sum(map(is_row, raws)) and imported + refused == total
+    assert len(named) == len(set(named)) == refused
+    assert set(named) <= {number for number, raw in enumerate(raws, 2) if is_row(raw)}
+    assert code == (1 if refused else 0)
+    assert live_count() == count + imported and (fingerprint() == before) == (imported == 0)
+    stored = {user.email for user in users.list_users()}
+    for number, (kind, item) in enumerate(lines, 2):
+        if kind == "valid":
+            assert item["email"].lower() in stored or number in named, number
