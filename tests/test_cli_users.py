@@ -42,6 +42,8 @@ def bday(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 
 def _replace(args: list[str], option: str, value: str) -> list[str]:
+    if option not in args:  # --anniversary is optional, so not in ADD
+        return [*args, option, value]
     args = list(args)
     args[args.index(option) + 1] = value
     return args
@@ -75,6 +77,14 @@ def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys
         ("--last-name", "Love\x07lace", "last_name"),
         ("--email", "nobody", "email"),
         ("--email", "a@b@c.com", "email"),
+        ("--email", "a" * 65 + "@example.com", "email"),
+        ("--first-name", "\u200b", "first_name"),
+        ("--first-name", "\u200f", "first_name"),
+        ("--last-name", "Love\u2028lace", "last_name"),
+        ("--last-name", "\u202eecalevol", "last_name"),
+        ("--first-name", "Ad\udcffa", "first_name"),  # argv byte 0xff, as Python decodes it
+        ("--anniversary", "2100-01-01", "anniversary"),
+        ("--anniversary", "1980-01-01", "anniversary"),
     ],
 )
 def test_users_add_with_a_bad_field_is_one_line_exit_2_and_writes_nothing(
@@ -154,4 +164,17 @@ def test_the_installed_console_script_runs_db_upgrade_and_users_add(database_url
     assert (bad.returncode, bad.stderr) == (
         2,
         "bday: timezone: unknown IANA time zone 'Mars/Olympus'\n",
+    )
+
+
+def test_an_undecodable_byte_in_argv_is_named_as_not_utf8(database_url):
+    env = {**os.environ, "DATABASE_URL": database_url}
+    args = [os.fsencode(a) for a in _replace(ADD, "--first-name", "X")]
+    args[args.index(b"X")] = b"Ad\xffa"
+    bad = subprocess.run(
+        [f"{os.path.dirname(sys.executable)}/bday".encode(), *args], env=env, capture_output=True
+    )
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        b"bday: first_name: is not valid UTF-8 (the byte 0xff)\n",
     )
