@@ -90,6 +90,27 @@ def test_an_invalid_database_url_option_is_one_line_exit_2(monkeypatch, capsys, 
     assert err.startswith("bday: invalid setting DATABASE_URL=") and '"foo"' in err
 
 
+def test_a_bad_database_url_value_is_one_line_exit_2(
+    monkeypatch, capsys, database_url, settings_env
+):
+    settings_env.setenv("DATABASE_URL", database_url + "?connect_timeout=abc")
+    code, _, err = bday(monkeypatch, capsys, "users", "list")
+    assert (code, err) == (
+        2,
+        "bday: invalid setting DATABASE_URL: bad value for connect_timeout: 'abc'\n",
+    )
+
+
+def test_a_database_that_does_not_answer_is_named_exit_1(monkeypatch, capsys, settings_env):
+    with socket.socket() as closed:  # a port that was free a moment ago: nobody listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    settings_env.setenv("DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{port}/bday")
+    code, _, err = bday(monkeypatch, capsys, "users", "list")
+    assert code == 1 and one_line(err)
+    assert err.startswith("bday: cannot connect to PostgreSQL at DATABASE_URL: ")
+
+
 def test_a_dotenv_that_is_not_utf8_is_one_line_exit_2(monkeypatch, capsys, settings_env, tmp_path):
     settings_env.chdir(tmp_path)
     (tmp_path / ".env").write_bytes(b"SEND_TIME=09:00\n\xff\xfe\n")

@@ -49,14 +49,16 @@ def _user_error(exc: BaseException) -> tuple[str, int] | None:
 
 def _database_error(exc: BaseException) -> tuple[str, int] | None:
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(exc, DBAPIError) and exc.statement is None:  # it failed while connecting
+        if isinstance(orig, psycopg.ProgrammingError):  # libpq refused the URL's options
+            return f"invalid setting DATABASE_URL: {first_line(orig)}", EXIT_USAGE
+        return f"cannot connect to PostgreSQL at DATABASE_URL: {first_line(orig)}", EXIT_UNAVAILABLE
     if isinstance(orig, pg.UndefinedTable):
         return NOT_MIGRATED, EXIT_USAGE
     if isinstance(orig, pg.UndefinedColumn | pg.UndefinedObject):
         return BEHIND, EXIT_USAGE
     if isinstance(orig, pg.NumericValueOutOfRange):
         return f"a number is out of range: {first_line(orig)}", EXIT_USAGE
-    if isinstance(orig, psycopg.ProgrammingError) and "connection option" in str(orig):
-        return f"invalid setting DATABASE_URL: {first_line(orig)}", EXIT_USAGE
     return None
 
 
