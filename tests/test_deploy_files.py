@@ -540,6 +540,10 @@ def test_procfile_runs_every_process_and_says_to_migrate_first() -> None:
             "-A",
             "bday",
             "worker",
+            # one name per honcho process: `honcho start -c worker=2` must not start two
+            # workers of one name (the second exits on Celery's exclusive control queue)
+            "-n",
+            "${HONCHO_PROCESS_NAME:-celery}@%h",
             "--loglevel=INFO",
             "--concurrency=${QUEUE_CONCURRENCY:-64}",
         ]

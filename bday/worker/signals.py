@@ -50,15 +50,36 @@ def _bday_log_format(logger: logging.Logger | None = None, **_: Any) -> None:
     logs.configure(logger.handlers if logger is not None else None)
 
 
+# How many ports above WORKER_METRICS_PORT a worker tries when another process holds it: a host
+# running several worker processes (`honcho start -c worker=4`, or two `celery worker` by hand)
+# gets one port each, 9751, 9752, ... in start order.
+METRICS_PORT_SPAN = 16
+
+
 @signals.worker_ready.connect
 def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
-    """The worker's own counters and histograms on WORKER_METRICS_PORT (0: off)."""
-    port = int(os.environ.get("WORKER_METRICS_PORT", "9751") or 0)
-    if not port:
+    """The worker's own counters and histograms on WORKER_METRICS_PORT (0: off), or on the
+    next free port above it when another worker process on this host has it."""
+    base = int(os.environ.get("WORKER_METRICS_PORT", "9751") or 0)
+    if not base:
         return
+    port = serve_metrics(base, os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"))
+    if port:
+        log.info("worker metrics on port %d", port)
+    else:
+        log.warning(
+            "worker metrics not served: ports %d-%d all taken", base, base + METRICS_PORT_SPAN - 1
+        )
+
+
+def serve_metrics(base: int, addr: str) -> int | None:
+    """Serve the default registry on the first port from `base` that binds; that port or None."""
     from prometheus_client import start_http_server
 
-    try:
-        start_http_server(port, addr=os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"))
-    except OSError as exc:  # another worker on this host has the port: metrics are optional
-        log.warning("worker metrics not served on port %d: %s", port, exc)
+    for port in range(base, base + METRICS_PORT_SPAN):
+        try:
+            start_http_server(port, addr=addr)
+        except OSError:  # taken (by another worker, usually): try the next one
+            continue
+        return port
+    return None
