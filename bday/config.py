@@ -88,6 +88,8 @@ class Settings(BaseSettings):
     dead_letter_queue_name: str = _env("RABBITMQ_DLQ", "birthday.messages.dlq", min_length=1)
     direct_send_fallback: bool = _env("DIRECT_SEND_FALLBACK", False)
     db_pool_size: int = _env("DB_POOL_SIZE", 10, ge=1, le=500)
+    # "transaction": DATABASE_URL is a transaction-pooling proxy (PgBouncer pool_mode=transaction)
+    database_pooler: Literal["none", "transaction"] = _env("DATABASE_POOLER", "none")
     worker_task_events: bool = _env("WORKER_TASK_EVENTS", False)
     breaker_enabled: bool = _env("BREAKER_ENABLED", True)
     breaker_failures: int = _env("BREAKER_FAILURES", 5, ge=1, le=10_000)

@@ -51,8 +51,21 @@ def engine() -> Engine:
                 # restart the first statement fails, SQLAlchemy invalidates the pool, and the
                 # task that hit it is retried through the broker.
                 pool_recycle=1800,
+                connect_args=connect_args(settings.database_pooler),
             )
         return _engines[key]
+
+
+def connect_args(pooler: str) -> dict:
+    """psycopg options for the server behind DATABASE_URL.
+
+    Behind a transaction pooler (PgBouncer `pool_mode=transaction`) consecutive statements of
+    one client connection may run on different server connections, so a statement prepared on
+    one is unknown on the next ("prepared statement _pg3_0 does not exist"). psycopg prepares
+    on its own after five executions of a query, and the hot path asks for it (`prepare=True`);
+    `prepare_threshold=None` turns both off for the whole connection.
+    """
+    return {"prepare_threshold": None} if pooler == "transaction" else {}
 
 
 def reset_engines() -> None:

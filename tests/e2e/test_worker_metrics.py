@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -54,7 +55,6 @@ def _scrape(port: int) -> str:
 
 
 def _kill_group(pid: int) -> None:
-    try:  # honcho stops its children on SIGTERM; anything left over goes with its group
+    # honcho stops its children on SIGTERM; anything left over goes with its group
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
