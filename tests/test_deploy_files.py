@@ -508,7 +508,7 @@ def test_every_bday_subcommand_used_exists_and_parses() -> None:
     used = [(where, argv) for where, argv in every_command_line() if argv[0] == "bday"]
     assert {" ".join(argv[:3]) for _, argv in used} >= {"bday db upgrade"}
     assert any(argv[1] == "metrics" for _, argv in used)
-    for where, argv in used:
+    for _where, argv in used:
         resolve_bday_command(argv)  # fails with the missing subcommand or bad option named
 
 

@@ -58,7 +58,7 @@ def bad_rows() -> list[tuple[list[str], str]]:
     """Twenty rows, each wrong in its own way, with the field the report must name."""
 
     def row(**changes) -> list[str]:
-        values = dict(zip(HEADER, good_row(10_000 + len(rows)), strict=False))
+        values = dict(zip(HEADER, good_row(10_000 + len(rows)), strict=True))
         values.update(changes)
         return [values[name] for name in HEADER]
 

@@ -123,8 +123,10 @@ def test_an_unknown_status_is_refused(database_url):
             "ix_users_birthday_month_day",
         ),
         (
-            "SELECT id FROM users WHERE deleted_at IS NULL AND anniversary IS NOT NULL"
-            " AND bday_month_day(anniversary) = ANY('{305}')",
+            (
+                "SELECT id FROM users WHERE deleted_at IS NULL AND anniversary IS NOT NULL"
+                " AND bday_month_day(anniversary) = ANY('{305}')"
+            ),
             "ix_users_anniversary_month_day",
         ),
         (

@@ -49,7 +49,9 @@ def test_settings_take_the_retry_knobs_by_their_environment_names():
 def test_the_defaults_wait_two_then_four_then_eight_seconds_before_jitter():
     settings = load_settings()
     waits = [backoff_s(n, settings, rng=random.Random(0)) for n in (1, 2, 3)]
-    assert [within(w, base, base * HIGH) for w, base in zip(waits, (2, 4, 8))] == [True] * 3
+    assert [within(w, base, base * HIGH) for w, base in zip(waits, (2, 4, 8), strict=True)] == [
+        True
+    ] * 3
 
 
 @given(delay_ms=delays_ms, backoff=st.sampled_from(["exponential", "fixed"]), rng=rngs)

@@ -9,15 +9,25 @@ Retry-After wins when it asks for longer.
 from __future__ import annotations
 
 import random
-
-from bday.config import Settings
+from typing import Protocol
 
 JITTER_FRACTION = 0.25
 
 
+class RetryPolicy(Protocol):
+    """The three settings the policy reads (bday.config.Settings has them)."""
+
+    @property
+    def queue_retry_delay_ms(self) -> int: ...
+    @property
+    def queue_retry_backoff(self) -> str: ...
+    @property
+    def queue_retry_max_delay_ms(self) -> int: ...
+
+
 def backoff_s(
     retry_number: int,
-    settings: Settings,
+    settings: RetryPolicy,
     *,
     retry_after_s: float | None = None,
     rng: random.Random | None = None,

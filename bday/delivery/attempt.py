@@ -22,8 +22,9 @@ from bday.core import retries
 from bday.core.occasions import message_text
 from bday.delivery.breaker import Breaker, Permit
 from bday.delivery.sender import EmailSender, PermanentSendError, Receipt, TransientSendError
-from bday.store.db import fast_autocommit
-from bday.store.models import FailureReason
+from bday.store import messages
+from bday.store.messages import Claimed
+from bday.store.models import FINISHED, FailureReason, Status
 from bday.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -43,95 +44,11 @@ class Outcome:
     delay_s: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    id: uuid.UUID
-    message_type: str
-    scheduled_send_time: datetime
-    retry_count: int
-    email: str
-    first_name: str
-    last_name: str
-    user_deleted: bool
-    send_deadline: datetime | None
-
-    def deadline(self, settings: Settings) -> datetime:
-        """After this instant the greeting is no longer sent (DESIGN.md: CATCH_UP_HOURS)."""
-        return self.send_deadline or self.scheduled_send_time + timedelta(
-            hours=settings.catch_up_hours
-        )
-
-
-_CLAIM = """
-    UPDATE messages m
-       SET status = 'SENDING', lease_expires_at = %(lease_until)s, attempts = m.attempts + 1,
-           updated_at = %(now)s
-      FROM users u
-     WHERE m.id = %(id)s AND u.id = m.user_id
-       AND (m.status IN ('PENDING', 'QUEUED')
-            OR (m.status = 'SENDING' AND m.lease_expires_at < %(now)s))
-       AND (CAST(%(token)s AS uuid) IS NULL OR m.dispatch_token IS NULL
-            OR m.dispatch_token = CAST(%(token)s AS uuid))
-       AND m.scheduled_send_time <= %(now)s
-    RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
-              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
-    """
-
-_MARK_SENT = """UPDATE messages SET status = 'SENT', sent_at = %(now)s, updated_at = %(now)s,
-                    lease_expires_at = NULL, provider_status = %(status)s,
-                    provider_response = %(response)s, sent_via = %(via)s
-              WHERE id = %(id)s"""
-
-_FINISH = {
-    "sent": _MARK_SENT + " AND status = 'SENDING'",
-    # After a database outage: the row may be SENDING still, or taken back by recovery.
-    "sent_late": _MARK_SENT + " AND status IN ('PENDING', 'QUEUED', 'SENDING')",
-    "retry": (
-        """UPDATE messages SET status = 'QUEUED', retry_count = retry_count + 1,
-                  last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,
-                  next_attempt_at = %(next_at)s, lease_expires_at = NULL
-            WHERE id = %(id)s AND status = 'SENDING'"""
-    ),
-    "failed": (
-        """UPDATE messages SET status = 'FAILED', failed_at = %(now)s, updated_at = %(now)s,
-                  failure_reason = %(reason)s, last_error = %(error)s, provider_status = %(status)s,
-                  lease_expires_at = NULL
-            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
-    ),
-    "cancelled": (
-        """UPDATE messages SET status = 'CANCELLED', cancelled_at = %(now)s, updated_at = %(now)s,
-                  lease_expires_at = NULL
-            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED', 'SENDING')"""
-    ),
-    # A failed probe: back to QUEUED without spending a retry (deferrals count instead).
-    "probe_failed": (
-        """UPDATE messages SET status = 'QUEUED', deferrals = deferrals + 1,
-                  last_error = %(error)s, provider_status = %(status)s, updated_at = %(now)s,
-                  next_attempt_at = %(next_at)s, lease_expires_at = NULL
-            WHERE id = %(id)s AND status = 'SENDING'"""
-    ),
-    "deferred": (
-        """UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
-                  updated_at = %(now)s
-            WHERE id = %(id)s AND status IN ('PENDING', 'QUEUED')"""
-    ),
-}
-
-
-def _finish(kind: str, message_id: uuid.UUID, now: datetime, **values) -> int:
-    params = {
-        "id": message_id,
-        "now": now,
-        "status": None,
-        "error": None,
-        "reason": None,
-        "response": None,
-        "next_at": None,
-        "via": "queue",
-        **values,
-    }
-    with fast_autocommit() as connection:
-        return connection.execute(_FINISH[kind], params, prepare=True).rowcount
+def _deadline(claimed: Claimed, settings: Settings) -> datetime:
+    """After this instant the greeting is no longer sent (CATCH_UP_HOURS, or a forced replay's)."""
+    return claimed.send_deadline or claimed.scheduled_send_time + timedelta(
+        hours=settings.catch_up_hours
+    )
 
 
 def deliver(
@@ -165,19 +82,11 @@ def deliver(
     return _attempt(claimed, permit, sender, breaker, settings, now, via)
 
 
-def _claim(row_id, token_id, now, settings) -> Claimed | None:
-    with fast_autocommit() as connection:
-        row = connection.execute(
-            _CLAIM,
-            {
-                "id": row_id,
-                "token": token_id,
-                "now": now,
-                "lease_until": now + timedelta(seconds=settings.send_lease_s),
-            },
-            prepare=True,
-        ).fetchone()
-    return Claimed(*row) if row else None
+def _claim(
+    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, settings: Settings
+) -> Claimed | None:
+    lease_until = now + timedelta(seconds=settings.send_lease_s)
+    return messages.claim_for_send(row_id, token_id, now, lease_until)
 
 
 def _attempt(
@@ -191,11 +100,11 @@ def _attempt(
 ) -> Outcome:
     if claimed.user_deleted:
         breaker.release(permit, now)
-        _finish("cancelled", claimed.id, now)
+        messages.finish("cancelled", claimed.id, now)
         return Outcome(Action.DONE, "user deleted")
-    if claimed.deadline(settings) < now:
+    if _deadline(claimed, settings) < now:
         breaker.release(permit, now)
-        _finish(
+        messages.finish(
             "failed",
             claimed.id,
             now,
@@ -236,7 +145,7 @@ class UnrecordedDelivery(Exception):
 
 def record_delivered(delivered: dict) -> Outcome:
     """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery)."""
-    _finish(
+    messages.finish(
         "sent_late",
         uuid.UUID(delivered["id"]),
         datetime.fromisoformat(delivered["at"]),
@@ -251,7 +160,9 @@ def record_delivered(delivered: dict) -> Outcome:
 def _after_sent(claimed: Claimed, receipt: Receipt, via: str) -> Outcome:
     done = datetime.now(UTC)
     try:
-        _finish("sent", claimed.id, done, status=receipt.status, response=receipt.body, via=via)
+        messages.finish(
+            "sent", claimed.id, done, status=receipt.status, response=receipt.body, via=via
+        )
     except (psycopg.Error, DBAPIError) as exc:
         raise UnrecordedDelivery(
             {
@@ -272,7 +183,7 @@ def _after_sent(claimed: Claimed, receipt: Receipt, via: str) -> Outcome:
 def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settings) -> Outcome:
     now = datetime.now(UTC)
     if claimed.retry_count >= settings.queue_max_retries:
-        _finish(
+        messages.finish(
             "failed",
             claimed.id,
             now,
@@ -284,7 +195,7 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
         log.warning("message %s failed after %d retries: %s", claimed.id, claimed.retry_count, exc)
         return Outcome(Action.DEAD_LETTER, f"retries exhausted: {exc}")
     delay_s = retries.backoff_s(claimed.retry_count + 1, settings, retry_after_s=exc.retry_after_s)
-    _finish(
+    messages.finish(
         "retry",
         claimed.id,
         now,
@@ -307,7 +218,7 @@ def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Brea
     now = datetime.now(UTC)
     snapshot = breaker.snapshot(fresh=True)
     wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
-    _finish(
+    messages.finish(
         "probe_failed",
         claimed.id,
         now,
@@ -321,7 +232,7 @@ def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Brea
 
 
 def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
-    _finish(
+    messages.finish(
         "failed",
         claimed.id,
         datetime.now(UTC),
@@ -336,29 +247,24 @@ def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
 
 def _defer_for_breaker(row_id: uuid.UUID, permit: Permit, now: datetime) -> Outcome:
     next_at = now + timedelta(seconds=permit.retry_in_s)
-    if _finish("deferred", row_id, now, next_at=next_at) == 0:
+    if messages.finish("deferred", row_id, now, next_at=next_at) == 0:
         return _why_not_claimed(row_id, None, now)
     metrics.record_deferred()
     return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
 
 
-_STATE = """SELECT status, dispatch_token, scheduled_send_time, lease_expires_at
-         FROM messages WHERE id = %(id)s"""
-
-
 def _why_not_claimed(row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime) -> Outcome:
-    with fast_autocommit() as connection:
-        row = connection.execute(_STATE, {"id": row_id}, prepare=True).fetchone()
+    row = messages.current_state(row_id)
     if row is None:
         return Outcome(Action.DEAD_LETTER, "unknown message id")
     status, current_token, scheduled, lease_until = row
-    if status in ("SENT", "FAILED", "CANCELLED"):
+    if status in FINISHED:
         return Outcome(Action.DONE, f"already {status}")
     if token_id is not None and current_token is not None and current_token != token_id:
         return Outcome(Action.DONE, "superseded job")
     if scheduled > now:  # never early: come back at the instant
         return Outcome(Action.DEFER, "early", (scheduled - now).total_seconds())
-    if status == "SENDING" and lease_until is not None:
+    if status == Status.SENDING and lease_until is not None:
         # Another worker holds it (or held it and died): look again when its lease ends.
         return Outcome(Action.DEFER, "leased", max(1.0, (lease_until - now).total_seconds() + 1))
     return Outcome(Action.DONE, f"not claimable ({status})")

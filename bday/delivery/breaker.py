@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from bday.config import Settings
 from bday.delivery.sender import TransientSendError
@@ -65,12 +65,25 @@ class Snapshot:
     cooldown_s: float
     probe_expires_at: datetime | None
     last_success_at: datetime | None
+    opened_at: datetime | None = None
+    trips: int = 0
+    last_error: str | None = None
 
 
 _SELECT = text(
-    """SELECT state, open_until, cooldown_s, probe_expires_at, last_success_at
+    """SELECT state, open_until, cooldown_s, probe_expires_at, last_success_at,
+              opened_at, trips, last_error
          FROM circuit_breakers WHERE name = :name"""
 )
+
+
+def read(connection: Connection, name: str = NAME) -> Snapshot | None:
+    """The shared row as it is now (None before any worker created it): the one read of
+    `circuit_breakers`, used by the breaker itself, recovery and `bday status`."""
+    row = connection.execute(_SELECT, {"name": name}).first()
+    return Snapshot(*row) if row else None
+
+
 _ENSURE = text("INSERT INTO circuit_breakers (name) VALUES (:name) ON CONFLICT (name) DO NOTHING")
 _TAKE_PROBE = text(
     """UPDATE circuit_breakers
@@ -94,7 +107,8 @@ _REOPEN = text(
     """UPDATE circuit_breakers
           SET state = 'open', probe_token = NULL, probe_expires_at = NULL,
               cooldown_s = least(:max_s, greatest(:base_s, cooldown_s * 1.5)),
-              open_until = :now + make_interval(secs => least(:max_s, greatest(:base_s, cooldown_s * 1.5))),
+              open_until = :now + make_interval(
+                  secs => least(:max_s, greatest(:base_s, cooldown_s * 1.5))),
               opened_at = coalesce(opened_at, :now), trips = trips + 1, cold_failures = 0,
               last_failure_at = :now, last_error = :error, updated_at = :now
         WHERE name = :name AND probe_token = :token
@@ -112,7 +126,8 @@ _COLD_MISS = text(
 )
 _TRIP = text(
     """UPDATE circuit_breakers
-          SET state = 'open', cooldown_s = :base_s, open_until = :now + make_interval(secs => :base_s),
+          SET state = 'open', cooldown_s = :base_s,
+              open_until = :now + make_interval(secs => :base_s),
               opened_at = :now, trips = trips + 1, cold_failures = 0, last_failure_at = :now,
               last_error = :error, updated_at = :now
         WHERE name = :name AND state = 'closed'"""
@@ -130,7 +145,8 @@ _SUCCESS = text(
         WHERE name = :name AND (last_success_at IS NULL OR last_success_at < :now)"""
 )
 _GIVE_BACK = text(
-    "UPDATE circuit_breakers SET probe_expires_at = :now WHERE name = :name AND probe_token = :token"
+    "UPDATE circuit_breakers SET probe_expires_at = :now"
+    " WHERE name = :name AND probe_token = :token"
 )
 
 
@@ -165,9 +181,10 @@ class Breaker:
         with autocommit() as connection:
             if cached is None:
                 connection.execute(_ENSURE, {"name": self.name})
-            row = connection.execute(_SELECT, {"name": self.name}).one()
+            snapshot = read(connection, self.name)
+        assert snapshot is not None  # created just above, and never deleted
         with self._lock:
-            self._snapshot, self._read_at = Snapshot(*row), time.monotonic()
+            self._snapshot, self._read_at = snapshot, time.monotonic()
             return self._snapshot
 
     def _forget(self) -> None:
@@ -290,9 +307,10 @@ class Breaker:
             )
             if newly_opened:  # the cold gate's last allowed failure; a half-open one only reopens
                 metrics.record_breaker_transition("open")
-        elif self._tripped(time.monotonic()):
-            if self._write(_TRIP, now, error=error, base_s=self.settings.breaker_cooldown_s):
-                metrics.record_breaker_transition("open")
+        elif self._tripped(time.monotonic()) and self._write(
+            _TRIP, now, error=error, base_s=self.settings.breaker_cooldown_s
+        ):
+            metrics.record_breaker_transition("open")
 
     def _write(self, statement, now: datetime, **params):
         """Run one transition: the rows it changed, or its RETURNING value if it has one."""

@@ -396,8 +396,8 @@ def sent_by_share(share: float) -> float:
     """Epoch seconds by which `share` of the sent messages had been sent (1.0: the last one)."""
     return float(
         _scalar(
-            "SELECT extract(epoch FROM percentile_disc(%s) WITHIN GROUP (ORDER BY sent_at))"
-            " FROM messages WHERE status = 'SENT'" % float(share)
+            f"SELECT extract(epoch FROM percentile_disc({float(share)}) WITHIN GROUP"
+            " (ORDER BY sent_at)) FROM messages WHERE status = 'SENT'"
         )
     )
 
@@ -421,7 +421,7 @@ def lateness_s() -> list[float]:
 def pct(values: list[float], percentile: float) -> float:
     if not values:
         return float("nan")
-    return values[min(len(values) - 1, int(round(percentile / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(percentile / 100 * (len(values) - 1)))]
 
 
 def rss_mib(pid: int) -> float:

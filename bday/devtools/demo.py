@@ -107,7 +107,7 @@ def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
         if not is_known_zone(name):
             continue
         local = plan.instant.astimezone(zone(name))
-        # SEND_TIME on this zone's wall clock today: passed already east of the wave, still ahead west.
+        # SEND_TIME on this zone's wall clock today: passed already east of the wave, ahead west.
         key = "late (missed)" if local.utcoffset() > plan.offset else "later today"
         groups[key].append(name)
         rows.append(_user(index, name, local.date(), long_ago))
@@ -253,8 +253,8 @@ def render(
     header = Table.grid(padding=(0, 2))
     header.add_row(
         f"[b]bday demo[/b]  now {now:%H:%M:%S} UTC",
-        f"SEND_TIME {plan.send_time} local -> due {plan.instant:%H:%M:%S} UTC in {len(plan.wave)} zones "
-        f"(UTC{_fmt_offset(plan.offset)})",
+        f"SEND_TIME {plan.send_time} local -> due {plan.instant:%H:%M:%S} UTC "
+        f"in {len(plan.wave)} zones (UTC{_fmt_offset(plan.offset)})",
         f"elapsed {time.monotonic() - started:.0f} s",
     )
     by_status = Counter(row.status for row in rows)
@@ -320,10 +320,14 @@ def summary(plan: Plan, rows: list, requests: list[dict]) -> list[str]:
     outcomes = Counter(request["outcome"] for request in requests)
     per_key = Counter(request["key"] for request in requests if request["outcome"] == "sent")
     lines = [
-        f"sent {len(sent)} greeting(s): {len(wave)} on time at {plan.instant:%H:%M:%S} UTC, "
-        f"{len(sent) - len(wave)} late ones caught up",
-        f"email service calls: {sum(outcomes.values())} ({outcomes.get('sent', 0)} ok, "
-        f"{outcomes.get('failed', 0)} random failures retried)",
+        (
+            f"sent {len(sent)} greeting(s): {len(wave)} on time at {plan.instant:%H:%M:%S} UTC, "
+            f"{len(sent) - len(wave)} late ones caught up"
+        ),
+        (
+            f"email service calls: {sum(outcomes.values())} ({outcomes.get('sent', 0)} ok, "
+            f"{outcomes.get('failed', 0)} random failures retried)"
+        ),
         f"keys sent more than once: {sum(1 for c in per_key.values() if c > 1)}",
         f"still waiting for later today: {sum(1 for row in rows if row.status == 'PENDING')}",
     ]

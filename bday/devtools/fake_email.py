@@ -16,6 +16,7 @@ second; it binds to 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -198,7 +199,7 @@ async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> 
 def run(host: str = "127.0.0.1", port: int = 8025, **behaviour) -> None:
     """Serve until interrupted (the `bday fake-email-service` command)."""
     service = FakeEmailService(Behaviour(**behaviour))
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             serve(
                 service,
@@ -210,5 +211,3 @@ def run(host: str = "127.0.0.1", port: int = 8025, **behaviour) -> None:
                 ),
             )
         )
-    except KeyboardInterrupt:
-        pass

@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from kombu import Connection
-from sqlalchemy import text
 
 from bday.broker.topology import topology
 from bday.config import get_settings
 from bday.scheduling import dispatch
 from bday.scheduling.dispatch import SEND_TASK
+from bday.store import messages
 from bday.store.db import transaction
+from bday.store.models import UNSENT, Status
+
+# A dead job whose row is one of these is owed nothing more.
+SETTLED = (Status.SENT, Status.CANCELLED)
 
 
 @dataclass
@@ -67,15 +71,12 @@ def _message_id(message) -> str | None:
         return None
 
 
-_ROWS = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
-
-
 def _attach_rows(jobs: list[DeadJob]) -> None:
     ids = [uuid.UUID(job.message_id) for job in jobs if job.message_id]
     if not ids:
         return
     with transaction() as session:
-        rows = {str(row.id): row for row in session.execute(_ROWS, {"ids": ids})}
+        rows = messages.summaries(session, ids)
     for job in jobs:
         row = rows.get(job.message_id or "")
         if row is not None:
@@ -132,23 +133,12 @@ def replay(limit: int | None = None, now: datetime | None = None) -> tuple[int, 
     now = now or datetime.now(UTC)
     replayed = 0
     with _held(limit) as held:
-        owed = [
-            job for job in held if not job.malformed and job.row_status not in ("SENT", "CANCELLED")
-        ]
+        owed = [job for job in held if not job.malformed and job.row_status not in SETTLED]
         ids = [uuid.UUID(job.message_id) for job in owed]
         with transaction() as session:
-            session.execute(
-                text(
-                    "UPDATE messages SET retry_count = 0, failure_reason = NULL "
-                    "WHERE id = ANY(:ids) AND status = 'FAILED'"
-                ),
-                {"ids": ids},
-            )
-            jobs = dispatch.reissue(session, ids, ("FAILED", "PENDING", "QUEUED"), now)
-        failed = dispatch.publish(jobs)
-        if failed:
-            with transaction() as session:
-                dispatch.release(session, failed)
+            messages.reset_retries(session, ids)
+            jobs = messages.reissue(session, ids, (Status.FAILED, *UNSENT), now)
+        failed = dispatch.publish_or_release(jobs)
         published = {job.message_id for job in jobs} - {job.message_id for job in failed}
         for job in owed:
             if uuid.UUID(job.message_id) in published:
@@ -162,7 +152,7 @@ def purge(everything: bool = False) -> tuple[int, int]:
     purged = 0
     with _held() as held:
         for job in held:
-            if everything or job.row_status in ("SENT", "CANCELLED"):
+            if everything or job.row_status in SETTLED:
                 job.raw.ack()
                 purged += 1
         return purged, len(held) - purged

@@ -7,11 +7,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
-
 from bday.config import get_settings
 from bday.scheduling import dispatch
+from bday.store import messages
 from bday.store.db import transaction
+from bday.store.models import Status
 
 
 @dataclass
@@ -19,23 +19,6 @@ class ReplayResult:
     selected: list[uuid.UUID] = field(default_factory=list)
     too_old: list[uuid.UUID] = field(default_factory=list)
     published: int = 0
-
-
-_FAILED = text(
-    """
-    SELECT id, scheduled_send_time FROM messages
-     WHERE status = 'FAILED'
-       AND (CAST(:since AS timestamptz) IS NULL OR failed_at >= CAST(:since AS timestamptz))
-       AND (CAST(:type AS text) IS NULL OR message_type = CAST(:type AS text))
-     ORDER BY scheduled_send_time
-     LIMIT :limit
-     FOR UPDATE SKIP LOCKED
-    """
-)
-_RESET = text(
-    """UPDATE messages SET retry_count = 0, failure_reason = NULL, send_deadline = :deadline
-        WHERE id = ANY(:ids) AND status = 'FAILED'"""
-)
 
 
 def replay_failed(
@@ -56,9 +39,12 @@ def replay_failed(
     cutoff = now - timedelta(hours=settings.catch_up_hours)
     result = ReplayResult()
     with transaction() as session:
-        rows = session.execute(
-            _FAILED, {"since": now - since if since else None, "type": message_type, "limit": limit}
-        ).all()
+        rows = messages.failed_for_replay(
+            session,
+            since=now - since if since else None,
+            message_type=message_type,
+            limit=limit,
+        )
         for row in rows:
             (
                 result.too_old
@@ -68,9 +54,9 @@ def replay_failed(
         if dry_run or not result.selected:
             return result
         deadline = now + timedelta(hours=settings.catch_up_hours) if force else None
-        session.execute(_RESET, {"ids": result.selected, "deadline": deadline})
-        jobs = dispatch.reissue(session, result.selected, ("FAILED",), now)
-    result.published = dispatch.publish_or_release(jobs)
+        messages.reset_for_replay(session, result.selected, deadline=deadline)
+        jobs = messages.reissue(session, result.selected, (Status.FAILED,), now)
+    result.published = len(jobs) - len(dispatch.publish_or_release(jobs))
     return result
 
 

@@ -12,6 +12,8 @@ from sqlalchemy import text
 
 from bday.broker.topology import topology
 from bday.config import get_settings
+from bday.delivery import breaker
+from bday.store import messages
 from bday.store.db import engine
 
 
@@ -36,35 +38,27 @@ class BrokerState:
     scheduler_depth: int
 
 
-_COUNTS = text("SELECT message_type, status, count(*) FROM messages GROUP BY 1, 2")
-_OLDEST = text(
-    """SELECT id, scheduled_send_time FROM messages
-        WHERE status IN ('PENDING', 'QUEUED', 'SENDING') AND scheduled_send_time < :now
-        ORDER BY scheduled_send_time LIMIT 1"""
-)
 _HEARTBEATS = text("SELECT name, beat_at FROM heartbeats")
-_BREAKER = text(
-    "SELECT state, opened_at, trips, last_error FROM circuit_breakers WHERE name = 'email-service'"
-)
 
 
 def read_database(now: datetime | None = None) -> DatabaseState:
     now = now or datetime.now(UTC)
     state = DatabaseState()
     with engine().connect() as connection:
-        for message_type, status, count in connection.execute(_COUNTS):
+        for message_type, status, count in messages.counts(connection):
             state.by_status[status] += count
             state.by_type_status[(message_type, status)] += count
-        oldest = connection.execute(_OLDEST, {"now": now}).first()
+        oldest = messages.oldest_overdue(connection, now)
         if oldest:
             state.oldest_overdue_id = str(oldest.id)
             state.oldest_overdue_s = (now - oldest.scheduled_send_time).total_seconds()
         state.heartbeats = dict(connection.execute(_HEARTBEATS).all())
-        breaker = connection.execute(_BREAKER).first()
-    if breaker:
-        state.breaker_state, opened_at, state.breaker_trips, state.breaker_last_error = breaker
-        if state.breaker_state != "closed" and opened_at:
-            state.breaker_open_s = (now - opened_at).total_seconds()
+        shared = breaker.read(connection)
+    if shared:
+        state.breaker_state, state.breaker_trips = shared.state, shared.trips
+        state.breaker_last_error = shared.last_error
+        if shared.state != "closed" and shared.opened_at:
+            state.breaker_open_s = (now - shared.opened_at).total_seconds()
     return state
 
 

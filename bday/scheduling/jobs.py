@@ -18,14 +18,15 @@ import functools
 import logging
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from bday.config import Settings, get_settings
+from bday.delivery import breaker
 from bday.delivery.breaker import Breaker
 from bday.scheduling import dispatch, planner
-from bday.store.db import transaction
-from bday.store.models import FailureReason, Heartbeat
+from bday.store import messages
+from bday.store.db import engine, transaction
+from bday.store.models import FailureReason, Heartbeat, Status
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def _claim_and_publish(now: datetime, settings: Settings) -> int:
     receives a job before the commit waits on the row lock, at most one batch's publishing.
     """
     with transaction() as session:
-        jobs = dispatch.claim_due(
+        jobs = messages.claim_due(
             session,
             now,
             lead_s=settings.enqueue_lead_s,
@@ -87,53 +88,16 @@ def _claim_and_publish(now: datetime, settings: Settings) -> int:
     return len(jobs)
 
 
-_EXPIRE = text(
-    """
-    UPDATE messages
-       SET status = 'FAILED', failure_reason = :reason, failed_at = :now, updated_at = :now,
-           last_error = :error, lease_expires_at = NULL
-     WHERE coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours)) < :now
-       AND (status IN ('PENDING', 'QUEUED') OR (status = 'SENDING' AND lease_expires_at < :now))
-    """
-)
-
-
 def expire_overdue(now: datetime, settings: Settings) -> int:
     """Owed rows more than CATCH_UP_HOURS late end FAILED `expired`; returns how many."""
     with transaction() as session:
-        return session.execute(
-            _EXPIRE,
-            {
-                "now": now,
-                "hours": settings.catch_up_hours,
-                "reason": FailureReason.EXPIRED.value,
-                "error": f"not sent within CATCH_UP_HOURS={settings.catch_up_hours}",
-            },
-        ).rowcount
-
-
-_LOST = text(
-    """
-    SELECT id FROM messages
-     WHERE (status = 'QUEUED' AND next_attempt_at < :lost_before)
-        OR (status = 'SENDING' AND lease_expires_at < :now)
-     ORDER BY scheduled_send_time
-     LIMIT :limit
-     FOR UPDATE SKIP LOCKED
-    """
-)
-_TRANSIENT_FAILED = text(
-    """
-    SELECT id FROM messages
-     WHERE status = 'FAILED' AND failure_reason = :reason AND scheduled_send_time >= :oldest
-     ORDER BY scheduled_send_time
-     LIMIT :limit
-     FOR UPDATE SKIP LOCKED
-    """
-)
-_RESET_RETRIES = text(
-    "UPDATE messages SET retry_count = 0, failure_reason = NULL WHERE id = ANY(:ids)"
-)
+        return messages.expire_overdue(
+            session,
+            now,
+            catch_up_hours=settings.catch_up_hours,
+            reason=FailureReason.EXPIRED.value,
+            error=f"not sent within CATCH_UP_HOURS={settings.catch_up_hours}",
+        )
 
 
 def recover_job(now: datetime | None = None, *, service_answering: bool | None = None) -> dict:
@@ -146,35 +110,22 @@ def recover_job(now: datetime | None = None, *, service_answering: bool | None =
     settings, now = get_settings(), now or datetime.now(UTC)
     expired = expire_overdue(now, settings)
     with transaction() as session:
-        lost_ids = [
-            row.id
-            for row in session.execute(
-                _LOST,
-                {
-                    "now": now,
-                    "lost_before": now - timedelta(seconds=settings.recovery_grace_s),
-                    "limit": settings.enqueue_batch,
-                },
-            )
-        ]
-        lost = dispatch.reissue(session, lost_ids, ("QUEUED", "SENDING"), now)
+        lost_ids = messages.lost(
+            session, now, grace_s=settings.recovery_grace_s, limit=settings.enqueue_batch
+        )
+        lost = messages.reissue(session, lost_ids, (Status.QUEUED, Status.SENDING), now)
     if service_answering is None:
         service_answering = _service_answering(now, settings)
     with transaction() as session:
-        failed_ids = [
-            row.id
-            for row in session.execute(
-                _TRANSIENT_FAILED,
-                {
-                    "reason": FailureReason.RETRIES_EXHAUSTED.value,
-                    "oldest": _catch_up_start(now, settings),
-                    "limit": settings.enqueue_batch if service_answering else 1,
-                },
-            )
-        ]
-        session.execute(_RESET_RETRIES, {"ids": failed_ids})
-        revived = dispatch.reissue(session, failed_ids, ("FAILED",), now)
-    published = dispatch.publish_or_release(lost + revived)
+        failed_ids = messages.failed_with_reason(
+            session,
+            FailureReason.RETRIES_EXHAUSTED.value,
+            oldest=_catch_up_start(now, settings),
+            limit=settings.enqueue_batch if service_answering else 1,
+        )
+        messages.reset_retries(session, failed_ids)
+        revived = messages.reissue(session, failed_ids, (Status.FAILED,), now)
+    published = len(lost) + len(revived) - len(dispatch.publish_or_release(lost + revived))
     result = {
         "republished_lost": len(lost),
         "revived_failed": len(revived),
@@ -187,17 +138,6 @@ def recover_job(now: datetime | None = None, *, service_answering: bool | None =
     return result
 
 
-_DEFERRED = text(
-    """
-    SELECT id FROM messages
-     WHERE status = 'QUEUED' AND deferrals > 0 AND next_attempt_at > :now
-     ORDER BY scheduled_send_time
-     LIMIT :limit
-     FOR UPDATE SKIP LOCKED
-    """
-)
-
-
 def drain_deferred(now: datetime | None = None) -> int:
     """The breaker just closed: re-publish every deferred send now, oldest first.
 
@@ -205,22 +145,17 @@ def drain_deferred(now: datetime | None = None) -> int:
     """
     settings, now = get_settings(), now or datetime.now(UTC)
     with transaction() as session:
-        ids = [
-            row.id
-            for row in session.execute(_DEFERRED, {"now": now, "limit": settings.enqueue_batch})
-        ]
-        jobs = dispatch.reissue(session, ids, ("QUEUED",), now)
-    published = dispatch.publish_or_release(jobs)
+        ids = messages.deferred(session, now, limit=settings.enqueue_batch)
+        jobs = messages.reissue(session, ids, (Status.QUEUED,), now)
+    published = len(jobs) - len(dispatch.publish_or_release(jobs))
     if published:
         log.info("breaker closed: %d deferred send(s) re-published", published)
     return published
 
 
 def _service_answering(now: datetime, settings: Settings) -> bool:
-    with transaction() as session:
-        row = session.execute(
-            text("SELECT state, last_success_at FROM circuit_breakers WHERE name = 'email-service'")
-        ).first()
+    with engine().connect() as connection:
+        row = breaker.read(connection)
     if row is None or row.last_success_at is None:
         return False
     recent = row.last_success_at >= now - timedelta(seconds=max(settings.breaker_idle_s, 60))

@@ -14,8 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bday.config import Settings, get_settings
@@ -27,7 +26,8 @@ from bday.core.occasions import (
     occasions_between,
     zone,
 )
-from bday.store.models import UNSENT, Message, Status, User, idempotency_key, month_day
+from bday.store import messages
+from bday.store.models import Status, User, idempotency_key, month_day
 
 _INSERT_BATCH = 5000
 
@@ -91,15 +91,7 @@ def insert_rows(session: Session, owed: Iterable[tuple[uuid.UUID, Occasion]]) ->
     """Insert PENDING rows for `owed`, skipping occasions that already have a live row."""
     inserted = 0
     for batch in _batches((_row(user_id, occasion) for user_id, occasion in owed), _INSERT_BATCH):
-        statement = (
-            insert(Message)
-            .values(batch)
-            .on_conflict_do_nothing(
-                index_elements=["idempotency_key"], index_where=text("status <> 'CANCELLED'")
-            )
-            .returning(Message.id)
-        )
-        inserted += len(session.execute(statement).all())
+        inserted += messages.insert_pending(session, batch)
     return inserted
 
 
@@ -125,20 +117,9 @@ def cancel_stale(
     """
     settings = settings or get_settings()
     user = session.get(User, user_id)
-    rows = session.execute(
-        select(
-            Message.id, Message.message_type, Message.occasion_date, Message.scheduled_send_time
-        ).where(Message.user_id == user_id, Message.status.in_(UNSENT))
-    ).all()
+    rows = messages.unsent_of_user(session, user_id)
     stale = [row.id for row in rows if not _still_owed(user, row, settings)]
-    if not stale:
-        return 0
-    result = session.execute(
-        update(Message)
-        .where(Message.id.in_(stale), Message.status.in_(UNSENT))
-        .values(status=Status.CANCELLED, cancelled_at=now, updated_at=now)
-    )
-    return result.rowcount
+    return messages.cancel(session, stale, now) if stale else 0
 
 
 def _still_owed(user: User | None, row, settings: Settings) -> bool:

@@ -42,13 +42,13 @@ class Status(enum.StrEnum):
 
 UNFINISHED = (Status.PENDING, Status.QUEUED, Status.SENDING)
 UNSENT = (Status.PENDING, Status.QUEUED)
+FINISHED = (Status.SENT, Status.FAILED, Status.CANCELLED)
 
 
 class FailureReason(enum.StrEnum):
     PERMANENT = "permanent"  # the service refused the request (4xx other than 429)
     RETRIES_EXHAUSTED = "retries_exhausted"
     EXPIRED = "expired"  # more than CATCH_UP_HOURS late
-    USER_GONE = "user_gone"
 
 
 def month_day(column):

@@ -59,8 +59,8 @@ def configure(handlers: list[logging.Handler] | None = None) -> None:
             handler.addFilter(MaskEmails())
         if os.environ.get("LOG_FORMAT", "").lower() == "json":
             handler.setFormatter(JsonFormatter())
-    # One line per send is ours to write (bday.delivery.attempt, with the message id). httpx logs every
-    # request and Celery every task received/succeeded at INFO: three more lines per message,
+    # One line per send is ours to write (bday.delivery.attempt, with the message id). httpx logs
+    # every request and Celery every task received/succeeded at INFO: three more lines per message,
     # and the handler lock they share costs throughput. LOG_CELERY_TASKS=true brings Celery's back.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if os.environ.get("LOG_CELERY_TASKS", "").lower() not in ("1", "true", "yes"):

@@ -1,6 +1,6 @@
 """Every Prometheus metric bday exports, defined here and only here.
 
-Labels stay low-cardinality: message type (2 values), failure reason (4), outcome (a handful),
+Labels stay low-cardinality: message type (2 values), failure reason (3), outcome (a handful),
 breaker state (3). Counters and histograms are recorded by the worker that did the work;
 gauges about business state (rows by status, oldest overdue, last beat) are read from the
 database and gauges about the broker (depth, consumers) from RabbitMQ, by `bday metrics`.
@@ -66,7 +66,7 @@ def _initialise_series() -> None:
         messages_sent.labels(kind)
         messages_retried.labels(kind)
         delivery_lateness.labels(kind)
-        for reason in ("permanent", "retries_exhausted", "expired", "user_gone"):
+        for reason in ("permanent", "retries_exhausted", "expired"):
             messages_failed.labels(kind, reason)
     for kind in ("timeout", "connection", "429", "4xx", "5xx", "3xx", "other"):
         email_errors.labels(kind)

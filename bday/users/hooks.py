@@ -12,13 +12,13 @@ import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, text
-
 from bday.config import Settings, get_settings
 from bday.core.occasions import Kind, Occasion, occasions_between, zone
 from bday.scheduling import dispatch, planner
+from bday.store import messages
 from bday.store.db import transaction
-from bday.store.models import Message, User, idempotency_key
+from bday.store.messages import Job
+from bday.store.models import Status, User, idempotency_key
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def on_users_imported(user_ids: list[uuid.UUID]) -> int:
         with transaction() as session:
             planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
         with transaction() as session:
-            due = dispatch.claim_due(
+            due = messages.claim_due(
                 session,
                 now,
                 lead_s=settings.enqueue_lead_s,
@@ -81,7 +81,7 @@ def _replan_and_dispatch(user_id: uuid.UUID) -> int:
         cancelled = planner.cancel_stale(session, user_id, now, settings)
         planned = planner.plan(session, planner.Window.around(now, settings), settings, [user_id])
     with transaction() as session:
-        due = dispatch.claim_due(
+        due = messages.claim_due(
             session,
             now,
             lead_s=settings.enqueue_lead_s,
@@ -113,13 +113,9 @@ def _occasion_hook(user_id: uuid.UUID | str, kind: Kind) -> uuid.UUID | None:
         if occasion is None:
             return None
         planner.insert_rows(session, [(user_id, occasion)])
-        message_id = session.scalar(
-            select(Message.id).where(
-                Message.idempotency_key == idempotency_key(user_id, kind, occasion.local_date),
-                Message.status != "CANCELLED",
-            )
-        )
-        jobs = dispatch.reissue(session, [message_id], ("PENDING",), now)
+        key = idempotency_key(user_id, kind, occasion.local_date)
+        message_id = messages.live_id_by_key(session, key)
+        jobs = messages.reissue(session, [message_id], (Status.PENDING,), now)
     _publish(jobs, settings)  # nothing to publish when the row was already queued or sent
     return message_id
 
@@ -146,35 +142,20 @@ def next_owed_occasion(
     return None
 
 
-def _publish(jobs: list[dispatch.Job], settings: Settings) -> None:
-    failed = dispatch.publish(jobs)
-    if not failed:
-        return
-    with transaction() as session:
-        dispatch.release(session, failed)
-    if settings.direct_send_fallback:
+def _publish(jobs: list[Job], settings: Settings) -> None:
+    failed = dispatch.publish_or_release(jobs)
+    if failed and settings.direct_send_fallback:
         _send_directly(failed)
 
 
-_DUE_PENDING = text(
-    "SELECT id FROM messages WHERE id = ANY(:ids) AND status = 'PENDING' "
-    "AND scheduled_send_time <= :now"
-)
-
-
-def _send_directly(jobs: list[dispatch.Job]) -> None:
+def _send_directly(jobs: list[Job]) -> None:
     """DIRECT_SEND_FALLBACK: the broker is unreachable, so send what is due right here."""
     from bday.delivery.attempt import deliver
     from bday.delivery.sender import get_sender
     from bday.scheduling.jobs import get_breaker
 
     with transaction() as session:
-        due = [
-            row.id
-            for row in session.execute(
-                _DUE_PENDING, {"ids": [j.message_id for j in jobs], "now": _now()}
-            )
-        ]
+        due = messages.due_pending(session, [job.message_id for job in jobs], _now())
     for message_id in due:
         outcome = deliver(
             str(message_id), None, sender=get_sender(), breaker=get_breaker(), via="direct"

@@ -8,6 +8,7 @@ record directly). Everything is stopped, and every queue purged, when the test e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -43,10 +44,8 @@ class FakeEmail:
         self._task = self._loop.create_task(
             serve(self.service, "127.0.0.1", self.port, ready=lambda _port: ready.set())
         )
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             self._loop.run_until_complete(self._task)
-        except asyncio.CancelledError:
-            pass
         # Let open connections finish their cancellation here, not in a later garbage collection
         # after the loop is closed.
         pending = asyncio.all_tasks(self._loop)

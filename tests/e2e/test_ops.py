@@ -51,7 +51,7 @@ def test_replay_refuses_messages_older_than_catch_up_unless_forced(stack, monkey
     code, out, _ = bday(monkeypatch, capsys, "replay")
     assert "refused 1 older than CATCH_UP_HOURS" in out and statuses()["FAILED"] == 1
     stack.start_worker()
-    code, out, _ = bday(monkeypatch, capsys, "replay", "--force")
+    _code, out, _ = bday(monkeypatch, capsys, "replay", "--force")
     assert out.startswith("re-queued 1 message(s)")
     wait_until(lambda: statuses()["SENT"] == 1, 20, "forced replay sent")
     assert stack.fake.sent_per_key() == {str(old): 1}
@@ -76,7 +76,7 @@ def test_dlq_list_shows_the_death_reason_and_the_row_and_purge_drops_settled_one
     assert "400" in job["error"]
     assert queue_counts()["dlq"] == 1  # listing keeps the job
     stack.fake.set(fixed_status=0)
-    code, out, _ = bday(monkeypatch, capsys, "dlq", "replay")
+    _code, out, _ = bday(monkeypatch, capsys, "dlq", "replay")
     assert out.startswith("replayed 1;")
     wait_until(lambda: statuses()["SENT"] == 1, 20, "dead job replayed and sent")
     assert queue_counts()["dlq"] == 0
@@ -90,7 +90,7 @@ def test_dlq_purge_keeps_owed_and_malformed_jobs_unless_all(stack, monkeypatch, 
     wait_until(lambda: queue_counts()["dlq"] == 1, 20, "malformed job dead-lettered")
     code, out, _ = bday(monkeypatch, capsys, "dlq", "purge")
     assert out.startswith("purged 0; 1 left")
-    code, out, _ = bday(monkeypatch, capsys, "dlq", "purge", "--all")
+    _code, out, _ = bday(monkeypatch, capsys, "dlq", "purge", "--all")
     assert out.startswith("purged 1; 0 left") and queue_counts()["dlq"] == 0
 
 
@@ -135,7 +135,7 @@ def test_status_json_counts_rows_queues_and_overdue(stack, monkeypatch, capsys):
     assert report["messages"] == {"PENDING": 4}
     assert report["oldest_overdue"]["seconds"] >= 600
     assert report["broker"]["queue_depth"] == 0 and report["broker"]["consumers"] == 0
-    code, out, _ = bday(monkeypatch, capsys, "status")
+    _code, out, _ = bday(monkeypatch, capsys, "status")
     assert "messages:  PENDING 4" in out and "overdue:   oldest" in out
 
 

@@ -98,7 +98,7 @@ def test_transient_failures_are_retried_with_backoff_then_sent(stack):
 
 def test_a_permanent_error_fails_the_message_and_dead_letters_one_job(stack):
     stack.fake.set(fixed_status=422)
-    [message_id] = add_due_messages(1, next_instant(1))
+    [_message_id] = add_due_messages(1, next_instant(1))
     stack.start_worker()
     jobs.enqueue_job()
     wait_until(lambda: statuses()["FAILED"] == 1, 20, "message failed")

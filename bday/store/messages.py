@@ -1,0 +1,454 @@
+"""Every statement that reads or changes a `messages` row, and so every status change.
+
+This module owns the message state machine (docs/state-machine.md has the diagram). Each
+change is one conditional UPDATE that names its legal previous states; one that matches no row
+means another worker, job or beat got there first, which is normal, never an error:
+
+    PENDING  -> QUEUED     claim_due, reissue            (a job is published for the row)
+    QUEUED   -> PENDING    release                       (its job could not be published)
+    QUEUED/SENDING/FAILED -> QUEUED  reissue             (a fresh token; old jobs become no-ops)
+    PENDING/QUEUED/SENDING(lease over) -> SENDING  claim_for_send (a worker holds it)
+    SENDING  -> SENT       finish("sent"), finish("sent_late") also from PENDING/QUEUED
+    SENDING  -> QUEUED     finish("retry"), finish("probe_failed")
+    unfinished -> FAILED   finish("failed"), expire_overdue
+    unfinished -> CANCELLED  finish("cancelled"), cancel
+
+Two styles, on purpose: the hot path of a send (`claim_for_send`, `finish`, `current_state`)
+runs raw psycopg on a pooled autocommit connection with server-side prepared statements
+(SQLAlchemy's execution layer cost three times the statement, see the README's Performance);
+everything else takes the caller's SQLAlchemy session, so it joins the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, text
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from bday.store.db import fast_autocommit
+from bday.store.models import UNFINISHED, UNSENT, Message, Status
+
+
+def _in(*statuses: Status) -> str:
+    """SQL list of statuses, e.g. `('PENDING', 'QUEUED')`, rendered from the enum."""
+    return "(" + ", ".join(f"'{status.value}'" for status in statuses) + ")"
+
+
+PENDING, QUEUED, SENDING = Status.PENDING.value, Status.QUEUED.value, Status.SENDING.value
+UNFINISHED_SQL = _in(*UNFINISHED)
+UNSENT_SQL = _in(*UNSENT)
+_DEADLINE_SQL = "coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours))"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One `send_message` job: the row, its fencing token, and when it may run."""
+
+    message_id: uuid.UUID
+    token: uuid.UUID
+    eta: datetime
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+def insert_pending(session: Session, rows: list[dict[str, Any]]) -> int:
+    """Insert PENDING rows, skipping occasions that already have a live (non-CANCELLED) row."""
+    statement = (
+        insert(Message)
+        .values(rows)
+        .on_conflict_do_nothing(
+            index_elements=["idempotency_key"],
+            index_where=text(f"status <> '{Status.CANCELLED.value}'"),
+        )
+        .returning(Message.id)
+    )
+    return len(session.execute(statement).all())
+
+
+_UNSENT_OF_USER = text(
+    f"""SELECT id, message_type, occasion_date, scheduled_send_time FROM messages
+         WHERE user_id = :user_id AND status IN {UNSENT_SQL}"""
+)
+
+
+def unsent_of_user(session: Session, user_id: uuid.UUID) -> Sequence[Row[Any]]:
+    """The user's PENDING and QUEUED rows (what a change of date or zone may cancel)."""
+    return session.execute(_UNSENT_OF_USER, {"user_id": user_id}).all()
+
+
+_CANCEL = text(
+    f"""UPDATE messages SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
+               updated_at = :now
+         WHERE id = ANY(:ids) AND status IN {UNSENT_SQL}"""
+)
+
+
+def cancel(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> int:
+    """PENDING/QUEUED -> CANCELLED (a SENDING row is already with the email service)."""
+    return session.execute(_CANCEL, {"ids": list(ids), "now": now}).rowcount
+
+
+_LIVE_BY_KEY = text(
+    f"SELECT id FROM messages WHERE idempotency_key = :key AND status <> '{Status.CANCELLED}'"
+)
+
+
+def live_id_by_key(session: Session, key: str) -> uuid.UUID | None:
+    """The id of the one live row for an occasion's idempotency key, if any."""
+    return session.scalar(_LIVE_BY_KEY, {"key": key})
+
+
+# --- dispatch ----------------------------------------------------------------------------------
+
+_CLAIM_DUE = text(
+    f"""
+    UPDATE messages m
+       SET status = '{QUEUED}', queued_at = :now, updated_at = :now,
+           dispatch_token = gen_random_uuid(),
+           next_attempt_at = greatest(m.scheduled_send_time, :now)
+      FROM (SELECT id FROM messages
+             WHERE status = '{PENDING}'
+               AND scheduled_send_time <= :until
+               AND {_DEADLINE_SQL} >= :now
+               AND (CAST(:user_ids AS uuid[]) IS NULL OR user_id = ANY(CAST(:user_ids AS uuid[])))
+             ORDER BY scheduled_send_time
+             LIMIT :limit
+             FOR UPDATE SKIP LOCKED) due
+     WHERE m.id = due.id
+    RETURNING m.id, m.dispatch_token, m.next_attempt_at
+    """
+)
+
+
+def claim_due(
+    session: Session,
+    now: datetime,
+    *,
+    lead_s: float,
+    catch_up_hours: int,
+    limit: int,
+    user_ids: Sequence[uuid.UUID] | None = None,
+) -> list[Job]:
+    """PENDING -> QUEUED for rows due by `now + lead_s` and not past their deadline, oldest
+    first, each with a fresh dispatch token.
+
+    `FOR UPDATE SKIP LOCKED`: two enqueue runs at once split the rows between them; neither
+    waits for the other and no row is claimed twice.
+    """
+    rows = session.execute(
+        _CLAIM_DUE,
+        {
+            "now": now,
+            "until": now + timedelta(seconds=lead_s),
+            "hours": catch_up_hours,
+            "limit": limit,
+            "user_ids": list(user_ids) if user_ids is not None else None,
+        },
+    )
+    return [Job(*row) for row in rows]
+
+
+_REISSUE = text(
+    f"""
+    UPDATE messages
+       SET status = '{QUEUED}', dispatch_token = gen_random_uuid(), updated_at = :now,
+           queued_at = coalesce(queued_at, :now), lease_expires_at = NULL,
+           next_attempt_at = greatest(scheduled_send_time, :now)
+     WHERE id = ANY(:ids) AND status = ANY(:statuses)
+    RETURNING id, dispatch_token, next_attempt_at
+    """
+)
+
+
+def reissue(
+    session: Session, ids: Iterable[uuid.UUID], statuses: Iterable[Status], now: datetime
+) -> list[Job]:
+    """`statuses` -> QUEUED with new tokens; the rows' old jobs become no-ops."""
+    params = {"ids": list(ids), "statuses": [Status(s).value for s in statuses], "now": now}
+    return [Job(*row) for row in session.execute(_REISSUE, params)]
+
+
+_RELEASE = text(
+    f"""UPDATE messages SET status = '{PENDING}', dispatch_token = NULL, queued_at = NULL
+         WHERE id = :id AND status = '{QUEUED}' AND dispatch_token = :token"""
+)
+
+
+def release(session: Session, jobs: Iterable[Job]) -> None:
+    """QUEUED -> PENDING for claims whose job could not be published (token must match)."""
+    for job in jobs:
+        session.execute(_RELEASE, {"id": job.message_id, "token": job.token})
+
+
+_DUE_PENDING = text(
+    f"""SELECT id FROM messages
+         WHERE id = ANY(:ids) AND status = '{PENDING}' AND scheduled_send_time <= :now"""
+)
+
+
+def due_pending(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> list[uuid.UUID]:
+    """Which of `ids` are PENDING and due (the direct-send fallback sends those)."""
+    return list(session.scalars(_DUE_PENDING, {"ids": list(ids), "now": now}))
+
+
+# --- recovery ----------------------------------------------------------------------------------
+
+_EXPIRE = text(
+    f"""
+    UPDATE messages
+       SET status = '{Status.FAILED}', failure_reason = :reason, failed_at = :now,
+           updated_at = :now, last_error = :error, lease_expires_at = NULL
+     WHERE {_DEADLINE_SQL} < :now
+       AND (status IN {UNSENT_SQL}
+            OR (status = '{SENDING}' AND lease_expires_at < :now))
+    """
+)
+
+
+def expire_overdue(
+    session: Session, now: datetime, *, catch_up_hours: int, reason: str, error: str
+) -> int:
+    """Unfinished rows past their deadline (a SENDING one only once its lease ended) -> FAILED."""
+    params = {"now": now, "hours": catch_up_hours, "reason": reason, "error": error}
+    return session.execute(_EXPIRE, params).rowcount
+
+
+_LOST = text(
+    f"""
+    SELECT id FROM messages
+     WHERE (status = '{QUEUED}' AND next_attempt_at < :lost_before)
+        OR (status = '{SENDING}' AND lease_expires_at < :now)
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def lost(session: Session, now: datetime, *, grace_s: float, limit: int) -> list[uuid.UUID]:
+    """QUEUED rows whose job should have run `grace_s` ago, and SENDING rows whose lease ended."""
+    params = {"now": now, "lost_before": now - timedelta(seconds=grace_s), "limit": limit}
+    return list(session.scalars(_LOST, params))
+
+
+_FAILED_WITH_REASON = text(
+    f"""
+    SELECT id FROM messages
+     WHERE status = '{Status.FAILED}' AND failure_reason = :reason
+       AND scheduled_send_time >= :oldest
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def failed_with_reason(
+    session: Session, reason: str, *, oldest: datetime, limit: int
+) -> list[uuid.UUID]:
+    """FAILED rows with `reason`, scheduled since `oldest`, oldest first, locked."""
+    params = {"reason": reason, "oldest": oldest, "limit": limit}
+    return list(session.scalars(_FAILED_WITH_REASON, params))
+
+
+_DEFERRED = text(
+    f"""
+    SELECT id FROM messages
+     WHERE status = '{QUEUED}' AND deferrals > 0 AND next_attempt_at > :now
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def deferred(session: Session, now: datetime, *, limit: int) -> list[uuid.UUID]:
+    """QUEUED rows waiting out a deferral (breaker open), oldest first, locked."""
+    return list(session.scalars(_DEFERRED, {"now": now, "limit": limit}))
+
+
+_RESET_RETRIES = f"""UPDATE messages SET retry_count = 0, failure_reason = NULL{{deadline}}
+                     WHERE id = ANY(:ids) AND status = '{Status.FAILED}'"""
+_RESET_KEEPING_DEADLINE = text(_RESET_RETRIES.format(deadline=""))
+_RESET_WITH_DEADLINE = text(_RESET_RETRIES.format(deadline=", send_deadline = :deadline"))
+
+
+def reset_retries(session: Session, ids: Sequence[uuid.UUID]) -> None:
+    """A FAILED row gets its retries back (recovery, DLQ replay); its deadline stays."""
+    session.execute(_RESET_KEEPING_DEADLINE, {"ids": list(ids)})
+
+
+def reset_for_replay(
+    session: Session, ids: Sequence[uuid.UUID], *, deadline: datetime | None
+) -> None:
+    """`bday replay`: retries back and a new deadline (None: CATCH_UP_HOURS after the instant;
+    a forced replay of an older row gets a fresh window)."""
+    session.execute(_RESET_WITH_DEADLINE, {"ids": list(ids), "deadline": deadline})
+
+
+_FAILED_FOR_REPLAY = text(
+    f"""
+    SELECT id, scheduled_send_time FROM messages
+     WHERE status = '{Status.FAILED}'
+       AND (CAST(:since AS timestamptz) IS NULL OR failed_at >= CAST(:since AS timestamptz))
+       AND (CAST(:type AS text) IS NULL OR message_type = CAST(:type AS text))
+     ORDER BY scheduled_send_time
+     LIMIT :limit
+     FOR UPDATE SKIP LOCKED
+    """
+)
+
+
+def failed_for_replay(
+    session: Session, *, since: datetime | None, message_type: str | None, limit: int | None
+) -> Sequence[Row[Any]]:
+    """FAILED rows (id, scheduled_send_time) failed since `since`, of a type, oldest first."""
+    params = {"since": since, "type": message_type, "limit": limit}
+    return session.execute(_FAILED_FOR_REPLAY, params).all()
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+_SUMMARY = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
+
+
+def summaries(session: Session, ids: Sequence[uuid.UUID]) -> dict[str, Row[Any]]:
+    """id -> (id, status, failure_reason, last_error) for the rows that exist."""
+    return {str(row.id): row for row in session.execute(_SUMMARY, {"ids": list(ids)})}
+
+
+_COUNTS = text("SELECT message_type, status, count(*) FROM messages GROUP BY 1, 2")
+_OLDEST_OVERDUE = text(
+    f"""SELECT id, scheduled_send_time FROM messages
+         WHERE status IN {UNFINISHED_SQL} AND scheduled_send_time < :now
+         ORDER BY scheduled_send_time LIMIT 1"""
+)
+
+
+def counts(connection: Any) -> list[tuple[str, str, int]]:
+    """(message_type, status, rows) for every combination present."""
+    return [tuple(row) for row in connection.execute(_COUNTS)]
+
+
+def oldest_overdue(connection: Any, now: datetime) -> Row[Any] | None:
+    """The unfinished row longest past its instant: (id, scheduled_send_time), or None."""
+    return connection.execute(_OLDEST_OVERDUE, {"now": now}).first()
+
+
+# --- the hot path of one send (raw psycopg, prepared) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A row a worker now holds (SENDING), with what the send needs from its user."""
+
+    id: uuid.UUID
+    message_type: str
+    scheduled_send_time: datetime
+    retry_count: int
+    email: str
+    first_name: str
+    last_name: str
+    user_deleted: bool
+    send_deadline: datetime | None
+
+
+_CLAIM_FOR_SEND = f"""
+    UPDATE messages m
+       SET status = '{SENDING}', lease_expires_at = %(lease_until)s, attempts = m.attempts + 1,
+           updated_at = %(now)s
+      FROM users u
+     WHERE m.id = %(id)s AND u.id = m.user_id
+       AND (m.status IN {UNSENT_SQL}
+            OR (m.status = '{SENDING}' AND m.lease_expires_at < %(now)s))
+       AND (CAST(%(token)s AS uuid) IS NULL OR m.dispatch_token IS NULL
+            OR m.dispatch_token = CAST(%(token)s AS uuid))
+       AND m.scheduled_send_time <= %(now)s
+    RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
+              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
+    """
+
+
+def claim_for_send(
+    message_id: uuid.UUID, token: uuid.UUID | None, now: datetime, lease_until: datetime
+) -> Claimed | None:
+    """PENDING/QUEUED (or SENDING whose lease ended) -> SENDING, if the token matches and the
+    instant has come. None when the row is not claimable (see `current_state`)."""
+    params = {"id": message_id, "token": token, "now": now, "lease_until": lease_until}
+    with fast_autocommit() as connection:
+        row = connection.execute(_CLAIM_FOR_SEND, params, prepare=True).fetchone()
+    return Claimed(*row) if row else None
+
+
+_MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s,
+                        updated_at = %(now)s, lease_expires_at = NULL,
+                        provider_status = %(status)s, provider_response = %(response)s,
+                        sent_via = %(via)s
+                  WHERE id = %(id)s"""
+
+_FINISH = {
+    "sent": _MARK_SENT + f" AND status = '{SENDING}'",
+    # After a database outage: the row may be SENDING still, or taken back by recovery.
+    "sent_late": _MARK_SENT + f" AND status IN {UNFINISHED_SQL}",
+    "retry": f"""UPDATE messages SET status = '{QUEUED}', retry_count = retry_count + 1,
+                        last_error = %(error)s, provider_status = %(status)s,
+                        updated_at = %(now)s, next_attempt_at = %(next_at)s,
+                        lease_expires_at = NULL
+                  WHERE id = %(id)s AND status = '{SENDING}'""",
+    "failed": f"""UPDATE messages SET status = '{Status.FAILED}', failed_at = %(now)s,
+                         updated_at = %(now)s, failure_reason = %(reason)s,
+                         last_error = %(error)s, provider_status = %(status)s,
+                         lease_expires_at = NULL
+                   WHERE id = %(id)s AND status IN {UNFINISHED_SQL}""",
+    "cancelled": f"""UPDATE messages SET status = '{Status.CANCELLED}', cancelled_at = %(now)s,
+                            updated_at = %(now)s, lease_expires_at = NULL
+                      WHERE id = %(id)s AND status IN {UNFINISHED_SQL}""",
+    # A failed probe: back to QUEUED without spending a retry (deferrals count instead).
+    "probe_failed": f"""UPDATE messages SET status = '{QUEUED}', deferrals = deferrals + 1,
+                               last_error = %(error)s, provider_status = %(status)s,
+                               updated_at = %(now)s, next_attempt_at = %(next_at)s,
+                               lease_expires_at = NULL
+                         WHERE id = %(id)s AND status = '{SENDING}'""",
+    # Not a status change: the row waits (breaker open) and says until when.
+    "deferred": f"""UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
+                           updated_at = %(now)s
+                     WHERE id = %(id)s AND status IN {UNSENT_SQL}""",
+}
+FINISHES = frozenset(_FINISH)
+
+
+def finish(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> int:
+    """Record one outcome of a send (`kind` is a key of FINISHES); returns rows changed."""
+    params = {
+        "id": message_id,
+        "now": now,
+        "status": None,
+        "error": None,
+        "reason": None,
+        "response": None,
+        "next_at": None,
+        "via": "queue",
+        **values,
+    }
+    with fast_autocommit() as connection:
+        return connection.execute(_FINISH[kind], params, prepare=True).rowcount
+
+
+_CURRENT_STATE = """SELECT status, dispatch_token, scheduled_send_time, lease_expires_at
+                      FROM messages WHERE id = %(id)s"""
+
+
+def current_state(
+    message_id: uuid.UUID,
+) -> tuple[str, uuid.UUID | None, datetime, datetime | None] | None:
+    """(status, dispatch_token, scheduled_send_time, lease_expires_at), or None if unknown."""
+    with fast_autocommit() as connection:
+        row = connection.execute(_CURRENT_STATE, {"id": message_id}, prepare=True).fetchone()
+    return tuple(row) if row else None  # type: ignore[return-value]
