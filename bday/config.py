@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import time
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -33,7 +33,7 @@ class SettingsError(Exception):
 _HHMM = re.compile(r"^(?P<h>[01]\d|2[0-3]):(?P<m>[0-5]\d)$")
 
 
-def _env(name: str, default, **constraints):
+def _env(name: str, default: Any, **constraints: Any) -> Any:
     """A field read from exactly one environment variable (no prefix, case-sensitive name)."""
     return Field(default, validation_alias=AliasChoices(name), **constraints)
 
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
 
     @field_validator("send_time", mode="before")
     @classmethod
-    def _parse_hhmm(cls, value):
+    def _parse_hhmm(cls, value: Any) -> Any:
         if isinstance(value, time):
             return value
         match = _HHMM.match(str(value).strip())
@@ -147,7 +147,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _max_delay_covers_first_delay(self):
+    def _max_delay_covers_first_delay(self) -> Settings:
         if self.queue_retry_max_delay_ms < self.queue_retry_delay_ms:
             raise ValueError(
                 f"QUEUE_RETRY_MAX_DELAY ({self.queue_retry_max_delay_ms}) must not be below "
@@ -207,7 +207,7 @@ def _one_line(error: ValidationError) -> str:
     return f"invalid setting {first['loc'][0]}{value}: {problem}"
 
 
-def load_settings(**overrides) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Read and validate settings; raise `SettingsError` (one line) when any is bad."""
     try:
         return Settings(**overrides)

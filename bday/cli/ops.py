@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -21,7 +22,7 @@ def status(as_json: bool) -> None:
     database = state.read_database()
     try:
         broker = state.read_broker()
-        broker_view = {
+        broker_view: dict[str, Any] = {
             "queue_depth": broker.queue_depth,
             "dlq_depth": broker.dlq_depth,
             "consumers": broker.consumers,
@@ -29,13 +30,13 @@ def status(as_json: bool) -> None:
         }
     except Exception as exc:  # noqa: BLE001 - status must still show the database side
         broker_view = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    report = {
+    report: dict[str, Any] = {
         "messages": dict(sorted(database.by_status.items())),
         "by_type": {f"{kind}/{st}": n for (kind, st), n in sorted(database.by_type_status.items())},
         "broker": broker_view,
         "oldest_overdue": (
             {"id": database.oldest_overdue_id, "seconds": round(database.oldest_overdue_s, 1)}
-            if database.oldest_overdue_id
+            if database.oldest_overdue_id and database.oldest_overdue_s is not None
             else None
         ),
         "last_runs": {name: at.isoformat() for name, at in sorted(database.heartbeats.items())},

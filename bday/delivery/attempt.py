@@ -13,6 +13,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
@@ -138,12 +139,12 @@ class UnrecordedDelivery(Exception):
     the retry writes SENT instead of sending a second time.
     """
 
-    def __init__(self, delivered: dict):
+    def __init__(self, delivered: dict[str, Any]):
         super().__init__(f"message {delivered['id']} sent, not yet recorded")
         self.delivered = delivered
 
 
-def record_delivered(delivered: dict) -> Outcome:
+def record_delivered(delivered: dict[str, Any]) -> Outcome:
     """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery)."""
     messages.finish(
         "sent_late",

@@ -29,8 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, TextClause, text
 
 from bday.config import Settings
 from bday.delivery.sender import TransientSendError
@@ -158,7 +159,7 @@ class Breaker:
         settings: Settings,
         *,
         name: str = NAME,
-        on_close: Callable[[datetime], None] | None = None,
+        on_close: Callable[[datetime], object] | None = None,
         rng: random.Random | None = None,
     ):
         self.settings = settings
@@ -224,7 +225,8 @@ class Breaker:
         )
 
     def _deny(self, snapshot: Snapshot, now: datetime) -> Permit:
-        wait_s = (snapshot.open_until - now).total_seconds()
+        open_until = snapshot.open_until or now  # an open row always has open_until
+        wait_s = (open_until - now).total_seconds()
         return Permit(False, "open", wait_s + self._spread(max(1.0, snapshot.cooldown_s)))
 
     def _spread(self, over_s: float) -> float:
@@ -312,7 +314,7 @@ class Breaker:
         ):
             metrics.record_breaker_transition("open")
 
-    def _write(self, statement, now: datetime, **params):
+    def _write(self, statement: TextClause, now: datetime, **params: Any) -> Any:
         """Run one transition: the rows it changed, or its RETURNING value if it has one."""
         with autocommit() as connection:
             result = connection.execute(statement, {"name": self.name, "now": now, **params})

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
 
-from bday.config import get_settings
+from bday.config import Settings, get_settings
 from bday.telemetry import metrics
 
 _RESPONSE_KEEP_CHARS = 500
@@ -139,7 +140,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 _local = threading.local()
-_shared: dict[tuple, EmailSender] = {}
+_shared: dict[tuple[Any, ...], EmailSender] = {}
 
 
 def _green() -> bool:
@@ -149,10 +150,10 @@ def _green() -> bool:
         from gevent import monkey
     except ImportError:
         return False
-    return monkey.is_module_patched("socket")
+    return bool(monkey.is_module_patched("socket"))
 
 
-def _shared_sender(key: tuple, settings) -> EmailSender:
+def _shared_sender(key: tuple[Any, ...], settings: Settings) -> EmailSender:
     if key not in _shared:
         _shared[key] = EmailSender(
             settings.email_service_url,
@@ -173,12 +174,10 @@ def get_sender() -> EmailSender:
     key = (os.getpid(), settings.email_service_url, settings.email_service_timeout_ms)
     if _green():
         return _shared_sender(key, settings)
-    sender = getattr(_local, "sender", None)
+    sender: EmailSender | None = getattr(_local, "sender", None)
     if sender is None or _local.key != key:
-        _local.sender, _local.key = (
-            EmailSender(
-                settings.email_service_url, settings.email_service_timeout_s, max_connections=1
-            ),
-            key,
+        sender = EmailSender(
+            settings.email_service_url, settings.email_service_timeout_s, max_connections=1
         )
-    return _local.sender
+        _local.sender, _local.key = sender, key
+    return sender

@@ -350,8 +350,7 @@ def copy_users(count: int, seed: int = 42, due_share: float | None = None) -> No
                     )
                 )
         raw.commit()
-        with raw.cursor() as cursor:
-            cursor.execute("ANALYZE users")
+        raw.cursor().execute("ANALYZE users")
         raw.commit()
     finally:
         raw.close()

@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import available_timezones
 
 from sqlalchemy import text
@@ -88,7 +89,7 @@ def choose_plan(now: datetime, min_lead_s: int = 45) -> Plan:
     groups: dict[timedelta, list[str]] = {}
     for name in sorted(available_timezones()):
         if is_known_zone(name) and "/" in name and not name.startswith(("Etc/", "SystemV/", "US/")):
-            groups.setdefault(instant.astimezone(zone(name)).utcoffset(), []).append(name)
+            groups.setdefault(_offset(instant, name), []).append(name)
     offset, names = max(groups.items(), key=lambda item: len(item[1]))
     local = instant.astimezone(zone(names[0]))
     return Plan(instant, local.strftime("%H:%M"), offset, names)
@@ -106,11 +107,10 @@ def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
     for index, name in enumerate(CATCH_UP_ZONES + LATER_ZONES, start=len(rows)):
         if not is_known_zone(name):
             continue
-        local = plan.instant.astimezone(zone(name))
         # SEND_TIME on this zone's wall clock today: passed already east of the wave, ahead west.
-        key = "late (missed)" if local.utcoffset() > plan.offset else "later today"
+        key = "late (missed)" if _offset(plan.instant, name) > plan.offset else "later today"
         groups[key].append(name)
-        rows.append(_user(index, name, local.date(), long_ago))
+        rows.append(_user(index, name, plan.instant.astimezone(zone(name)).date(), long_ago))
     with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as connection:
         connection.cursor().executemany(
             "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
@@ -236,11 +236,17 @@ _ROWS = text(
 )
 
 
-def snapshot() -> list:
+def _offset(instant: datetime, name: str) -> timedelta:
+    offset = instant.astimezone(zone(name)).utcoffset()
+    assert offset is not None  # a ZoneInfo always has one
+    return offset
+
+
+def snapshot() -> list[Any]:
     from bday.store.db import engine
 
     with engine().connect() as connection:
-        return connection.execute(_ROWS).all()
+        return list(connection.execute(_ROWS).all())
 
 
 def render(

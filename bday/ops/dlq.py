@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from kombu import Connection
 
@@ -39,7 +40,7 @@ class DeadJob:
     row_status: str | None = None
     row_reason: str | None = None
     row_error: str | None = None
-    raw: object = None
+    raw: Any = None  # the kombu Message, acked or requeued by the caller
 
     @property
     def malformed(self) -> bool:
@@ -95,7 +96,7 @@ def _held(limit: int | None = None) -> Iterator[list[DeadJob]]:
         connection.ensure_connection(max_retries=1)
         bound = queue.bind(connection.channel())
         bound.declare()
-        held = []
+        held: list[DeadJob] = []
         while limit is None or len(held) < limit:
             message = bound.get(
                 no_ack=False,

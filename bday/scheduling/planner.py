@@ -74,6 +74,7 @@ def owed_occasions(
         if user_ids is not None:
             query = query.where(User.id.in_(list(user_ids)))
         for user_id, original, zone_name, owed_from in session.execute(query):
+            assert original is not None  # the month-day index only holds users with the date
             for occasion in occasions_between(
                 kind,
                 original,

@@ -95,6 +95,7 @@ def fast_autocommit() -> Iterator[psycopg.Connection]:
     pooled = engine().raw_connection()
     try:
         connection = pooled.driver_connection
+        assert isinstance(connection, psycopg.Connection)  # the psycopg dialect's connection
         connection.autocommit = True
         try:
             yield connection

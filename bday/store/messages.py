@@ -46,6 +46,11 @@ UNSENT_SQL = _in(*UNSENT)
 _DEADLINE_SQL = "coalesce(send_deadline, scheduled_send_time + make_interval(hours => :hours))"
 
 
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE changed (SQLAlchemy types execute() as a generic Result)."""
+    return int(result.rowcount)
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One `send_message` job: the row, its fencing token, and when it may run."""
@@ -92,7 +97,7 @@ _CANCEL = text(
 
 def cancel(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> int:
     """PENDING/QUEUED -> CANCELLED (a SENDING row is already with the email service)."""
-    return session.execute(_CANCEL, {"ids": list(ids), "now": now}).rowcount
+    return _rowcount(session.execute(_CANCEL, {"ids": list(ids), "now": now}))
 
 
 _LIVE_BY_KEY = text(
@@ -102,7 +107,8 @@ _LIVE_BY_KEY = text(
 
 def live_id_by_key(session: Session, key: str) -> uuid.UUID | None:
     """The id of the one live row for an occasion's idempotency key, if any."""
-    return session.scalar(_LIVE_BY_KEY, {"key": key})
+    found: uuid.UUID | None = session.scalar(_LIVE_BY_KEY, {"key": key})
+    return found
 
 
 # --- dispatch ----------------------------------------------------------------------------------
@@ -217,7 +223,7 @@ def expire_overdue(
 ) -> int:
     """Unfinished rows past their deadline (a SENDING one only once its lease ended) -> FAILED."""
     params = {"now": now, "hours": catch_up_hours, "reason": reason, "error": error}
-    return session.execute(_EXPIRE, params).rowcount
+    return _rowcount(session.execute(_EXPIRE, params))
 
 
 _LOST = text(
@@ -339,7 +345,8 @@ def counts(connection: Any) -> list[tuple[str, str, int]]:
 
 def oldest_overdue(connection: Any, now: datetime) -> Row[Any] | None:
     """The unfinished row longest past its instant: (id, scheduled_send_time), or None."""
-    return connection.execute(_OLDEST_OVERDUE, {"now": now}).first()
+    row: Row[Any] | None = connection.execute(_OLDEST_OVERDUE, {"now": now}).first()
+    return row
 
 
 # --- the hot path of one send (raw psycopg, prepared) ---------------------------------------------
@@ -451,4 +458,4 @@ def current_state(
     """(status, dispatch_token, scheduled_send_time, lease_expires_at), or None if unknown."""
     with fast_autocommit() as connection:
         row = connection.execute(_CURRENT_STATE, {"id": message_id}, prepare=True).fetchone()
-    return tuple(row) if row else None  # type: ignore[return-value]
+    return (row[0], row[1], row[2], row[3]) if row else None

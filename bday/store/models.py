@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     CheckConstraint,
@@ -51,7 +52,7 @@ class FailureReason(enum.StrEnum):
     EXPIRED = "expired"  # more than CATCH_UP_HOURS late
 
 
-def month_day(column):
+def month_day(column: Any) -> Any:
     """SQL for month * 100 + day of a date column; the planner's index expression."""
     return func.bday_month_day(column)
 
@@ -167,7 +168,7 @@ class Heartbeat(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    detail: Mapped[dict] = mapped_column(JSONB, default=dict)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
 
 
 class CircuitBreaker(Base):

@@ -122,9 +122,8 @@ def list_users(*, limit: int | None = None, offset: int = 0) -> list[User]:
 
 def count_users() -> int:
     with transaction() as session:
-        return session.scalar(
-            select(func.count()).select_from(User).where(User.deleted_at.is_(None))
-        )
+        live = select(func.count()).select_from(User).where(User.deleted_at.is_(None))
+        return session.scalar(live) or 0
 
 
 # --- validation -----------------------------------------------------------------------------

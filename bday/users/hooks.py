@@ -115,6 +115,7 @@ def _occasion_hook(user_id: uuid.UUID | str, kind: Kind) -> uuid.UUID | None:
         planner.insert_rows(session, [(user_id, occasion)])
         key = idempotency_key(user_id, kind, occasion.local_date)
         message_id = messages.live_id_by_key(session, key)
+        assert message_id is not None  # inserted above, or already live
         jobs = messages.reissue(session, [message_id], (Status.PENDING,), now)
     _publish(jobs, settings)  # nothing to publish when the row was already queued or sent
     return message_id
