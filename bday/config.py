@@ -43,7 +43,7 @@ def _env(name: str, default: Any, **constraints: Any) -> Any:
 DAY_S = 86_400
 
 
-def _seconds(name: str, default: float, **constraints):
+def _seconds(name: str, default: float, **constraints: Any) -> Any:
     return _env(name, default, allow_inf_nan=False, le=DAY_S, **constraints)
 
 
