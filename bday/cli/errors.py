@@ -48,7 +48,7 @@ def _user_error(exc: BaseException) -> tuple[str, int] | None:
 
 
 def _database_error(exc: BaseException) -> tuple[str, int] | None:
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    orig: BaseException = (exc.orig or exc) if isinstance(exc, DBAPIError) else exc
     if isinstance(exc, DBAPIError) and exc.statement is None:  # it failed while connecting
         if isinstance(orig, psycopg.ProgrammingError):  # libpq refused the URL's options
             return f"invalid setting DATABASE_URL: {first_line(orig)}", EXIT_USAGE

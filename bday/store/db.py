@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, Engine, create_engine
@@ -56,7 +57,7 @@ def engine() -> Engine:
         return _engines[key]
 
 
-def connect_args(pooler: str) -> dict:
+def connect_args(pooler: str) -> dict[str, Any]:
     """psycopg options for the server behind DATABASE_URL.
 
     Behind a transaction pooler (PgBouncer `pool_mode=transaction`) consecutive statements of
