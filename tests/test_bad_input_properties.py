@@ -3,20 +3,21 @@
 import that refused some rows, 2 refused), write nothing when they refuse, and an import keeps
 or names every row.
 
-The examples are bounded (MAX_EXAMPLES each) so the suite stays fast in CI; run with
-`--hypothesis-seed=N` to replay a failure.
+The examples are bounded (MAX_EXAMPLES each, 60 unless BDAY_PROPERTY_EXAMPLES says otherwise)
+so the suite stays fast in CI; run with `--hypothesis-seed=N` to replay a failure.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import uuid
 from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -27,7 +28,7 @@ from tests.test_cli_users import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 
-MAX_EXAMPLES = 60
+MAX_EXAMPLES = int(os.environ.get("BDAY_PROPERTY_EXAMPLES", "60"))
 PROPERTY = settings(
     max_examples=MAX_EXAMPLES,
     deadline=None,
@@ -116,8 +117,18 @@ def valid_value(field: str, serial: int) -> st.SearchStrategy[str]:
     }[field]
 
 
+# One character that must never reach a stored name, between visible letters.
+DANGEROUS = "\u2028\u2029\u202e\u2066\x85\x1c\x0b\x0c\r\x00\udcff\ud800"
+sandwich = st.builds(
+    "{}{}{}".format,
+    st.text("Ada", min_size=1, max_size=3),
+    st.sampled_from(DANGEROUS) | st.characters(categories=["Cc", "Cf", "Zl", "Zp"]),
+    st.text("Lovelace", max_size=3),
+)
+
 hostile_text = st.one_of(
     st.sampled_from(NASTY),
+    sandwich,
     st.text(max_size=60),
     st.text(st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Zs", "Mn", "Co"]), max_size=8),
     st.builds("".join, st.lists(st.sampled_from(NASTY), min_size=2, max_size=3)),
@@ -132,9 +143,9 @@ def valid_user(draw) -> dict:
 
 @st.composite
 def user_fields(draw, hostile: st.SearchStrategy) -> dict:
-    """All six fields valid but one or two, which are drawn from `hostile`."""
+    """All six fields valid but up to two, which are drawn from `hostile`."""
     values = draw(valid_user())
-    for field in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=2, unique=True)):
+    for field in draw(st.lists(st.sampled_from(FIELDS), min_size=0, max_size=2, unique=True)):
         values[field] = draw(hostile)
     return values
 
@@ -164,11 +175,44 @@ def attempt(fields: dict) -> tuple[uuid.UUID | None, UserInputError | None]:
 # --- create_user --------------------------------------------------------------------------------
 
 
+def issue_16(**changes) -> dict:
+    """A valid user with the issue's reported values in place: always run, never left to luck."""
+    return {
+        "first_name": "Ada",
+        "last_name": "Lovelace",
+        "email": f"issue16.{next(_serial)}@example.com",
+        "birthday": "1990-03-05",
+        "timezone": "Asia/Tokyo",
+        "anniversary": "",
+        **changes,
+    }
+
+
+ISSUE_16 = [
+    issue_16(first_name="\u200b"),
+    issue_16(first_name="\u200f"),
+    issue_16(last_name="Love\u2028lace"),
+    issue_16(last_name="Ada\u202egnp.exe"),
+    issue_16(first_name="Ad\udcffa"),
+    issue_16(email="a" * 65 + "@example.com"),
+    issue_16(anniversary="2100-01-01"),
+    issue_16(anniversary="1980-01-01"),
+]
+
+
+def with_issue_examples(test):
+    for fields in ISSUE_16:
+        test = example(fields=fields)(test)
+    return test
+
+
 @PROPERTY
 @given(fields=user_fields(python_values))
+@with_issue_examples
 def test_create_user_stores_a_valid_user_or_refuses_by_field_writing_nothing(fields):
     before = fingerprint()
     user_id, refusal = attempt(fields)
+    event("refused" if refusal else "stored")
     if refusal is not None:
         assert refusal.field in FIELDS and str(refusal).startswith(f"{refusal.field}: ")
         assert "\n" not in str(refusal) and len(str(refusal)) < 300
@@ -184,6 +228,7 @@ def test_create_user_stores_a_valid_user_or_refuses_by_field_writing_nothing(fie
 
 @PROPERTY
 @given(fields=user_fields(hostile_text))
+@with_issue_examples
 def test_users_add_exits_0_with_an_id_or_2_with_one_line_and_nothing_written(
     monkeypatch, capsys, fields
 ):
@@ -192,6 +237,7 @@ def test_users_add_exits_0_with_an_id_or_2_with_one_line_and_nothing_written(
     for field, value in fields.items():
         args += [f"--{field.replace('_', '-')}", value]
     code, out, err = bday(monkeypatch, capsys, *args)
+    event(f"exit {code}")
     assert code in (0, 2), err
     assert "Traceback" not in err
     if code == 2:
@@ -249,6 +295,17 @@ def write_import(path: Path, lines: list[tuple[str, dict | bytes]]) -> list[byte
 
 @PROPERTY
 @given(lines=import_lines)
+@example(  # the issue's file: an unmatched quote on line 3 swallowed lines 4 and 5
+    lines=[
+        ("valid", issue_16()),
+        ("hostile", b'Eve,"Doe,eve@example.com,1990-01-01,UTC,'),
+        ("valid", issue_16()),
+        ("valid", issue_16()),
+    ]
+)
+@example(  # a field over the csv module's limit refused the whole file
+    lines=[("hostile", csv_line(issue_16(last_name="x" * 131_073)).encode()), ("valid", issue_16())]
+)
 def test_users_import_keeps_or_names_every_row_and_exits_0_or_1(
     monkeypatch, capsys, tmp_path, lines
 ):
@@ -256,6 +313,7 @@ def test_users_import_keeps_or_names_every_row_and_exits_0_or_1(
     raws = write_import(path, lines)
     before, count = fingerprint(), live_count()
     code, out, err = bday(monkeypatch, capsys, "users", "import", str(path))
+    event(f"exit {code}")
     assert "Traceback" not in err
     summary = re.fullmatch(r"imported (\d+) of (\d+) row\(s\); (\d+) refused", out.splitlines()[0])
     imported, total, refused = (int(n) for n in summary.groups())
