@@ -66,6 +66,7 @@ def db_current() -> None:
 def _register_subcommands() -> None:
     from bday.cli import ops as cli_ops
     from bday.cli.dev import demo, fake_email_service
+    from bday.cli.messages import messages, preview
     from bday.cli.users import users
 
     for command in (
@@ -77,6 +78,8 @@ def _register_subcommands() -> None:
         cli_ops.dlq,
         cli_ops.metrics,
         cli_ops.bench,
+        messages,
+        preview,
         demo,
     ):
         main.add_command(command)

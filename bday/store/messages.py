@@ -349,6 +349,57 @@ def oldest_overdue(connection: Any, now: datetime) -> Row[Any] | None:
     return row
 
 
+_HISTORY = text(
+    """
+    SELECT * FROM messages
+     WHERE (CAST(:user_id AS uuid) IS NULL OR user_id = CAST(:user_id AS uuid))
+       AND (CAST(:status AS text) IS NULL OR status = CAST(:status AS text))
+       AND (CAST(:since AS timestamptz) IS NULL
+            OR scheduled_send_time >= CAST(:since AS timestamptz))
+     ORDER BY scheduled_send_time DESC, id
+     LIMIT :limit
+    """
+)
+
+
+def history(
+    session: Session,
+    *,
+    user_id: uuid.UUID | None,
+    status: Status | None,
+    since: datetime | None,
+    limit: int,
+) -> Sequence[Row[Any]]:
+    """Rows of any status, newest instant first, optionally of one user, status or period."""
+    params = {
+        "user_id": user_id,
+        "status": status.value if status else None,
+        "since": since,
+        "limit": limit,
+    }
+    return session.execute(_HISTORY, params).all()
+
+
+_ONE = text("SELECT * FROM messages WHERE id = :id")
+
+
+def one(session: Session, message_id: uuid.UUID) -> Row[Any] | None:
+    """Every column of one row, or None."""
+    row: Row[Any] | None = session.execute(_ONE, {"id": message_id}).first()
+    return row
+
+
+_STATUS_BY_KEY = text(
+    f"""SELECT idempotency_key, status FROM messages
+         WHERE idempotency_key = ANY(:keys) AND status <> '{Status.CANCELLED}'"""
+)
+
+
+def live_status_by_key(session: Session, keys: Sequence[str]) -> dict[str, str]:
+    """idempotency key -> status of its live (non-CANCELLED) row, for the keys that have one."""
+    return dict(session.execute(_STATUS_BY_KEY, {"keys": list(keys)}))
+
+
 # --- the hot path of one send (raw psycopg, prepared) ---------------------------------------------
 
 

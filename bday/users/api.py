@@ -107,6 +107,28 @@ def get_user(user_id: uuid.UUID | str) -> User:
         return _live(session, user_id)
 
 
+def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> User:
+    """The user named by an id or an email (a live one first; with `include_deleted`, else
+    the most recently deleted one). Raises `UserNotFound`."""
+    text_ref = str(reference).strip()
+    if "@" not in text_ref:
+        user_id = parse_user_id(text_ref)
+        with transaction() as session:
+            user = session.get(User, user_id)
+        if user is None or (user.deleted_at is not None and not include_deleted):
+            raise UserNotFound(user_id)
+        return user
+    query = select(User).where(func.lower(User.email) == text_ref.lower())
+    if not include_deleted:
+        query = query.where(User.deleted_at.is_(None))
+    query = query.order_by(User.deleted_at.desc().nulls_first()).limit(1)
+    with transaction() as session:
+        user = session.scalars(query).first()
+    if user is None:
+        raise UserNotFound(text_ref)
+    return user
+
+
 def list_users(*, limit: int | None = None, offset: int = 0) -> list[User]:
     """Live users, oldest first."""
     query = (
