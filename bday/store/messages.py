@@ -397,7 +397,8 @@ _STATUS_BY_KEY = text(
 
 def live_status_by_key(session: Session, keys: Sequence[str]) -> dict[str, str]:
     """idempotency key -> status of its live (non-CANCELLED) row, for the keys that have one."""
-    return dict(session.execute(_STATUS_BY_KEY, {"keys": list(keys)}))
+    rows = session.execute(_STATUS_BY_KEY, {"keys": list(keys)})
+    return {key: status for key, status in rows}  # noqa: C416 - rows are Row, not pairs
 
 
 # --- the hot path of one send (raw psycopg, prepared) ---------------------------------------------
