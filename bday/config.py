@@ -112,7 +112,10 @@ class Settings(BaseSettings):
     @field_validator("rabbitmq_url")
     @classmethod
     def _check_amqp_url(cls, value: str) -> str:
-        return _check_url(value, ("amqp", "amqps", "pyamqp"))
+        # A cluster's nodes separated by ';' (kombu's failover list): each must be a URL.
+        for part in value.split(";"):
+            _check_url(part.strip(), ("amqp", "amqps", "pyamqp"))
+        return value
 
     @field_validator("database_url")
     @classmethod

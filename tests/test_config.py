@@ -62,6 +62,8 @@ BAD = [
     ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https URL"),
     ("RABBITMQ_URL", "localhost:5672", "amqp"),
     ("RABBITMQ_URL", "amqp://guest@host:notaport//", "not a URL"),
+    ("RABBITMQ_URL", "amqp://guest@n1:5672//;n2:5672", "amqp"),  # each node of a failover list
+    ("DATABASE_POOLER", "pgbouncer", "'none' or 'transaction'"),
     ("DATABASE_URL", "mysql://root@localhost/bday", "postgresql"),
     ("CRON_MINUTE_SCHEDULE", "* * *", "five-field"),
     ("CRON_PLAN_SCHEDULE", "61 * * * *", "cron"),
@@ -114,3 +116,11 @@ def test_a_refused_url_never_echoes_its_password(monkeypatch):
     with pytest.raises(SettingsError) as caught:
         load_settings()
     assert "CHANGE-ME" not in str(caught.value) and "bday:***@db" in str(caught.value)
+
+
+def test_a_failover_list_of_cluster_nodes_is_a_valid_rabbitmq_url(monkeypatch):
+    urls = "amqp://u:p@rabbit1:5672/v;amqp://u:p@rabbit2:5672/v;amqp://u:p@rabbit3:5672/v"
+    monkeypatch.setenv("RABBITMQ_URL", urls)
+    monkeypatch.setenv("DATABASE_POOLER", "transaction")
+    settings = load_settings()
+    assert settings.rabbitmq_url == urls and settings.database_pooler == "transaction"

@@ -17,6 +17,7 @@ from typing import Any
 from kombu import Connection
 
 from bday.broker.topology import topology
+from bday.broker.urls import connect_attempts
 from bday.config import get_settings
 from bday.scheduling import dispatch
 from bday.scheduling.dispatch import SEND_TASK
@@ -93,7 +94,7 @@ def _held(limit: int | None = None) -> Iterator[list[DeadJob]]:
     """Every dead job (up to `limit`), unacked; jobs the block does not ack are requeued."""
     queue = topology().dead_letter_queue
     with Connection(get_settings().rabbitmq_url, connect_timeout=5) as connection:
-        connection.ensure_connection(max_retries=1)
+        connection.ensure_connection(max_retries=connect_attempts(get_settings().rabbitmq_url))
         bound = queue.bind(connection.channel())
         bound.declare()
         held: list[DeadJob] = []

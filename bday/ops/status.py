@@ -11,6 +11,7 @@ from kombu import Connection
 from sqlalchemy import text
 
 from bday.broker.topology import topology
+from bday.broker.urls import connect_attempts
 from bday.config import get_settings
 from bday.delivery import breaker
 from bday.store import messages
@@ -66,7 +67,7 @@ def read_broker() -> BrokerState:
     """Depths and consumers by passive declares: reading never creates a queue."""
     parts = topology()
     with Connection(get_settings().rabbitmq_url, connect_timeout=5) as connection:
-        connection.ensure_connection(max_retries=1)
+        connection.ensure_connection(max_retries=connect_attempts(get_settings().rabbitmq_url))
         channel = connection.channel()
         send = parts.send_queue.bind(channel).queue_declare(passive=True)
         dlq = parts.dead_letter_queue.bind(channel).queue_declare(passive=True)

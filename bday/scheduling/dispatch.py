@@ -32,6 +32,7 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
     """
     from bday.broker import topology
     from bday.broker.app import app
+    from bday.broker.urls import connect_attempts
 
     if not jobs:
         return []
@@ -39,8 +40,10 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
     try:
         # Confirms: apply_async returns only once RabbitMQ has taken the job.
         connection = app.connection_for_write(transport_options={"confirm_publish": True})
-        # Bounded: a hook must not hang its caller's request while RabbitMQ is away.
-        connection.ensure_connection(max_retries=1, interval_start=0.2, timeout=5)
+        # Bounded: a hook must not hang its caller's request while RabbitMQ is away. One
+        # attempt per node of a failover list (RABBITMQ_URL="amqp://n1;amqp://n2;...").
+        attempts = connect_attempts(app.conf.broker_url or "")
+        connection.ensure_connection(max_retries=attempts, interval_start=0.2, timeout=5 * attempts)
         topology.ensure_declared(connection)
     except Exception as exc:  # noqa: BLE001 - any failure to connect means "not now"
         log.warning(

@@ -1,0 +1,174 @@
+"""The capacity model (`bday bench --model`) and its check at size (`bday bench --plan-users N`).
+
+The model turns figures measured by `bday bench` on this machine into what 1, 10 and 100 million
+users need: greetings per day, the largest number due at one instant, worker processes and cores
+to send that peak within a lateness budget (with and without a provider rate limit), PostgreSQL
+connections (with and without PgBouncer), rows and bytes per year, and which component runs out
+first. Every input is a named constant below with where it was measured; docs/capacity.md has
+the time-zone table's source and the reasoning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+from bday.devtools import sandbox
+
+# --- measured inputs (README Performance, docs/capacity.md; this machine: 2 cores, shared) -------
+WORKER_RATE_0MS = 449.0  # greetings/s, one worker process, 64 threads, service answering at once
+WORKER_RATE_150MS = 329.0  # same, service answering in 150 ms
+WORKER_CORES = 0.93  # cores one worker process used at full rate (py-spy; GIL: at most ~1)
+POSTGRES_CPU_MS = 0.64  # PostgreSQL CPU per greeting (0.18 cores at 280 msg/s)
+POSTGRES_CPU_MS_UNPREPARED = 0.40  # added per greeting without prepares (2 x ~200 us, measured)
+RABBITMQ_CPU_MS = 0.43  # RabbitMQ CPU per greeting (0.12 cores at 280 msg/s)
+ENQUEUE_RATE = 1_400.0  # rows/s claimed and published by one enqueue run
+BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
+PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
+PLANNED_PER_USER = 11_085 / 1_000_000  # rows the first plan writes per user
+BYTES_PER_USER = 305  # users table incl. indexes, per row (pg_total_relation_size, 1M users)
+BYTES_PER_MESSAGE = 458  # messages table incl. indexes, per row (pg_total_relation_size)
+CONNECTIONS_PER_WORKER = 20  # DB_POOL_SIZE 10 + overflow 10 (bday.store.db)
+PGBOUNCER_SERVER_POOL = 20  # served 8 workers x 8 threads at 2,000 greetings (chaos scenario)
+
+# --- stated assumptions ---------------------------------------------------------------------------
+GREETINGS_PER_USER_YEAR = 1 + 1 / 3  # a birthday each, an anniversary for a third (as the bench)
+PEAK_DAY_FACTOR = 1.25  # Feb 28 in a common year also carries Feb 29's birthdays (feb28 policy)
+LATENESS_BUDGET_S = 60.0
+PROVIDER_LIMIT = 500.0  # requests/s an email provider might allow one sender (assumption)
+
+# Approximate world population by standard-time UTC offset, millions (docs/capacity.md: country
+# populations, UN World Population Prospects 2022, each country or region at its main offset).
+POPULATION_BY_OFFSET = {
+    "-10:00": 2, "-09:00": 1, "-08:00": 54, "-07:00": 35, "-06:00": 280, "-05:00": 320,
+    "-04:00": 85, "-03:00": 255, "-01:00": 1, "+00:00": 250, "+01:00": 900, "+02:00": 540,
+    "+03:00": 700, "+03:30": 89, "+04:00": 40, "+04:30": 41, "+05:00": 325, "+05:30": 1_450,
+    "+05:45": 31, "+06:00": 180, "+06:30": 54, "+07:00": 420, "+08:00": 1_660, "+09:00": 215,
+    "+09:30": 2, "+10:00": 32, "+11:00": 2, "+12:00": 6, "+13:00": 0.3,
+}  # fmt: skip
+
+
+def peak_offset_share() -> tuple[str, float]:
+    """The UTC offset holding the largest share of people, and that share."""
+    total = sum(POPULATION_BY_OFFSET.values())
+    offset = max(POPULATION_BY_OFFSET, key=POPULATION_BY_OFFSET.__getitem__)
+    return offset, POPULATION_BY_OFFSET[offset] / total
+
+
+@dataclass(frozen=True)
+class Capacity:
+    users: int
+    per_day: float
+    peak: float
+    processes: int
+    processes_150ms: int
+    cores: float
+    limited_processes: int
+    limited_lateness_s: float
+    enqueue_s: float
+    connections_direct: int
+    connections_pooled: int
+    rows_per_year: float
+    gib_per_year: float
+    plan_s: float
+    first_limit: str
+
+
+def model(users: int, provider_limit: float = PROVIDER_LIMIT) -> Capacity:
+    per_day = users * GREETINGS_PER_USER_YEAR / 365.25
+    peak = per_day * PEAK_DAY_FACTOR * peak_offset_share()[1]
+    rate_needed = peak / LATENESS_BUDGET_S
+    processes = max(1, math.ceil(rate_needed / WORKER_RATE_0MS))
+    processes_150 = max(1, math.ceil(rate_needed / WORKER_RATE_150MS))
+    server_cores = rate_needed * (POSTGRES_CPU_MS + POSTGRES_CPU_MS_UNPREPARED + RABBITMQ_CPU_MS)
+    rows = users * GREETINGS_PER_USER_YEAR
+    stored = users * BYTES_PER_USER + rows * BYTES_PER_MESSAGE
+    return Capacity(
+        users=users,
+        per_day=per_day,
+        peak=peak,
+        processes=processes,
+        processes_150ms=processes_150,
+        cores=processes_150 * WORKER_CORES + server_cores / 1000,
+        limited_processes=max(1, math.ceil(min(rate_needed, provider_limit) / WORKER_RATE_150MS)),
+        limited_lateness_s=peak / provider_limit,
+        enqueue_s=peak / ENQUEUE_RATE,
+        connections_direct=processes_150 * CONNECTIONS_PER_WORKER + 5,
+        connections_pooled=PGBOUNCER_SERVER_POOL,
+        rows_per_year=rows,
+        gib_per_year=stored / 2**30,
+        plan_s=users / 1e6 * PLAN_S_PER_MILLION,
+        first_limit=_first_limit(peak, rate_needed, processes_150, users),
+    )
+
+
+def _first_limit(peak: float, rate_needed: float, processes: int, users: int) -> str:
+    """The component closest to its measured limit at this size."""
+    loads = {
+        "enqueue (one run publishes the instant's rows within ENQUEUE_LEAD_SECONDS)": (
+            peak / ENQUEUE_RATE / (70 - 10)
+        ),
+        "RabbitMQ (one queue)": rate_needed / BROKER_CEILING,
+        "PostgreSQL max_connections=100 without PgBouncer": (
+            (processes * CONNECTIONS_PER_WORKER + 5) / 100
+        ),
+        "planning (hourly; must finish well within the hour)": users
+        / 1e6
+        * PLAN_S_PER_MILLION
+        / 900,
+    }
+    name = max(loads, key=loads.__getitem__)
+    return f"{name}: {loads[name]:.0%} of its limit"
+
+
+# --- the check at size: plan N users once -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanningRun:
+    users: int
+    load_s: float
+    plan_s: float
+    planned: int
+    bytes_per_user: float
+    bytes_per_message: float
+
+
+def planning_run(users: int) -> PlanningRun:
+    """Load `users` users by COPY into a sandbox database, plan once, measure rows and bytes."""
+    from bday.devtools.bench import _reload_settings, _scalar, copy_users
+    from bday.scheduling import jobs
+
+    sandbox.exit_cleanly_on_sigterm()
+    box = sandbox.Sandbox.create("bday_plan")
+    try:
+        os.environ.update(box.env)
+        _reload_settings()
+        started = time.perf_counter()
+        copy_users(users)
+        load_s = time.perf_counter() - started
+        started = time.perf_counter()
+        planned = jobs.plan_job()["planned"]
+        plan_s = time.perf_counter() - started
+        size = "SELECT pg_total_relation_size('{}')::float / greatest(count(*), 1) FROM {}"
+        return PlanningRun(
+            users,
+            load_s,
+            plan_s,
+            planned,
+            _scalar(size.format("users", "users")),
+            _scalar(size.format("messages", "messages")),
+        )
+    finally:
+        from bday.store import db
+
+        db.reset_engines()
+        box.destroy()
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(planning_run(int(sys.argv[1])))
