@@ -82,7 +82,7 @@ def test_transient_failures_are_retried_with_backoff_then_sent(stack):
     stack.fake.set(fail_first=2)
     ids = add_due_messages(3, next_instant(2))
     # The retry layer alone: with the breaker on, a failure may be a cold-start probe, which
-    # defers without spending a retry (tests/test_breaker.py and the chaos outages cover that).
+    # defers without spending a retry (tests/delivery/test_breaker.py and the chaos outages cover that).
     stack.start_worker(extra_env={"BREAKER_ENABLED": "false"})
     jobs.enqueue_job()
     wait_until(lambda: statuses()["SENT"] == 3, 40, "all sent after retries")

@@ -85,7 +85,7 @@ def test_flower_on_localhost_or_behind_basic_auth_is_allowed(argv, environ):
     "argv",
     [
         ["pytest", "-k", "flower"],
-        [sys.executable, "-m", "pytest", "tests/test_flower_guard.py"],
+        [sys.executable, "-m", "pytest", "tests/broker/test_flower_guard.py"],
         [CELERY, "-A", "bday", "worker"],
         [CELERY, "-A", "bday", "beat"],
         ["bday", "status"],

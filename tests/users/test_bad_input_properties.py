@@ -24,7 +24,7 @@ from sqlalchemy import text
 from bday.store.db import transaction
 from bday.users import api as users
 from bday.users.api import UserInputError
-from tests.test_cli_users import bday
+from tests.cli.test_users import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 
