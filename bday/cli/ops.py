@@ -258,9 +258,47 @@ def metrics(port, address) -> None:
     type=click.Choice(["delivery", "burst", "planning", "memory", "breaker"]),
     help="Run only these figures (the ceiling always runs).",
 )
-def bench(quick, concurrency, pool, processes, repeat, only) -> None:
+@click.option(
+    "--model",
+    "model_sizes",
+    is_flag=False,
+    flag_value="1M,10M,100M",
+    default=None,
+    metavar="USERS",
+    help="Print the capacity model for these user counts (e.g. 1M,10M,100M; the default "
+    "with a bare --model) from this machine's measured figures; starts nothing.",
+)
+@click.option(
+    "--provider-limit",
+    type=click.FloatRange(min=1, max=1e6),
+    default=500,
+    show_default=True,
+    help="With --model: requests/s the email provider accepts.",
+)
+@click.option(
+    "--plan-users",
+    type=click.IntRange(1, 1_000_000_000),
+    default=None,
+    help="Load this many users by COPY into a sandbox database, plan once, print time, rows "
+    "and bytes per row (the model's check at size); starts no workers.",
+)
+def bench(
+    quick, concurrency, pool, processes, repeat, only, model_sizes, provider_limit, plan_users
+) -> None:
     """Measure capacity on this machine, each figure beside a baseline from the same run."""
     from bday.devtools import bench as benchmark
+    from bday.devtools import capacity
+
+    if model_sizes is not None:
+        try:
+            sizes = [capacity.parse_users(part) for part in model_sizes.split(",")]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--model") from None
+        click.echo(capacity.report(sizes, provider_limit))
+        return
+    if plan_users is not None:
+        click.echo(capacity.planning_report(capacity.planning_run(plan_users)))
+        return
 
     rows = benchmark.run(
         quick=quick,

@@ -143,6 +143,7 @@ def planning_run(users: int) -> PlanningRun:
 
     sandbox.exit_cleanly_on_sigterm()
     box = sandbox.Sandbox.create("bday_plan")
+    saved = {name: os.environ.get(name) for name in box.env}
     try:
         os.environ.update(box.env)
         _reload_settings()
@@ -162,13 +163,99 @@ def planning_run(users: int) -> PlanningRun:
             _scalar(size.format("messages", "messages")),
         )
     finally:
-        from bday.store import db
-
-        db.reset_engines()
         box.destroy()
+        for name, value in saved.items():  # the caller's database and vhost again
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        _reload_settings()
+
+
+def planning_report(run: PlanningRun) -> str:
+    predicted = model(run.users)
+    return "\n".join(
+        [
+            f"planning {run.users:,} users (loaded by COPY in {run.load_s:,.0f} s)",
+            f"  planned {run.planned:,} rows in {run.plan_s:.1f} s",
+            f"  model: {run.users * PLANNED_PER_USER:,.0f} rows in {predicted.plan_s:.1f} s",
+            (
+                f"  bytes per user row {run.bytes_per_user:.0f}, per message row "
+                f"{run.bytes_per_message:.0f} (tables with their indexes)"
+            ),
+        ]
+    )
 
 
 if __name__ == "__main__":
     import sys
 
     print(planning_run(int(sys.argv[1])))
+
+
+# --- printing -------------------------------------------------------------------------------------
+
+
+def parse_users(text: str) -> int:
+    """`1M`, `10m`, `250k`, `1000000` -> a count of users (ValueError otherwise)."""
+    cleaned = text.strip().lower().replace(",", "").replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(cleaned[-1:], 1)
+    try:
+        number = float(cleaned[:-1] if scale > 1 else cleaned)
+    except ValueError:
+        number = math.nan
+    if not 0 < number * scale <= 10_000_000_000:  # NaN fails this too
+        raise ValueError(f"{text!r}: expected a count of users such as 1M, 250k or 5000000")
+    return int(number * scale)
+
+
+def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:
+    models = [model(users, provider_limit) for users in sizes]
+    offset, share = peak_offset_share()
+    rows = [
+        ("users", [_count(m.users) for m in models]),
+        ("greetings per day (average)", [_count(m.per_day) for m in models]),
+        (f"due at the busiest instant (UTC{offset}, busiest day)", [
+            _count(m.peak) for m in models
+        ]),
+        (
+            f"worker processes to send it in {LATENESS_BUDGET_S:.0f} s (service 0 / 150 ms)",
+            [f"{m.processes} / {m.processes_150ms}" for m in models],
+        ),
+        ("cores: workers + PostgreSQL + RabbitMQ (150 ms)", [f"{m.cores:.1f}" for m in models]),
+        (
+            f"provider limit {provider_limit:,.0f}/s: processes, last greeting late",
+            [f"{m.limited_processes}, {m.limited_lateness_s:,.0f} s" for m in models],
+        ),
+        ("enqueue of the busiest instant (one run)", [f"{m.enqueue_s:,.1f} s" for m in models]),
+        ("PostgreSQL connections: direct / PgBouncer", [
+            f"{m.connections_direct} / {m.connections_pooled}" for m in models
+        ]),
+        ("message rows per year", [_count(m.rows_per_year) for m in models]),
+        ("storage per year (users + messages)", [f"{m.gib_per_year:,.1f} GiB" for m in models]),
+        ("first plan of the 26 h window", [f"{m.plan_s:,.0f} s" for m in models]),
+    ]  # fmt: skip
+    width = max(len(name) for name, _ in rows)
+    cells = [max(len(v) for _, values in rows for v in [values[i]]) for i in range(len(models))]
+    lines = [
+        f"{name:<{width}}  " + "  ".join(f"{v:>{cells[i]}}" for i, v in enumerate(values))
+        for name, values in rows
+    ]
+    lines.append("")
+    for m in models:
+        lines.append(f"{_count(m.users)} users, closest to its limit: {m.first_limit}")
+    lines.append("")
+    lines.append(
+        f"Assumptions: {GREETINGS_PER_USER_YEAR:.2f} greetings per user per year; busiest day "
+        f"x{PEAK_DAY_FACTOR}; {share:.1%} of users at UTC{offset} (world population by offset, "
+        "docs/capacity.md); measured inputs in bday/devtools/capacity.py."
+    )
+    return "\n".join(lines)
+
+
+def _count(value: float) -> str:
+    if value >= 1e6:
+        return f"{value / 1e6:,.1f}M".replace(".0M", "M")
+    if value >= 1e4:
+        return f"{value / 1e3:,.0f}k"
+    return f"{value:,.0f}"

@@ -1,0 +1,59 @@
+"""The capacity model (`bday bench --model`) and its check at size (`--plan-users`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bday.devtools import capacity
+from tests.test_cli_users import bday
+
+
+def test_the_busiest_instant_is_the_most_populous_offset_on_the_busiest_day():
+    offset, share = capacity.peak_offset_share()
+    result = capacity.model(100_000_000)
+    assert offset == "+08:00" and 0.15 < share < 0.25
+    assert result.per_day == pytest.approx(100e6 * (4 / 3) / 365.25)
+    assert result.peak == pytest.approx(result.per_day * 1.25 * share)
+    # 60 s for the peak at the measured per-process rates
+    assert result.processes == -(-result.peak // (60 * capacity.WORKER_RATE_0MS))
+    assert result.processes_150ms >= result.processes
+
+
+def test_at_100_million_users_the_minute_enqueue_runs_out_first_and_not_at_10_million():
+    assert capacity.model(100_000_000).first_limit.startswith("enqueue")
+    assert capacity.model(100_000_000).enqueue_s > 60
+    assert capacity.model(10_000_000).enqueue_s < 10
+
+
+def test_a_provider_limit_bounds_processes_and_sets_the_lateness():
+    limited = capacity.model(100_000_000, provider_limit=100)
+    assert limited.limited_processes == 1
+    assert limited.limited_lateness_s == pytest.approx(limited.peak / 100)
+
+
+def test_bench_model_prints_one_column_per_size(monkeypatch, capsys):
+    code, out, _ = bday(monkeypatch, capsys, "bench", "--model")
+    assert code == 0
+    header = out.splitlines()[0].split()
+    assert header[-3:] == ["1M", "10M", "100M"]
+    assert "PostgreSQL connections: direct / PgBouncer" in out and "saturat" not in header
+
+
+@pytest.mark.parametrize("value", ["0", "ten", "1e3x", "5x", "nan"])
+def test_bench_model_refuses_a_bad_size_in_one_line(monkeypatch, capsys, value):
+    code, out, err = bday(monkeypatch, capsys, "bench", "--model", value)
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "--model" in err
+
+
+def test_planning_run_plans_and_measures_bytes_in_a_sandbox_and_restores_the_environment(
+    database_url, monkeypatch
+):
+    before = dict(capacity.os.environ)
+    run = capacity.planning_run(3000)
+    assert run.users == 3000 and run.planned > 0
+    assert 100 < run.bytes_per_user < 5000 and 100 < run.bytes_per_message < 5000
+    assert {k: capacity.os.environ.get(k) for k in ("DATABASE_URL", "RABBITMQ_URL")} == {
+        k: before.get(k) for k in ("DATABASE_URL", "RABBITMQ_URL")
+    }
+    assert "rows in" in capacity.planning_report(run)
