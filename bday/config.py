@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     breaker_cooldown_max_s: float = _seconds("BREAKER_COOLDOWN_MAX", 15.0, gt=0)
     breaker_idle_s: float = _seconds("BREAKER_IDLE", 30.0, ge=0)
     breaker_probe_wait_s: float = _seconds("BREAKER_PROBE_WAIT", 3.0, ge=0)
+    # Pacing (README "Pacing"): one send rate for every worker together; 0 = unlimited.
+    email_service_rate_limit: float = _env(
+        "EMAIL_SERVICE_RATE_LIMIT", 0.0, ge=0, le=100_000, allow_inf_nan=False
+    )
+    email_service_burst: int = _env("EMAIL_SERVICE_BURST", 5, ge=1, le=100_000)
+    lateness_budget_s: float = _seconds("LATENESS_BUDGET", 3600.0, gt=0)
 
     @field_validator("send_time", mode="before")
     @classmethod

@@ -72,7 +72,9 @@ def database(database_url: str) -> Iterator[str]:
         connection.execute(text(TRUNCATE))
 
 
-TRUNCATE = "TRUNCATE users, messages, heartbeats, circuit_breakers RESTART IDENTITY CASCADE"
+TRUNCATE = (
+    "TRUNCATE users, messages, heartbeats, circuit_breakers, send_rates RESTART IDENTITY CASCADE"
+)
 
 
 @pytest.fixture

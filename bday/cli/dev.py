@@ -35,7 +35,21 @@ import click
     help="Delay before every answer.",
 )
 @click.option("--down", is_flag=True, help="Answer 503 to everything (until POST /control).")
-def fake_email_service(host, port, failure_rate, timeout_rate, latency_ms, down) -> None:
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(0, 1_000_000),
+    default=0.0,
+    show_default=True,
+    help="Accept at most this many requests per whole second; answer 429 above (0: no limit).",
+)
+@click.option(
+    "--no-retry-after",
+    is_flag=True,
+    help="Send 429s without a Retry-After header (a provider that does not say how long).",
+)
+def fake_email_service(
+    host, port, failure_rate, timeout_rate, latency_ms, down, rate_limit, no_retry_after
+) -> None:
     """Serve POST /send-email like the real service and record every request.
 
     GET /requests lists them, GET /stats counts them, POST /control changes behaviour live
@@ -50,6 +64,8 @@ def fake_email_service(host, port, failure_rate, timeout_rate, latency_ms, down)
         timeout_rate=timeout_rate,
         latency_ms=latency_ms,
         down=down,
+        rate_limit=rate_limit,
+        retry_after=not no_retry_after,
     )
 
 

@@ -22,6 +22,7 @@ from bday.config import Settings, get_settings
 from bday.core import retries
 from bday.core.occasions import message_text
 from bday.delivery.breaker import Breaker, Permit
+from bday.delivery.pacing import Pacer, Slot
 from bday.delivery.sender import EmailSender, PermanentSendError, Receipt, TransientSendError
 from bday.store import messages
 from bday.store.messages import Claimed
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class Action(enum.Enum):
     DONE = "done"  # sent now, or nothing to do (already sent, cancelled, stale job)
     RETRY = "retry"  # transient failure: run again after `delay_s`, one retry spent
-    DEFER = "defer"  # not yet (early, leased elsewhere, breaker open): run again, nothing spent
+    DEFER = "defer"  # not yet (early, leased, breaker open, paced): run again, nothing spent
     DEAD_LETTER = "dead_letter"  # permanent failure, retries exhausted, expired, unknown id
 
 
@@ -43,6 +44,7 @@ class Outcome:
     action: Action
     reason: str
     delay_s: float = 0.0
+    slot: Slot | None = None  # a paced send's promised slot: it comes back with it
 
 
 def _deadline(claimed: Claimed, settings: Settings) -> datetime:
@@ -61,10 +63,14 @@ def deliver(
     settings: Settings | None = None,
     now: datetime | None = None,
     via: str = "queue",
+    pacer: Pacer | None = None,
+    slot: Slot | None = None,
 ) -> Outcome:
     """Try to deliver message `message_id` once; say what should happen next.
 
     `via` is recorded on a sent row: `queue` from a worker, `direct` from the fallback path.
+    `pacer` (None: unpaced) holds the send to the shared rate; `slot` is the one a paced send
+    was promised when it was deferred.
     """
     settings = settings or get_settings()
     now = now or datetime.now(UTC)
@@ -76,11 +82,21 @@ def deliver(
     permit = breaker.permit(now)
     if not permit.allowed:
         return _defer_for_breaker(row_id, permit, now)
+    wait = pacer.acquire(now, slot) if pacer is not None else None
+    if wait is not None:
+        breaker.release(permit, now)
+        return _defer_for_pace(row_id, token_id, wait, held=wait is slot, now=now)
     claimed = _claim(row_id, token_id, now, settings)
     if claimed is None:
         breaker.release(permit, now)
         return _why_not_claimed(row_id, token_id, now)
-    return _attempt(claimed, permit, sender, breaker, settings, now, via)
+    return _attempt(claimed, permit, sender, Services(breaker, pacer), settings, now, via)
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    breaker: Breaker
+    pacer: Pacer | None
 
 
 def _claim(
@@ -94,11 +110,12 @@ def _attempt(
     claimed: Claimed,
     permit: Permit,
     sender: EmailSender,
-    breaker: Breaker,
+    services: Services,
     settings: Settings,
     now: datetime,
     via: str,
 ) -> Outcome:
+    breaker = services.breaker
     if claimed.user_deleted:
         breaker.release(permit, now)
         messages.finish("cancelled", claimed.id, now)
@@ -121,6 +138,9 @@ def _attempt(
             idempotency_key=str(claimed.id),
         )
     except TransientSendError as exc:
+        if exc.status == 429:  # pacing, not an outage: the service answered, so it is up
+            breaker.record_success(permit, datetime.now(UTC))
+            return _after_throttled(claimed, exc, services.pacer)
         breaker.record_failure(permit, datetime.now(UTC), exc)
         if permit.is_probe:  # the service is still down: that is the outage, not this message
             return _after_failed_probe(claimed, exc, breaker)
@@ -128,7 +148,10 @@ def _attempt(
     except PermanentSendError as exc:
         breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
         return _after_permanent(claimed, exc)
-    breaker.record_success(permit, datetime.now(UTC))
+    done = datetime.now(UTC)
+    breaker.record_success(permit, done)
+    if services.pacer is not None:
+        services.pacer.note_sent(done)
     return _after_sent(claimed, receipt, via)
 
 
@@ -244,6 +267,41 @@ def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
     metrics.record_failed(claimed.message_type, FailureReason.PERMANENT.value)
     log.warning("message %s failed permanently: %s", claimed.id, exc)
     return Outcome(Action.DEAD_LETTER, f"permanent: {exc}")
+
+
+def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | None) -> Outcome:
+    """A 429: slow the cluster down and defer this send to a new slot; no retry is spent."""
+    now = datetime.now(UTC)
+    slot = None
+    if pacer is not None:
+        pacer.throttled(now, exc.retry_after_s)
+        slot = pacer.acquire(now)
+    wait_s = (slot.at - now.timestamp()) if slot else (exc.retry_after_s or 1.0)
+    wait_s = max(wait_s, exc.retry_after_s or 0.0)
+    messages.finish(
+        "throttled",
+        claimed.id,
+        now,
+        error=str(exc),
+        status=exc.status,
+        next_at=now + timedelta(seconds=wait_s),
+    )
+    metrics.record_deferred()
+    log.info("message %s: throttled (429), again in %.1f s", claimed.id, wait_s)
+    return Outcome(Action.DEFER, "throttled", wait_s, slot)
+
+
+def _defer_for_pace(
+    row_id: uuid.UUID, token_id: uuid.UUID | None, slot: Slot, *, held: bool, now: datetime
+) -> Outcome:
+    """Not this send's turn yet: wait for `slot` (a new one is recorded on the row)."""
+    wait_s = max(0.0, slot.at - now.timestamp())
+    if not held:
+        next_at = now + timedelta(seconds=wait_s)
+        if messages.finish("deferred", row_id, now, next_at=next_at) == 0:
+            return _why_not_claimed(row_id, token_id, now)
+        metrics.record_deferred()
+    return Outcome(Action.DEFER, "paced", wait_s, slot)
 
 
 def _defer_for_breaker(row_id: uuid.UUID, permit: Permit, now: datetime) -> Outcome:

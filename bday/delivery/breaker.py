@@ -6,7 +6,7 @@ States (row `circuit_breakers['email-service']`):
   BREAKER_WINDOW seconds, making up at least half of its recent outcomes, opens it for everyone.
 * open until `open_until`: no calls; tasks defer themselves (through the broker) and spend no
   retries. The cooldown starts at BREAKER_COOLDOWN and grows x1.5 per failed probe up to
-  BREAKER_COOLDOWN_MAX. A 429 with Retry-After opens it for exactly that long.
+  BREAKER_COOLDOWN_MAX. A 429 is not an outage: it never reaches the breaker (see pacing.py).
 * half_open: exactly one probe is out (`probe_token`). Its success closes the breaker (and the
   deferred backlog is re-published at once, oldest first); its failure reopens it.
 * "cold": closed, but nothing has succeeded for BREAKER_IDLE seconds (start-up, 09:00 after a
@@ -132,14 +132,6 @@ _TRIP = text(
               opened_at = :now, trips = trips + 1, cold_failures = 0, last_failure_at = :now,
               last_error = :error, updated_at = :now
         WHERE name = :name AND state = 'closed'"""
-)
-_HOLD_OFF = text(
-    """UPDATE circuit_breakers
-          SET state = 'open', probe_token = NULL, probe_expires_at = NULL,
-              open_until = greatest(coalesce(open_until, :until), :until),
-              opened_at = coalesce(opened_at, :now), trips = trips + 1, last_failure_at = :now,
-              last_error = :error, updated_at = :now
-        WHERE name = :name"""
 )
 _SUCCESS = text(
     """UPDATE circuit_breakers SET last_success_at = :now, cold_failures = 0
@@ -286,11 +278,7 @@ class Breaker:
             return
         self._note(False)
         error = str(exc)[:500]
-        if exc.status == 429 and exc.retry_after_s:
-            self._write(
-                _HOLD_OFF, now, error=error, until=now + timedelta(seconds=exc.retry_after_s)
-            )
-        elif permit.is_probe:
+        if permit.is_probe:
             if self._write(
                 _COLD_MISS,
                 now,

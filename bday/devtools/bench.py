@@ -155,7 +155,7 @@ class Bench:
 
         with engine().begin() as connection:
             connection.execute(
-                text("TRUNCATE users, messages, heartbeats, circuit_breakers CASCADE")
+                text("TRUNCATE users, messages, heartbeats, circuit_breakers, send_rates CASCADE")
             )
 
     # --- figures ------------------------------------------------------------------------------

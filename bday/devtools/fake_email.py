@@ -2,7 +2,9 @@
 
 It answers `POST /send-email` like the real one (200 = sent), with configurable random 500s,
 timeouts (it holds the request longer than any client waits), latency, and a `down` mode
-(503 to everything). Each request is recorded (time, body, Idempotency-Key, outcome):
+(503 to everything), and a rate limit (`rate_limit` accepted requests per whole second, 429
+above it, with `Retry-After: 1` unless `retry_after` is off). Each request is recorded
+(arrival time, body, Idempotency-Key, outcome):
 
 * `GET /requests` -> JSON list of every recorded request (`?since=N` skips the first N)
 * `GET /stats` -> counts by outcome, successes per key, keys that succeeded more than once
@@ -27,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 _REASONS = {
     200: "OK",
     400: "Bad Request",
+    429: "Too Many Requests",
     404: "Not Found",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -43,12 +46,22 @@ class Behaviour:
     status_when_down: int = 503
     fail_first: int = 0  # the first N calls for each Idempotency-Key answer 500 (tests)
     fixed_status: int = 0  # answer every call with this status, e.g. 422 (tests)
+    rate_limit: float = 0.0  # accepted requests per whole second; 429 above (0: no limit)
+    retry_after: bool = True  # send `Retry-After: 1` with a 429 (a provider may not)
 
     def update(self, changes: dict) -> None:
         for name, value in changes.items():
             if name not in self.__dataclass_fields__:
                 raise ValueError(f"unknown setting {name!r}")
-            setattr(self, name, type(getattr(self, name))(value))
+            kind = type(getattr(self, name))
+            setattr(self, name, _flag(value) if kind is bool else kind(value))
+
+
+def _flag(value: object) -> bool:
+    """A bool from JSON or a form: "false"/"0"/"off" are False (bool("false") is not)."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "0", "false", "off", "no")
+    return bool(value)
 
 
 @dataclass
@@ -57,7 +70,8 @@ class Record:
     key: str | None
     email: str | None
     message: str | None
-    outcome: str  # sent | failed | timeout | down | refused | bad_request
+    outcome: str  # sent | failed | timeout | down | refused | bad_request | throttled
+    arrived: float = 0.0  # when the request arrived (Unix seconds), before any latency
 
 
 @dataclass
@@ -66,8 +80,25 @@ class FakeEmailService:
     records: list[Record] = field(default_factory=list)
     rng: random.Random = field(default_factory=random.Random)
     calls_per_key: Counter = field(default_factory=Counter)
+    accepted_in_second: tuple[int, int] = (0, 0)  # (whole second, requests accepted in it)
 
-    async def handle_send(self, headers: dict[str, str], body: bytes) -> tuple[int, dict]:
+    def _over_limit(self, arrived: float) -> bool:
+        """Count this request against its whole second; True if that second is full."""
+        limit = self.behaviour.rate_limit
+        if not limit:
+            return False
+        second, accepted = self.accepted_in_second
+        if int(arrived) != second:
+            second, accepted = int(arrived), 0
+        if accepted >= limit:
+            return True
+        self.accepted_in_second = (second, accepted + 1)
+        return False
+
+    async def handle_send(
+        self, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict] | tuple[int, dict, dict]:
+        arrived = time.time()
         key = headers.get("idempotency-key")
         try:
             payload = json.loads(body)
@@ -75,11 +106,15 @@ class FakeEmailService:
         except (ValueError, KeyError, TypeError):
             self.records.append(Record(time.time(), key, None, None, "bad_request"))
             return 400, {"error": "expected JSON {email, message}"}
+        if self._over_limit(arrived):
+            self.records.append(Record(arrived, key, email, message, "throttled", arrived))
+            extra = {"Retry-After": "1"} if self.behaviour.retry_after else {}
+            return 429, {"error": "rate limit exceeded"}, extra
         self.calls_per_key[key] += 1
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
         outcome = self._draw(key)
-        self.records.append(Record(time.time(), key, email, message, outcome))
+        self.records.append(Record(time.time(), key, email, message, outcome, arrived))
         if outcome == "timeout":
             await asyncio.sleep(_TIMEOUT_HOLD_S)
             return 504, {"error": "timeout"}
@@ -118,7 +153,7 @@ class FakeEmailService:
 
     async def route(
         self, method: str, target: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict | list]:
+    ) -> tuple[int, dict | list] | tuple[int, dict, dict]:
         path = urlsplit(target).path
         if method == "POST" and path == "/send-email":
             return await self.handle_send(headers, body)
@@ -136,6 +171,7 @@ class FakeEmailService:
         if method == "POST" and path == "/reset":
             self.records.clear()
             self.calls_per_key.clear()
+            self.accepted_in_second = (0, 0)
             return 200, {"reset": True}
         if method == "GET" and path == "/health":
             return 200, {"ok": True}
@@ -150,8 +186,8 @@ class FakeEmailService:
                 if request is None:
                     break
                 method, target, headers, body = request
-                status, payload = await self.route(method, target, headers, body)
-                _write_response(writer, status, payload)
+                status, payload, *extra = await self.route(method, target, headers, body)
+                _write_response(writer, status, payload, extra[0] if extra else {})
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
                     break
@@ -178,11 +214,14 @@ async def _read_request(reader: asyncio.StreamReader):
     return method, target, headers, body
 
 
-def _write_response(writer: asyncio.StreamWriter, status: int, payload) -> None:
+def _write_response(
+    writer: asyncio.StreamWriter, status: int, payload, headers: dict | None = None
+) -> None:
     body = json.dumps(payload).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     writer.write(
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
         "Connection: keep-alive\r\n\r\n".encode()
         + body
     )

@@ -9,7 +9,7 @@ means another worker, job or beat got there first, which is normal, never an err
     QUEUED/SENDING/FAILED -> QUEUED  reissue             (a fresh token; old jobs become no-ops)
     PENDING/QUEUED/SENDING(lease over) -> SENDING  claim_for_send (a worker holds it)
     SENDING  -> SENT       finish("sent"), finish("sent_late") also from PENDING/QUEUED
-    SENDING  -> QUEUED     finish("retry"), finish("probe_failed")
+    SENDING  -> QUEUED     finish("retry"), finish("probe_failed"), finish("throttled")
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
 
@@ -475,7 +475,13 @@ _FINISH = {
                                updated_at = %(now)s, next_attempt_at = %(next_at)s,
                                lease_expires_at = NULL
                          WHERE id = %(id)s AND status = '{SENDING}'""",
-    # Not a status change: the row waits (breaker open) and says until when.
+    # A 429 (pacing, not a failure): back to QUEUED without spending a retry.
+    "throttled": f"""UPDATE messages SET status = '{QUEUED}', deferrals = deferrals + 1,
+                            last_error = %(error)s, provider_status = %(status)s,
+                            updated_at = %(now)s, next_attempt_at = %(next_at)s,
+                            lease_expires_at = NULL
+                      WHERE id = %(id)s AND status = '{SENDING}'""",
+    # Not a status change: the row waits (breaker open, paced) and says until when.
     "deferred": f"""UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
                            updated_at = %(now)s
                      WHERE id = %(id)s AND status IN {UNSENT_SQL}""",

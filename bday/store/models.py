@@ -189,3 +189,18 @@ class CircuitBreaker(Base):
     last_failure_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class SendRate(Base):
+    """The shared send rate of one service (bday.delivery.pacing), one row for every worker."""
+
+    __tablename__ = "send_rates"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float, default=0.0)  # < 0: slots promised ahead
+    refilled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    epoch: Mapped[int] = mapped_column(Integer, default=0)  # + 1 when a 429 lowers the rate
+    adaptive_rate: Mapped[float | None] = mapped_column(Float)  # only after a 429
+    decreased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    throttled: Mapped[int] = mapped_column(Integer, default=0)  # decreases so far
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -14,7 +14,8 @@ from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
 from bday.broker.app import app
-from bday.delivery.attempt import Action, UnrecordedDelivery, deliver, record_delivered
+from bday.delivery.attempt import Action, Outcome, UnrecordedDelivery, deliver, record_delivered
+from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_sender
 from bday.scheduling import jobs
 from bday.scheduling.jobs import get_breaker
@@ -26,20 +27,24 @@ DB_RETRY_MAX_S = 60
 
 @app.task(bind=True, name="bday.tasks.send_message", max_retries=None, acks_late=True)
 def send_message(
-    self, message_id: str, token: str | None = None, delivered: dict | None = None
+    self,
+    message_id: str,
+    token: str | None = None,
+    delivered: dict | None = None,
+    slot: dict | None = None,
 ) -> str:
     """Deliver one greeting. Retries and deferrals go back through the broker (one retry
     layer, Celery's); permanent failures, exhausted retries, expired and unknown messages are
     rejected so RabbitMQ dead-letters them. `delivered` is internal: a retry that only has to
-    record a send the service already accepted."""
+    record a send the service already accepted; so is `slot`, a paced send's promised turn."""
     try:
         if delivered is not None:
             return record_delivered(delivered).reason
-        outcome = deliver(message_id, token, sender=get_sender(), breaker=get_breaker())
+        outcome = _deliver(message_id, token, Slot.from_json(slot))
         if outcome.action is Action.DEFER and outcome.delay_s < 1:
             # RabbitMQ's delayed delivery counts whole seconds; a sub-second wait is cheaper here.
             time.sleep(outcome.delay_s)
-            outcome = deliver(message_id, token, sender=get_sender(), breaker=get_breaker())
+            outcome = _deliver(message_id, token, outcome.slot)
     except UnrecordedDelivery as exc:  # sent, but PostgreSQL went away before we wrote SENT
         log.warning("message %s: sent, recording deferred (database unavailable)", message_id)
         raise self.retry(
@@ -58,8 +63,32 @@ def send_message(
     if outcome.action is Action.DEAD_LETTER:
         raise Reject(outcome.reason, requeue=False)
     if outcome.action in (Action.RETRY, Action.DEFER):
-        raise self.retry(countdown=max(1, round(outcome.delay_s)))
+        raise self.retry(countdown=_countdown(outcome), kwargs=_kwargs_after(token, outcome))
     return outcome.reason
+
+
+def _deliver(message_id: str, token: str | None, slot: Slot | None) -> Outcome:
+    return deliver(
+        message_id,
+        token,
+        sender=get_sender(),
+        breaker=get_breaker(),
+        pacer=get_pacer(),
+        slot=slot,
+    )
+
+
+def _countdown(outcome: Outcome) -> int:
+    # A paced send comes back just before its slot (whole seconds, rounded down) and waits
+    # the last fraction in its thread, so sends keep the slots' spacing.
+    if outcome.slot is not None:
+        return max(1, int(outcome.delay_s))
+    return max(1, round(outcome.delay_s))
+
+
+def _kwargs_after(token: str | None, outcome: Outcome) -> dict:
+    """The job's kwargs for its next run: the slot it holds now, or none (never a stale one)."""
+    return {"token": token, "slot": outcome.slot.to_json() if outcome.slot else None}
 
 
 def _db_backoff(retries: int) -> int:

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from bday.config import load_settings
 from bday.delivery.attempt import Action, deliver
 from bday.delivery.breaker import Breaker
+from bday.delivery.pacing import Pacer
 from bday.delivery.sender import EmailSender
 from bday.store.db import engine, transaction
 from bday.store.models import Message, User, idempotency_key
@@ -44,7 +45,14 @@ def breaker(settings):
     return Breaker(settings)
 
 
-def ada(status="QUEUED", scheduled=DUE, token=None, retry_count=0, deleted=False) -> uuid.UUID:
+def ada(
+    status="QUEUED",
+    scheduled=DUE,
+    token=None,
+    retry_count=0,
+    deleted=False,
+    email="ada@example.com",
+) -> uuid.UUID:
     user_id, message_id = uuid.uuid4(), uuid.uuid4()
     since = datetime(2020, 1, 1, tzinfo=UTC)
     with transaction() as session:
@@ -53,7 +61,7 @@ def ada(status="QUEUED", scheduled=DUE, token=None, retry_count=0, deleted=False
                 id=user_id,
                 first_name="Ada",
                 last_name="Lovelace",
-                email="ada@example.com",
+                email=email,
                 birthday=date(1990, 3, 5),
                 timezone="UTC",
                 birthday_owed_from=since,
@@ -142,12 +150,55 @@ def test_a_transient_failure_requeues_the_row_and_asks_for_a_retry_with_backoff(
 
 
 @respx.mock
-def test_retry_after_from_a_429_sets_the_retry_delay(sender, breaker, settings):
+def test_a_429_defers_for_its_retry_after_without_spending_a_retry_or_touching_the_breaker(
+    sender, breaker, settings
+):
     respx.post(f"{URL}/send-email").mock(
         return_value=httpx.Response(429, headers={"Retry-After": "30"})
     )
-    outcome = go(ada(), sender, breaker, settings)
-    assert outcome.action is Action.RETRY and outcome.delay_s == 30
+    message_id = ada(retry_count=2)  # the last retry: a 429 must not spend it
+    outcome = go(message_id, sender, breaker, settings)
+    assert outcome.action is Action.DEFER and outcome.delay_s == 30
+    stored = row(message_id)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == ("QUEUED", 2, 1)
+    assert stored["provider_status"] == 429
+    assert breaker.snapshot(fresh=True).state == "closed" and breaker.snapshot().trips == 0
+
+
+@respx.mock
+def test_a_429_lowers_the_shared_rate_and_defers_the_send_to_a_slot(sender, breaker, settings):
+    respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(429))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=10, EMAIL_SERVICE_BURST=1))
+    message_id = ada()
+    outcome = deliver(
+        str(message_id),
+        None,
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        now=NOW,
+        pacer=paced,
+    )
+    assert outcome.action is Action.DEFER and outcome.slot is not None
+    assert paced.rate(datetime.now(UTC)) == pytest.approx(7)  # 10 x 0.7, for every worker
+    assert row(message_id)["retry_count"] == 0
+
+
+@respx.mock
+def test_a_paced_send_is_deferred_to_its_slot_and_sent_when_it_comes_back(
+    sender, breaker, settings
+):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=2, EMAIL_SERVICE_BURST=1))
+    first, second = ada(), ada(email="ada.two@example.com")
+    kwargs = {"sender": sender, "breaker": breaker, "settings": settings, "pacer": paced}
+    assert deliver(str(first), None, now=NOW, **kwargs).action is Action.DONE
+    waiting = deliver(str(second), None, now=NOW, **kwargs)
+    assert (waiting.action, waiting.reason, waiting.delay_s) == (Action.DEFER, "paced", 0.5)
+    assert row(second)["deferrals"] == 1 and row(second)["status"] == "QUEUED"
+    turn = NOW + timedelta(seconds=0.5)
+    assert deliver(str(second), None, now=turn, slot=waiting.slot, **kwargs).action is Action.DONE
+    assert route.call_count == 2 and row(second)["retry_count"] == 0
 
 
 @respx.mock

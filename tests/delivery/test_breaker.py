@@ -175,16 +175,6 @@ def test_closing_after_an_outage_calls_on_close_once():
     assert row()["state"] == "closed" and row()["cooldown_s"] == 0
 
 
-def test_429_with_retry_after_holds_it_open_for_that_long():
-    breaker = Breaker(settings())
-    warm(breaker)
-    throttled = TransientSendError("HTTP 429", status=429, retry_after_s=120)
-    breaker.record_failure(breaker.permit(T0), T0, throttled)
-    state = row()
-    assert state["state"] == "open" and state["open_until"] == T0 + timedelta(seconds=120)
-    assert not Breaker(settings()).permit(T0 + timedelta(seconds=100)).allowed
-
-
 def test_a_probe_that_did_not_call_the_service_can_be_taken_by_another_worker():
     first, second = Breaker(settings()), Breaker(settings(BREAKER_PROBE_WAIT=0))
     probe = first.permit(T0)

@@ -1,0 +1,263 @@
+"""Pacing: one send rate for every worker on every host, adaptive to the provider's 429s.
+
+The state is one row, `send_rates['email-service']`, a token bucket (README, "Pacing"):
+
+* `tokens` refill at the effective rate up to EMAIL_SERVICE_BURST. A send takes one; a process
+  takes a small lease of them at a time (at most LEASE_MAX, at most LEASE_SPAN_S of the rate)
+  with one conditional UPDATE ... RETURNING, so a send costs a fraction of a statement.
+* When no token is left the send *reserves* the next slot: `tokens` goes below zero, and
+  -tokens / rate is how far ahead the slots are promised. The send is deferred to its slot
+  (through the broker, no retry spent) and, when it comes back, goes without taking another
+  token. Slots are handed out in the order sends ask, which is their scheduled order (the
+  broker delivers jobs in eta order), so a backlog drains oldest first at exactly the rate.
+* A 429 lowers the rate for everyone (x DECREASE, at most once per DECREASE_HOLD_S, because
+  the 429s of the sends already in flight are one signal, not many). Each decrease bumps
+  `epoch`: slots promised at the old rate are void and their sends reserve again. The rate
+  climbs back additively in quiet periods: + INCREASE_PER_S of the decreased rate per second.
+  With no EMAIL_SERVICE_RATE_LIMIT the adaptive rate only exists after a 429, and is
+  forgotten after FORGET_S without one.
+
+Clocks: times come from the worker's clock (as the breaker's do); hosts are expected to run
+NTP. A clock behind the row's `refilled_at` refills nothing rather than going back in time.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from bday.config import Settings, get_settings
+from bday.store.db import autocommit, fast_autocommit
+
+NAME = "email-service"
+CACHE_TTL_S = 0.5
+LEASE_MAX = 16
+LEASE_SPAN_S = 0.05
+LEASE_TTL_S = 0.2  # leased tokens not used by then are dropped, never saved up for a burst
+SLOT_GRACE_S = 5.0  # a slot this far in the past is stale (the job came back very late)
+DECREASE = 0.7
+DECREASE_HOLD_S = 2.0
+INCREASE_PER_S = 0.05
+MIN_RATE = 0.5
+MIN_INCREASE_PER_S = 0.5
+FORGET_S = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A promised send time (Unix seconds) under the rate of `epoch`."""
+
+    at: float
+    epoch: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"at": self.at, "epoch": self.epoch}
+
+    @classmethod
+    def from_json(cls, value: Any) -> Slot | None:
+        """The slot a task carried back, or None for anything else (never an error)."""
+        try:
+            return cls(float(value["at"]), int(value["epoch"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    tokens: float
+    refilled_at: datetime | None
+    epoch: int
+    adaptive_rate: float | None
+    decreased_at: datetime | None
+    throttled: int
+
+
+def adaptive_rate(state: State | None, now: datetime) -> float | None:
+    """The adaptive rate at `now`: the last decrease plus the additive climb since."""
+    if state is None or state.adaptive_rate is None or state.decreased_at is None:
+        return None
+    quiet_s = (now - state.decreased_at).total_seconds()
+    if quiet_s > FORGET_S:
+        return None
+    step = max(MIN_INCREASE_PER_S, INCREASE_PER_S * state.adaptive_rate)
+    return state.adaptive_rate + step * max(0.0, quiet_s - DECREASE_HOLD_S)
+
+
+def effective_rate(limit: float, state: State | None, now: datetime) -> float | None:
+    """Messages per second for the whole cluster now; None = unlimited."""
+    rates = [rate for rate in (limit or None, adaptive_rate(state, now)) if rate]
+    return min(rates) if rates else None
+
+
+_SELECT = text(
+    """SELECT tokens, refilled_at, epoch, adaptive_rate, decreased_at, throttled
+         FROM send_rates WHERE name = :name"""
+)
+_ENSURE = text(
+    """INSERT INTO send_rates (name, tokens, refilled_at) VALUES (:name, :capacity, :now)
+       ON CONFLICT (name) DO NOTHING"""
+)
+
+
+def read(connection: Connection, name: str = NAME) -> State | None:
+    """The shared row as it is (None before any worker created it)."""
+    row = connection.execute(_SELECT, {"name": name}).first()
+    return State(*row) if row else None
+
+
+# Refill from the time elapsed, then take up to `want` whole tokens, or reserve one slot.
+_TAKE = """
+    WITH bucket AS (
+        SELECT name, least(%(capacity)s, tokens + %(rate)s * greatest(0.0, CAST(extract(
+                   epoch FROM (%(now)s - coalesce(refilled_at, %(now)s))) AS float8))) AS level
+          FROM send_rates WHERE name = %(name)s FOR UPDATE
+    )
+    UPDATE send_rates s
+       SET tokens = bucket.level - CASE WHEN bucket.level >= 1
+                                        THEN least(%(want)s, floor(bucket.level)) ELSE 1 END,
+           refilled_at = greatest(coalesce(s.refilled_at, %(now)s), %(now)s), updated_at = %(now)s
+      FROM bucket WHERE s.name = bucket.name
+    RETURNING bucket.level, s.tokens, s.epoch
+    """
+# A 429: lower the rate (once per hold), void promised slots, hold off for Retry-After.
+_DECREASE = text(
+    """UPDATE send_rates
+          SET adaptive_rate = CAST(:rate AS float8), decreased_at = :now, epoch = epoch + 1,
+              throttled = throttled + 1, refilled_at = :now,
+              tokens = -CAST(:hold_s AS float8) * CAST(:rate AS float8),
+              updated_at = :now
+        WHERE name = :name AND (decreased_at IS NULL OR decreased_at <= :hold_before)
+    RETURNING epoch"""
+)
+
+
+class Pacer:
+    """One per worker process; every process shares the rate through the row."""
+
+    def __init__(self, settings: Settings, *, name: str = NAME):
+        self.limit = settings.email_service_rate_limit
+        self.capacity = settings.email_service_burst
+        self.name = name
+        self._lock = threading.Lock()
+        self._state: State | None = None
+        self._read_at = -1e9
+        self._leased = 0
+        self._leased_until = 0.0
+        self._sent = (0, 0, 0)  # (whole second, sends in it, sends in the one before)
+
+    def snapshot(self, *, fresh: bool = False) -> State:
+        """The shared row, re-read when older than CACHE_TTL_S."""
+        cached, read_at = self._state, self._read_at
+        if not fresh and cached is not None and time.monotonic() - read_at <= CACHE_TTL_S:
+            return cached
+        with autocommit() as connection:
+            if cached is None:
+                now = datetime.now(UTC)
+                connection.execute(
+                    _ENSURE, {"name": self.name, "capacity": self.capacity, "now": now}
+                )
+            state = read(connection, self.name)
+        assert state is not None  # created just above, never deleted
+        with self._lock:
+            self._state, self._read_at = state, time.monotonic()
+        return state
+
+    def rate(self, now: datetime) -> float | None:
+        return effective_rate(self.limit, self.snapshot(), now)
+
+    def acquire(self, now: datetime, held: Slot | None = None) -> Slot | None:
+        """None: send now. Otherwise the slot to wait for: `held` itself while it is still
+        ahead (nothing taken), or a newly reserved one."""
+        state = self.snapshot()
+        rate = effective_rate(self.limit, state, now)
+        if rate is None:
+            return None
+        ts = now.timestamp()
+        if held is not None and held.epoch == state.epoch and held.at > ts - SLOT_GRACE_S:
+            return held if held.at > ts else None
+        if self._take_leased():
+            return None
+        return self._take_shared(now, rate)
+
+    def _take_leased(self) -> bool:
+        with self._lock:
+            if self._leased > 0 and time.monotonic() < self._leased_until:
+                self._leased -= 1
+                return True
+            self._leased = 0
+            return False
+
+    def _take_shared(self, now: datetime, rate: float) -> Slot | None:
+        want = max(1, min(LEASE_MAX, int(rate * LEASE_SPAN_S)))
+        params = {
+            "name": self.name,
+            "capacity": float(self.capacity),
+            "rate": rate,
+            "now": now,
+            "want": want,
+        }
+        with fast_autocommit() as connection:
+            row = connection.execute(_TAKE, params, prepare=True).fetchone()
+        if row is None:  # the row is not there yet: create it, then take
+            self.snapshot(fresh=True)
+            return self._take_shared(now, rate)
+        level, tokens, epoch = row
+        if tokens >= 0:
+            with self._lock:
+                self._leased = round(level - tokens) - 1
+                self._leased_until = time.monotonic() + LEASE_TTL_S
+            return None
+        return Slot(now.timestamp() + -tokens / rate, epoch)
+
+    def note_sent(self, now: datetime) -> None:
+        """Count a successful send (what a first 429 starts the adaptive rate from)."""
+        second = int(now.timestamp())
+        with self._lock:
+            at, count, before = self._sent
+            if second == at:
+                self._sent = (at, count + 1, before)
+            else:
+                self._sent = (second, 1, count if second == at + 1 else 0)
+
+    def throttled(self, now: datetime, retry_after_s: float | None) -> bool:
+        """A 429: lower the cluster's rate unless another worker just did; True if this did."""
+        state = self.snapshot(fresh=True)
+        current = effective_rate(self.limit, state, now)
+        if current is None:  # unlimited until now: start from what the provider accepted
+            new_rate = max(MIN_RATE, float(self._sent_per_s(now)))
+        else:
+            new_rate = max(MIN_RATE, current * DECREASE)
+        with autocommit() as connection:
+            won = connection.execute(
+                _DECREASE,
+                {
+                    "name": self.name,
+                    "rate": new_rate,
+                    "now": now,
+                    "hold_s": retry_after_s or 0.0,
+                    "hold_before": now - timedelta(seconds=DECREASE_HOLD_S),
+                },
+            ).first()
+        self.snapshot(fresh=True)
+        with self._lock:
+            self._leased = 0
+        return won is not None
+
+    def _sent_per_s(self, now: datetime) -> int:
+        second = int(now.timestamp())
+        at, count, before = self._sent
+        if second == at:
+            return max(count, before)
+        return count if second == at + 1 else 0
+
+
+@functools.cache
+def get_pacer() -> Pacer:
+    """This process's view of the shared send rate."""
+    return Pacer(get_settings())
