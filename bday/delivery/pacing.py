@@ -8,8 +8,9 @@ The state is one row, `send_rates['email-service']`, a token bucket (README, "Pa
 * When no token is left the send *reserves* the next slot: `tokens` goes below zero, and
   -tokens / rate is how far ahead the slots are promised. The send is deferred to its slot
   (through the broker, no retry spent) and, when it comes back, goes without taking another
-  token. Slots are handed out in the order sends ask, which is their scheduled order (the
-  broker delivers jobs in eta order), so a backlog drains oldest first at exactly the rate.
+  token (unless it is back more than SLOT_LATE_S late: then it asks again). Slots are handed
+  out in the order sends ask, which is their scheduled order (the broker delivers jobs in eta
+  order), so a backlog drains oldest first at exactly the rate.
 * A 429 lowers the rate for everyone (x DECREASE, at most once per DECREASE_HOLD_S, because
   the 429s of the sends already in flight are one signal, not many). Each decrease bumps
   `epoch`: slots promised at the old rate are void and their sends reserve again. The rate
@@ -40,7 +41,9 @@ CACHE_TTL_S = 0.5
 LEASE_MAX = 16
 LEASE_SPAN_S = 0.05
 LEASE_TTL_S = 0.2  # leased tokens not used by then are dropped, never saved up for a burst
-SLOT_GRACE_S = 5.0  # a slot this far in the past is stale (the job came back very late)
+# A send back later than this after its slot asks for a new one: honouring many late slots
+# at once (workers stalled for a moment) would bunch them into one second above the rate.
+SLOT_LATE_S = 0.25
 DECREASE = 0.7
 DECREASE_HOLD_S = 2.0
 INCREASE_PER_S = 0.05
@@ -179,7 +182,7 @@ class Pacer:
         if rate is None:
             return None
         ts = now.timestamp()
-        if held is not None and held.epoch == state.epoch and held.at > ts - SLOT_GRACE_S:
+        if held is not None and held.epoch == state.epoch and held.at > ts - SLOT_LATE_S:
             return held if held.at > ts else None
         if self._take_leased():
             return None

@@ -78,11 +78,12 @@ def _deliver(message_id: str, token: str | None, slot: Slot | None) -> Outcome:
     )
 
 
-def _countdown(outcome: Outcome) -> int:
-    # A paced send comes back just before its slot (whole seconds, rounded down) and waits
-    # the last fraction in its thread, so sends keep the slots' spacing.
+def _countdown(outcome: Outcome) -> float:
+    # A paced send keeps its slot to the millisecond: the broker holds it for the whole
+    # seconds, the worker's eta timer for the fraction (no thread waits), so sends keep the
+    # slots' spacing. The broker's delayed delivery refuses less than one second.
     if outcome.slot is not None:
-        return max(1, int(outcome.delay_s))
+        return max(1.0, outcome.delay_s)
     return max(1, round(outcome.delay_s))
 
 

@@ -106,10 +106,10 @@ def test_a_held_slot_waits_without_taking_anything_and_goes_at_its_time():
 
 
 @needs_database
-def test_a_stale_slot_is_not_honoured():
+def test_a_slot_come_back_late_is_not_honoured_so_late_sends_cannot_bunch():
     worker = pacer()
     send_times([worker], 10, T0)
-    stale = Slot(T0.timestamp() - pacing.SLOT_GRACE_S - 1, worker.snapshot().epoch)
+    stale = Slot(T0.timestamp() - pacing.SLOT_LATE_S - 0.01, worker.snapshot().epoch)
     assert worker.acquire(T0, held=stale) not in (None, stale)
 
 
