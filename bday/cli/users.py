@@ -22,6 +22,10 @@ def _user_options(required: bool):
             click.option("--birthday", required=required, help="YYYY-MM-DD, not in the future."),
             click.option("--timezone", required=required, help="IANA zone, e.g. Asia/Tokyo."),
             click.option("--anniversary", help="Work anniversary, YYYY-MM-DD ('' to remove)."),
+            click.option(
+                "--opt-out",
+                help="No greetings of these types: all, birthday, anniversary (none: all on).",
+            ),
         ]
         for option in reversed(options):
             command = option(command)
@@ -60,6 +64,22 @@ def delete(user_id: str) -> None:
     """Delete user USER_ID and cancel their unsent greetings."""
     users_api.delete_user(user_id)
     click.echo(f"deleted {user_id}")
+
+
+@users.command("erase")
+@click.argument("user")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (for scripts).")
+def erase(user: str, yes: bool) -> None:
+    """Forget user USER (an id or email): name and email removed from every table, unsent
+    greetings cancelled, anonymous counts kept. Cannot be undone."""
+    from bday.cli.main import Failure
+
+    found = users_api.find_user(user, include_deleted=True)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Failure("erase cannot be undone: confirm on a terminal, or pass --yes")
+        click.confirm(f"Erase user {found.id} for good?", abort=True, err=True)
+    click.echo(f"erased {users_api.erase_user(found.id)}")
 
 
 @users.command("list")

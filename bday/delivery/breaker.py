@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, TextClause, text
+from sqlalchemy.orm import Session
 
 from bday.config import Settings
 from bday.delivery.sender import TransientSendError
@@ -83,6 +84,17 @@ def read(connection: Connection, name: str = NAME) -> Snapshot | None:
     `circuit_breakers`, used by the breaker itself, recovery and `bday status`."""
     row = connection.execute(_SELECT, {"name": name}).first()
     return Snapshot(*row) if row else None
+
+
+_FORGET = text(
+    """UPDATE circuit_breakers SET last_error = NULL
+        WHERE strpos(lower(last_error), lower(:needle)) > 0"""
+)
+
+
+def forget_text(session: Session, needle: str) -> None:
+    """Erasure: clear a stored error that quotes `needle` (an address being forgotten)."""
+    session.execute(_FORGET, {"needle": needle})
 
 
 _ENSURE = text("INSERT INTO circuit_breakers (name) VALUES (:name) ON CONFLICT (name) DO NOTHING")

@@ -49,8 +49,8 @@ class Window:
 
 
 _SOURCES = {
-    Kind.BIRTHDAY: (User.birthday, User.birthday_owed_from),
-    Kind.ANNIVERSARY: (User.anniversary, User.anniversary_owed_from),
+    Kind.BIRTHDAY: (User.birthday, User.birthday_owed_from, User.birthday_opted_out_at),
+    Kind.ANNIVERSARY: (User.anniversary, User.anniversary_owed_from, User.anniversary_opted_out_at),
 }
 
 
@@ -62,14 +62,17 @@ def owed_occasions(
 ) -> Iterator[tuple[uuid.UUID, Occasion]]:
     """(user id, occasion) for every owed occasion of a live user with its instant in `window`.
 
-    Owed means the user held that date and zone before the instant (DESIGN.md behaviour 2).
+    Owed means the user held that date and zone before the instant (DESIGN.md behaviour 2)
+    and has not opted out of that type.
     """
     keys = sorted(
         month_days_near(window.start, window.end, settings.send_time, settings.feb29_policy)
     )
-    for kind, (date_column, owed_from_column) in _SOURCES.items():
+    for kind, (date_column, owed_from_column, opted_out_column) in _SOURCES.items():
         query = select(User.id, date_column, User.timezone, owed_from_column).where(
-            User.deleted_at.is_(None), month_day(date_column).in_(keys)
+            User.deleted_at.is_(None),
+            opted_out_column.is_(None),
+            month_day(date_column).in_(keys),
         )
         if user_ids is not None:
             query = query.where(User.id.in_(list(user_ids)))
@@ -112,9 +115,10 @@ def cancel_stale(
 ) -> int:
     """Cancel the user's unsent rows that no longer match their date, zone or existence.
 
-    A row is stale when the user is deleted, its date was removed, or the occasion recomputed
-    from the user's current data has another local date or instant. Only PENDING and QUEUED
-    rows are touched: a SENDING row is already with the email service. Returns rows cancelled.
+    A row is stale when the user is deleted or opted out of its type, its date was removed,
+    or the occasion recomputed from the user's current data has another local date or
+    instant. Only PENDING and QUEUED rows are touched: a SENDING row is already with the email
+    service. Returns rows cancelled.
     """
     settings = settings or get_settings()
     user = session.get(User, user_id)
@@ -127,6 +131,8 @@ def _still_owed(user: User | None, row, settings: Settings) -> bool:
     if user is None or user.deleted_at is not None:
         return False
     kind = Kind(row.message_type)
+    if kind in user.opted_out():
+        return False
     original = user.birthday if kind is Kind.BIRTHDAY else user.anniversary
     if original is None:
         return False

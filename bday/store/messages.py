@@ -111,6 +111,32 @@ def live_id_by_key(session: Session, key: str) -> uuid.UUID | None:
     return found
 
 
+_FORGET_ANSWERS = text(
+    """UPDATE messages SET provider_response = NULL, last_error = NULL, updated_at = :now
+        WHERE user_id = :user_id
+          AND (provider_response IS NOT NULL OR last_error IS NOT NULL)"""
+)
+
+
+def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
+    """Erasure: clear the stored service answers and errors (they may quote the address) on
+    every row of the user, whatever its status. Not a status change."""
+    return _rowcount(session.execute(_FORGET_ANSWERS, {"user_id": user_id, "now": now}))
+
+
+_CANCEL_OF_USERS = text(
+    f"""UPDATE messages SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
+               updated_at = :now
+         WHERE user_id = ANY(:user_ids) AND status IN {UNSENT_SQL}"""
+)
+
+
+def cancel_unsent_of_users(session: Session, user_ids: Sequence[uuid.UUID], now: datetime) -> int:
+    """PENDING/QUEUED -> CANCELLED for every row of these (deleted) users."""
+    params = {"user_ids": list(user_ids), "now": now}
+    return _rowcount(session.execute(_CANCEL_OF_USERS, params))
+
+
 # --- dispatch ----------------------------------------------------------------------------------
 
 _CLAIM_DUE = text(

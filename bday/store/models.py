@@ -82,6 +82,18 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Opted out of that greeting type since this instant; NULL means greetings are on.
+    birthday_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    anniversary_opted_out_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    erased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    def opted_out(self) -> frozenset[Kind]:
+        """The greeting types this user asked not to receive."""
+        stamps = {
+            Kind.BIRTHDAY: self.birthday_opted_out_at,
+            Kind.ANNIVERSARY: self.anniversary_opted_out_at,
+        }
+        return frozenset(kind for kind, stamp in stamps.items() if stamp is not None)
 
     __table_args__ = (
         Index(
@@ -152,6 +164,7 @@ class Message(Base):
             postgresql_where=text("status IN ('PENDING', 'QUEUED', 'SENDING')"),
         ),
         Index("ix_messages_user", "user_id"),
+        Index("ix_messages_occasion_date", "occasion_date"),
         Index("ix_messages_failed", "failed_at", postgresql_where=text("status = 'FAILED'")),
     )
 

@@ -10,8 +10,11 @@ from bday.users.api import (
     count_users,
     create_user,
     delete_user,
+    erase_user,
+    find_user,
     get_user,
     list_users,
+    set_opt_out,
     update_user,
 )
 from bday.users.errors import UserInputError, UserNotFound, parse_user_id
@@ -23,8 +26,11 @@ __all__ = [
     "count_users",
     "create_user",
     "delete_user",
+    "erase_user",
+    "find_user",
     "get_user",
     "list_users",
     "parse_user_id",
+    "set_opt_out",
     "update_user",
 ]

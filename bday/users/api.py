@@ -7,7 +7,9 @@ one line naming the field. Each write commits, then calls the matching hook in `
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 import unicodedata
 import uuid
 from contextlib import contextmanager
@@ -19,7 +21,9 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from bday.core.occasions import is_known_zone, zone
+from bday.core.occasions import Kind, is_known_zone, zone
+from bday.delivery import breaker
+from bday.store import messages
 from bday.store.db import transaction
 from bday.store.models import User
 from bday.users import hooks
@@ -28,8 +32,17 @@ from bday.users.errors import UserInputError, UserNotFound, parse_user_id
 NAME_MAX = 100
 EMAIL_MAX = 320
 LOCAL_PART_MAX = 64
+log = logging.getLogger(__name__)
 EARLIEST_YEAR = 1900
-FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary")
+FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary", "opt_out")
+# The opt-out column of the CSV and the --opt-out option: a word for each set of types.
+OPT_OUT_WORDS = {
+    "": frozenset(),
+    "none": frozenset(),
+    "birthday": frozenset({Kind.BIRTHDAY}),
+    "anniversary": frozenset({Kind.ANNIVERSARY}),
+    "all": frozenset(Kind),
+}
 
 
 def create_user(
@@ -40,13 +53,14 @@ def create_user(
     birthday: date | str,
     timezone: str,
     anniversary: date | str | None = None,
+    opt_out: Any = None,
 ) -> uuid.UUID:
     """Validate and store a new user, plan their greetings, and return the new id.
 
-    Raises `UserInputError` for any invalid field, including an email already used by a live
-    user. Nothing is written when it raises.
+    `opt_out`: greeting types the user does not want ("birthday", "anniversary", "all", or a
+    set of `Kind`). Raises `UserInputError` for any invalid field, including an email already
+    used by a live user. Nothing is written when it raises.
     """
-    now = _now()
     values = clean_user_fields(
         dict(
             first_name=first_name,
@@ -55,16 +69,10 @@ def create_user(
             birthday=birthday,
             timezone=timezone,
             anniversary=anniversary,
+            opt_out=opt_out,
         ),
     )
-    user = User(
-        id=uuid.uuid4(),
-        **values,
-        birthday_owed_from=now,
-        anniversary_owed_from=now,
-        created_at=now,
-        updated_at=now,
-    )
+    user = new_user(values, _now())
     with _unique_email(), transaction() as session:
         session.add(user)
     hooks.on_user_created(user.id)
@@ -87,9 +95,38 @@ def update_user(user_id: uuid.UUID | str, **changes: Any) -> None:
     now = _now()
     with _unique_email(), transaction() as session:
         user = _live(session, user_id)
-        current = {name: getattr(user, name) for name in FIELDS}
-        _apply(user, clean_user_fields({**current, **changes}), now)
+        apply_changes(user, clean_user_fields({**current_fields(user), **changes}), now)
     hooks.on_user_updated(user_id)
+
+
+def set_opt_out(user_id: uuid.UUID | str, opt_out: Any) -> None:
+    """Greetings off for `opt_out` ("all", "birthday", "anniversary", a set of `Kind`; "none"
+    turns them all back on). Unsent greetings of those types are cancelled at once; turning
+    a type back on owes only instants after that moment."""
+    update_user(user_id, opt_out=opt_out)
+
+
+def erase_user(reference: uuid.UUID | str) -> uuid.UUID:
+    """Forget a person: name and email replaced by anonymous values in every table, stored
+    service answers on their messages cleared, unsent greetings cancelled, the user deleted.
+    Message rows stay (anonymous) so counts hold. Cannot be undone. Raises `UserNotFound`."""
+    user = find_user(reference, include_deleted=True)
+    if user.erased_at is not None:
+        return user.id
+    now = _now()
+    with transaction() as session:
+        erased = session.get(User, user.id, with_for_update=True)
+        assert erased is not None
+        email = erased.email
+        erased.first_name = erased.last_name = "erased"
+        erased.email = f"erased-{secrets.token_hex(12)}@erased.invalid"
+        erased.deleted_at = erased.deleted_at or now
+        erased.erased_at = erased.updated_at = now
+        messages.forget_answers(session, user.id, now)
+        breaker.forget_text(session, email)  # an error text may quote the service's answer
+    hooks.on_user_deleted(user.id)
+    log.info("user %s erased", user.id)
+    return user.id
 
 
 def delete_user(user_id: uuid.UUID | str) -> None:
@@ -155,20 +192,47 @@ def clean_user_fields(values: dict[str, Any], today: date | None = None) -> dict
     """Validated, normalised copies of all user fields. Raises `UserInputError`.
 
     The one validation of a user: `create_user`, `update_user`, the CLI and the CSV import all
-    come through here, so a value refused by one is refused by all.
+    come through here, so a value refused by one is refused by all. `opt_out` is in the result
+    only when it is in `values` (an import file without the column leaves it as it is).
     """
     tz = clean_timezone(values.get("timezone"))
     today = today or datetime.now(zone(tz)).date()
     names = {name: clean_name(name, values.get(name)) for name in ("first_name", "last_name")}
     email = clean_email(values.get("email"))
     birthday = clean_date("birthday", values.get("birthday"), latest=today)
-    return {
+    cleaned: dict[str, Any] = {
         **names,
         "email": email,
         "timezone": tz,
         "birthday": birthday,
         "anniversary": clean_anniversary(values.get("anniversary"), birthday, today),
     }
+    if "opt_out" in values:
+        cleaned["opt_out"] = clean_opt_out(values["opt_out"])
+    return cleaned
+
+
+def clean_opt_out(value: Any) -> frozenset[Kind]:
+    """None, a word of OPT_OUT_WORDS (any case), or an iterable of `Kind` / type names."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        found = OPT_OUT_WORDS.get(value.strip().lower())
+        if found is None:
+            words = ", ".join(repr(word) for word in OPT_OUT_WORDS if word)
+            raise UserInputError("opt_out", f"{_shown(value)} is not one of {words} or empty")
+        return found
+    try:
+        return frozenset(Kind(str(kind).upper()) for kind in value)
+    except (TypeError, ValueError):
+        raise UserInputError(
+            "opt_out", f"expected 'all', 'birthday' or 'anniversary', got {_kind(value)}"
+        ) from None
+
+
+def opt_out_word(kinds: frozenset[Kind]) -> str:
+    """The CSV word for a set of opted-out types ('' when greetings are on)."""
+    return {frozenset(): "", frozenset(Kind): "all"}.get(kinds) or next(iter(kinds)).value.lower()
 
 
 def clean_name(field: str, value: Any) -> str:
@@ -313,15 +377,56 @@ def _shown(text: str) -> str:
 # --- internals --------------------------------------------------------------------------------
 
 
-def _apply(user: User, values: dict[str, Any], now: datetime) -> None:
+def new_user(values: dict[str, Any], now: datetime) -> User:
+    """A User for cleaned `values`, owed greetings only for instants after `now`."""
+    fields = {name: value for name, value in values.items() if name != "opt_out"}
+    user = User(
+        id=uuid.uuid4(),
+        **fields,
+        birthday_owed_from=now,
+        anniversary_owed_from=now,
+        created_at=now,
+        updated_at=now,
+    )
+    _apply_opt_out(user, values.get("opt_out", frozenset()), now)
+    return user
+
+
+def current_fields(user: User) -> dict[str, Any]:
+    """The user's values in the shape `clean_user_fields` returns."""
+    values = {name: getattr(user, name) for name in FIELDS if name != "opt_out"}
+    return {**values, "opt_out": user.opted_out()}
+
+
+def apply_changes(user: User, values: dict[str, Any], now: datetime) -> None:
+    """Set cleaned `values` on `user`. A new date or zone, or a type turned back on, owes
+    only instants after `now` (DESIGN.md behaviour 2)."""
     zone_changed = values["timezone"] != user.timezone
     if zone_changed or values["birthday"] != user.birthday:
         user.birthday_owed_from = now
     if zone_changed or values["anniversary"] != user.anniversary:
         user.anniversary_owed_from = now
     for name, value in values.items():
-        setattr(user, name, value)
+        if name != "opt_out":
+            setattr(user, name, value)
+    if "opt_out" in values:
+        _apply_opt_out(user, values["opt_out"], now)
     user.updated_at = now
+
+
+_OPT_OUT_COLUMNS = {
+    Kind.BIRTHDAY: ("birthday_opted_out_at", "birthday_owed_from"),
+    Kind.ANNIVERSARY: ("anniversary_opted_out_at", "anniversary_owed_from"),
+}
+
+
+def _apply_opt_out(user: User, kinds: frozenset[Kind], now: datetime) -> None:
+    for kind, (stamp, owed_from) in _OPT_OUT_COLUMNS.items():
+        if kind in kinds and getattr(user, stamp) is None:
+            setattr(user, stamp, now)
+        elif kind not in kinds and getattr(user, stamp) is not None:
+            setattr(user, stamp, None)
+            setattr(user, owed_from, now)  # nothing owed for an instant passed while out
 
 
 def _live(session, user_id: uuid.UUID) -> User:

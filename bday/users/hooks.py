@@ -126,7 +126,7 @@ def next_owed_occasion(
 ) -> Occasion | None:
     """The user's earliest occasion of `kind` that is owed and not yet CATCH_UP_HOURS late."""
     original = user.birthday if kind is Kind.BIRTHDAY else user.anniversary
-    if original is None:
+    if original is None or kind in user.opted_out():
         return None
     owed_from = user.birthday_owed_from if kind is Kind.BIRTHDAY else user.anniversary_owed_from
     for occasion in occasions_between(
