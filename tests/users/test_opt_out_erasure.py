@@ -14,8 +14,8 @@ from bday.store.db import engine, transaction
 from bday.store.models import Kind, Message, Status, User
 from bday.users import api as users
 from bday.users.api import UserInputError, UserNotFound
-from tests.test_cli_users import bday
-from tests.test_users import ADA, messages
+from tests.cli.test_users import bday
+from tests.users.test_api import ADA, messages
 
 pytestmark = pytest.mark.usefixtures("database")
 
