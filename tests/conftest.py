@@ -2,6 +2,14 @@
 
 Nothing here mocks PostgreSQL or RabbitMQ. Each pytest run creates `bday_test_<random>` (database
 and vhost) and removes both at the end, so parallel runs, demos and real data never meet.
+
+Markers select by the services a test needs (see `pytest_collection_modifyitems`):
+* `broker`: publishes to or reads from RabbitMQ; only these get the run's vhost. Every `e2e`
+  test is a broker test.
+* `db`: uses the run's database (set on every test that asks for `database_url`, directly or
+  through `database`).
+So `pytest -m "not broker"` needs PostgreSQL only, and `pytest -m "not broker and not db"` runs
+the pure tests with no services at all.
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from bday.ops import migrate
 from bday.store import db
 
 ADMIN_URL = os.environ.get("BDAY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The broker the run's vhost lives on (the vhost is appended); a closed port here shows that the
+# tests not marked `broker` never need RabbitMQ.
+AMQP_URL = os.environ.get("BDAY_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
 RUN_ID = uuid.uuid4().hex[:10]
 
 
@@ -40,14 +51,28 @@ def pytest_configure(config):
     # it early): every connection this run makes goes to its own database and vhost, and no
     # test can reach the real email service.
     os.environ["DATABASE_URL"] = services.database_url(ADMIN_URL, NAME)
-    os.environ["RABBITMQ_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{NAME}"
+    os.environ["RABBITMQ_URL"] = f"{AMQP_URL.rstrip('/')}/{NAME}"
     os.environ["EMAIL_SERVICE_URL"] = "http://127.0.0.1:9"
     get_settings.cache_clear()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the markers set here must count
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", [])
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.broker)
+        if item.get_closest_marker("broker") and "rabbitmq_vhost" not in names:
+            names.insert(0, "rabbitmq_vhost")
+        if "database_url" in names:
+            item.add_marker(pytest.mark.db)
+
+
+@pytest.fixture(scope="session")
 def rabbitmq_vhost() -> Iterator[str]:
-    """A RabbitMQ vhost for this run (every publish in the run goes there), deleted afterwards."""
+    """A RabbitMQ vhost for this run (every publish in the run goes there), deleted afterwards.
+
+    Not autouse: only tests marked `broker` get it (added by the hook above)."""
     services.create_vhost(NAME)
     yield NAME
     services.delete_vhost(NAME)

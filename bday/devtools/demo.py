@@ -31,7 +31,7 @@ from zoneinfo import available_timezones
 
 from sqlalchemy import text
 
-from bday.core.occasions import is_known_zone, zone
+from bday.core.occasions import is_known_zone, send_instant, zone
 from bday.devtools import sandbox
 
 CATCH_UP_ZONES = [
@@ -95,11 +95,22 @@ def choose_plan(now: datetime, min_lead_s: int = 45) -> Plan:
     return Plan(instant, local.strftime("%H:%M"), offset, names)
 
 
-def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
-    """Insert the demo's users (existing "for years", so their greetings are owed)."""
+MISSED, LATER = "late (missed)", "later today"
+
+
+def seed(
+    plan: Plan, database_url: str, now: datetime | None = None, catch_up_hours: int = 48
+) -> dict[str, list[str]]:
+    """Insert the demo's users (existing "for years", so their greetings are owed).
+
+    Which group a zone falls in is decided by the instant the planner computes (SEND_TIME on the
+    user's local date, `bday.core.occasions.send_instant`), not by comparing UTC offsets: east
+    of the wave the local date may already have rolled over, so "today" there can still be ahead.
+    """
     import psycopg
 
-    groups: dict[str, list[str]] = {"due now": plan.wave, "late (missed)": [], "later today": []}
+    now = now or datetime.now(UTC)
+    groups: dict[str, list[str]] = {"due now": plan.wave, MISSED: [], LATER: []}
     long_ago = datetime(2015, 1, 1, tzinfo=UTC)
     rows = []
     for index, name in enumerate(plan.wave):
@@ -107,10 +118,9 @@ def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
     for index, name in enumerate(CATCH_UP_ZONES + LATER_ZONES, start=len(rows)):
         if not is_known_zone(name):
             continue
-        # SEND_TIME on this zone's wall clock today: passed already east of the wave, ahead west.
-        key = "late (missed)" if _offset(plan.instant, name) > plan.offset else "later today"
+        key, day = placement(name, plan, now, catch_up_hours, name in CATCH_UP_ZONES)
         groups[key].append(name)
-        rows.append(_user(index, name, plan.instant.astimezone(zone(name)).date(), long_ago))
+        rows.append(_user(index, name, day, long_ago))
     with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as connection:
         connection.cursor().executemany(
             "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
@@ -118,6 +128,27 @@ def seed(plan: Plan, database_url: str) -> dict[str, list[str]]:
             rows,
         )
     return groups
+
+
+def placement(
+    name: str, plan: Plan, now: datetime, catch_up_hours: int, want_missed: bool
+) -> tuple[str, date]:
+    """(group, local date for the user's birthday) of one zone at `now`.
+
+    Missed: SEND_TIME on that local date already passed, at most CATCH_UP_HOURS ago, so the
+    planner owes it at once. A zone that should show a catch-up tries its local today, then its
+    local yesterday (today may still be ahead where the date already rolled over). Otherwise
+    the zone waits for its next SEND_TIME, later today (or tomorrow, when today's went by too
+    long ago to be owed).
+    """
+    tz, send_time = zone(name), datetime.strptime(plan.send_time, "%H:%M").time()
+    today = now.astimezone(tz).date()
+    for day in (today, today - timedelta(days=1)) if want_missed else (today,):
+        instant = send_instant(day, tz, send_time)
+        if now - timedelta(hours=catch_up_hours) <= instant < now:
+            return MISSED, day
+    ahead = send_instant(today, tz, send_time) >= now
+    return LATER, today if ahead else today + timedelta(days=1)
 
 
 def _user(index: int, zone_name: str, local_day: date, since: datetime) -> tuple:
@@ -155,7 +186,8 @@ class Demo:
 
     def start(self) -> tuple[Plan, dict[str, list[str]]]:
         self.box = sandbox.Sandbox.create("bday_demo")
-        plan = choose_plan(datetime.now(UTC))
+        now = datetime.now(UTC)
+        plan = choose_plan(now)
         port = sandbox.free_port()
         self.fake_url = f"http://127.0.0.1:{port}"
         env = {
@@ -167,8 +199,10 @@ class Demo:
         }
         os.environ.update(env)
         _reload_settings()
-        groups = seed(plan, self.box.database_url)
-        self._new_user_after_instant(plan)
+        from bday.config import get_settings
+
+        groups = seed(plan, self.box.database_url, now, get_settings().catch_up_hours)
+        self._new_user_after_instant(plan, now)
         fake = sandbox.spawn(
             "fake-email",
             sandbox.bday_command(
@@ -194,16 +228,20 @@ class Demo:
         jobs.enqueue_job()  # what beat does at the next minute, done now so late ones go at once
         return plan, groups
 
-    def _new_user_after_instant(self, plan: Plan) -> None:
-        """A user created now in a zone whose SEND_TIME already passed today: owed nothing."""
+    def _new_user_after_instant(self, plan: Plan, now: datetime) -> None:
+        """A user created now, with a birthday whose SEND_TIME already passed: owed nothing."""
+        from bday.config import get_settings
         from bday.users.api import create_user
 
         name = CATCH_UP_ZONES[0]
+        _, day = placement(name, plan, now, get_settings().catch_up_hours, want_missed=True)
         create_user(
             first_name="Newcomer",
             last_name="Tokyo",
             email="newcomer@example.com",
-            birthday=_local_today(plan.instant, name).replace(year=1991),
+            birthday=date(1992, 2, 29)
+            if (day.month, day.day) == (2, 29)
+            else day.replace(year=1991),
             timezone=name,
         )
 

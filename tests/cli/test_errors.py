@@ -44,12 +44,14 @@ def one_line(err: str) -> bool:
     ],
     ids=["users-list", "status", "users-add", "replay"],
 )
+@pytest.mark.db  # `unmigrated` makes a database of its own
 def test_a_command_against_an_unmigrated_database_says_run_db_upgrade(
     monkeypatch, capsys, unmigrated, args
 ):
     assert bday(monkeypatch, capsys, *args) == (2, "", NOT_MIGRATED)
 
 
+@pytest.mark.db  # `unmigrated` makes a database of its own
 def test_users_import_against_an_unmigrated_database_says_run_db_upgrade_before_any_progress(
     monkeypatch, capsys, unmigrated, tmp_path
 ):
@@ -58,6 +60,7 @@ def test_users_import_against_an_unmigrated_database_says_run_db_upgrade_before_
     assert bday(monkeypatch, capsys, "users", "import", str(path)) == (2, "", NOT_MIGRATED)
 
 
+@pytest.mark.db  # `unmigrated` makes a database of its own
 def test_db_current_and_upgrade_still_work_on_an_unmigrated_database(
     monkeypatch, capsys, unmigrated
 ):
@@ -71,6 +74,7 @@ def test_db_current_and_upgrade_still_work_on_an_unmigrated_database(
 @pytest.mark.parametrize(
     "args", [["db", "upgrade", "nonexistent_rev"], ["db", "downgrade", "zzz"]], ids=str
 )
+@pytest.mark.db  # `unmigrated` makes a database of its own
 def test_an_unknown_revision_is_one_line_exit_2(monkeypatch, capsys, unmigrated, args):
     code, _, err = bday(monkeypatch, capsys, *args)
     assert code == 2 and one_line(err)

@@ -17,7 +17,9 @@ from sqlalchemy import text
 from bday.scheduling import jobs
 from bday.store.db import engine, transaction
 from bday.store.models import Message, User, idempotency_key
-from tests.e2e.stack import purge_all, queue_counts
+from tests.harness.queues import purge_all, queue_counts
+
+pytestmark = pytest.mark.broker  # enqueue and recover publish to the run's vhost
 
 NOW = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
 

@@ -13,6 +13,8 @@ from bday.devtools import sandbox
 from bday.ops import migrate
 from tests.conftest import ADMIN_URL, RUN_ID
 
+pytestmark = pytest.mark.db  # every test here makes or migrates a database
+
 
 @pytest.fixture
 def scratch_database():

@@ -1,0 +1,58 @@
+"""The run's queues and message rows as counts, for unit and end-to-end tests alike.
+
+Shared by tests/scheduling (which publishes without a worker) and tests/e2e and tests/chaos
+(which run real workers), so no unit test imports from the end-to-end suite.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from kombu import Connection
+from sqlalchemy import text
+
+from bday.broker.topology import topology
+from bday.config import get_settings
+from bday.store import db
+
+
+def statuses() -> Counter:
+    with db.engine().connect() as connection:
+        return Counter(
+            dict(
+                connection.execute(
+                    text("SELECT status, count(*) FROM messages GROUP BY status")
+                ).all()
+            )
+        )
+
+
+def queue_counts() -> dict[str, int]:
+    """Ready messages in the send queue and the DLQ (passive declares, never creating them)."""
+    parts = topology(get_settings())
+    counts = {}
+    with Connection(get_settings().rabbitmq_url) as connection:
+        channel = connection.channel()
+        for key, queue in (("queue", parts.send_queue), ("dlq", parts.dead_letter_queue)):
+            try:
+                counts[key] = queue.bind(channel).queue_declare(passive=True).message_count
+            except Exception:
+                channel = connection.channel()
+                counts[key] = 0
+    return counts
+
+
+def purge_all() -> None:
+    """Empty every bday and celery_delayed_* queue in this run's vhost."""
+    from kombu.transport.native_delayed_delivery import level_name
+
+    parts = topology(get_settings())
+    names = [q.name for q in (*parts.consumed_queues, parts.dead_letter_queue)]
+    names += [level_name(level) for level in range(28)]
+    with Connection(get_settings().rabbitmq_url) as connection:
+        for name in names:
+            channel = connection.channel()
+            try:
+                channel.queue_purge(name)
+            except Exception:  # not declared yet in this vhost
+                pass
