@@ -16,10 +16,13 @@ from bday.core.occasions import Kind
 @click.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
-    """Counts by status and type, queue and DLQ depth, consumers, oldest overdue, last runs."""
+    """Counts by status and type, queue and DLQ depth, consumers, oldest overdue, last runs,
+    the send rate and the forecast lateness of the coming peaks."""
     from bday.ops import status as state
+    from bday.ops.forecast import read_forecast
 
     database = state.read_database()
+    ahead = read_forecast()
     try:
         broker = state.read_broker()
         broker_view: dict[str, Any] = {
@@ -45,6 +48,7 @@ def status(as_json: bool) -> None:
             "open_seconds": round(database.breaker_open_s, 1),
             "trips": database.breaker_trips,
         },
+        "pacing": _pacing_view(ahead),
     }
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -84,6 +88,56 @@ def _print_status(report: dict) -> None:
         f"breaker:   {breaker['state']}"
         + (f" for {breaker['open_seconds']:.0f} s" if breaker["state"] != "closed" else "")
     )
+    _print_pacing(report["pacing"])
+
+
+def _pacing_view(ahead: Any) -> dict:
+    from bday.ops.forecast import PEAKS_SHOWN
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 1)
+
+    return {
+        "rate_per_s": rounded(ahead.rate),
+        "limit_per_s": ahead.limit or None,
+        "adaptive_per_s": rounded(ahead.adaptive),
+        "backlog": ahead.backlog,
+        "drain_s": rounded(ahead.drain_s),
+        "lateness_budget_s": ahead.budget_s,
+        "over_budget": ahead.over_budget,
+        "peaks": [
+            {"at": p.at.isoformat(), "count": p.count, "last_late_s": rounded(p.last_late_s)}
+            for p in ahead.peaks[:PEAKS_SHOWN]
+        ],
+    }
+
+
+def _print_pacing(pacing: dict) -> None:
+    rate = pacing["rate_per_s"]
+    learned = (
+        f", learned from 429s {pacing['adaptive_per_s']}/s" if pacing["adaptive_per_s"] else ""
+    )
+    limit = f"limit {pacing['limit_per_s']}/s" if pacing["limit_per_s"] else "no limit set"
+    click.echo(f"pacing:    {f'{rate}/s' if rate else 'unlimited'} ({limit}{learned})")
+    drain = f", drains in {_duration(pacing['drain_s'])}" if pacing["drain_s"] is not None else ""
+    click.echo(f"backlog:   {pacing['backlog']} due now{drain}")
+    budget = pacing["lateness_budget_s"]
+    for peak in pacing["peaks"]:
+        late = peak["last_late_s"]
+        verdict = (
+            "no forecast (unlimited)"
+            if late is None
+            else f"last ~{_duration(late)} late" + (" OVER BUDGET" if late > budget else "")
+        )
+        click.echo(f"peak:      {peak['at']}  {peak['count']} due, {verdict}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 @click.command("health")

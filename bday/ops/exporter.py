@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client.core import GaugeMetricFamily
 
 from bday.ops import status
+from bday.ops.forecast import read_forecast
 from bday.telemetry.metrics import BREAKER_STATES, STATE_METRICS
 
 
@@ -33,6 +34,7 @@ class StateCollector:
                 families["bday_breaker_state"].add_metric(
                     [state], 1 if state == snapshot.breaker_state else 0
                 )
+            _forecast_metrics(families)
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when a source is down
             errors.append(f"database: {exc}")
         try:
@@ -44,6 +46,13 @@ class StateCollector:
             errors.append(f"broker: {exc}")
         families["bday_exporter_errors"].add_metric([], len(errors))
         yield from families.values()
+
+
+def _forecast_metrics(families: dict) -> None:
+    ahead = read_forecast()
+    families["bday_send_rate"].add_metric([], ahead.rate or 0)
+    families["bday_forecast_peak_lateness_seconds"].add_metric([], ahead.worst_late_s)
+    families["bday_lateness_budget_seconds"].add_metric([], ahead.budget_s)
 
 
 def _state_families():

@@ -364,6 +364,31 @@ _OLDEST_OVERDUE = text(
 )
 
 
+_PLANNED_BY_INSTANT = text(
+    f"""SELECT scheduled_send_time, count(*) FROM messages
+         WHERE status IN {UNSENT_SQL}
+           AND scheduled_send_time > :now AND scheduled_send_time <= :until
+         GROUP BY scheduled_send_time ORDER BY scheduled_send_time"""
+)
+_DUE_NOW = text(
+    f"""SELECT count(*) FROM messages
+         WHERE status IN {UNFINISHED_SQL} AND scheduled_send_time <= :now"""
+)
+
+
+def planned_by_instant(
+    connection: Any, now: datetime, until: datetime
+) -> list[tuple[datetime, int]]:
+    """PENDING/QUEUED rows due in (now, until], counted per instant, earliest first."""
+    rows = connection.execute(_PLANNED_BY_INSTANT, {"now": now, "until": until})
+    return [(at, int(count)) for at, count in rows]
+
+
+def due_now(connection: Any, now: datetime) -> int:
+    """Unfinished rows whose instant has come: the backlog still to send."""
+    return int(connection.execute(_DUE_NOW, {"now": now}).scalar_one())
+
+
 def counts(connection: Any) -> list[tuple[str, str, int]]:
     """(message_type, status, rows) for every combination present."""
     return [tuple(row) for row in connection.execute(_COUNTS)]

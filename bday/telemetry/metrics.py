@@ -116,4 +116,9 @@ STATE_METRICS = {
     "bday_breaker_open_seconds": "How long the email-service breaker has been open (0 when closed)",
     "bday_breaker_state": "Email-service breaker state (1 for the current state)",
     "bday_exporter_errors": "Sources (database, broker) the last scrape could not read",
+    "bday_send_rate": "Effective send rate of the whole cluster, messages/s (0: unlimited)",
+    "bday_forecast_peak_lateness_seconds": (
+        "Forecast lateness of the last greeting of the worst planned instant at the current rate"
+    ),
+    "bday_lateness_budget_seconds": "LATENESS_BUDGET: the forecast lateness the alert allows",
 }

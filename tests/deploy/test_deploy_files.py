@@ -937,6 +937,14 @@ ALERT_CASES = {
     ),
     "BdayExporterDown": ([(f"up{{{_BDAY}}}", "0x15")], "4m", {}),
     "BdayExporterCannotRead": ([(f"bday_exporter_errors{{{_BDAY}}}", "1x15")], "7m", {}),
+    "PeakForecastLate": (
+        [
+            (f"bday_forecast_peak_lateness_seconds{{{_BDAY}}}", "3700x15"),
+            (f"bday_lateness_budget_seconds{{{_BDAY}}}", "3600x15"),
+        ],
+        "12m",
+        {},
+    ),
 }
 # The same alerts on a healthy system: nothing may fire.
 HEALTHY_SERIES = [
@@ -952,6 +960,8 @@ HEALTHY_SERIES = [
     (f"bday_breaker_open_seconds{{{_BDAY}}}", "0x15"),
     (f"up{{{_BDAY}}}", "1x15"),
     (f"bday_exporter_errors{{{_BDAY}}}", "0x15"),
+    (f"bday_forecast_peak_lateness_seconds{{{_BDAY}}}", "3500x15"),
+    (f"bday_lateness_budget_seconds{{{_BDAY}}}", "3600x15"),
 ]
 
 

@@ -1,0 +1,96 @@
+"""How late the coming peaks will run at the current send rate (README, "Pacing").
+
+From the planned rows (PENDING/QUEUED, due within PLAN_AHEAD_HOURS) and the effective rate:
+the instants are drained in time order as a queue, starting with the backlog due now, so an
+instant that follows a big one inherits its queue. The forecast lateness of an instant is when
+its last greeting goes minus the instant. `bday status` shows the biggest instants; the
+exporter publishes the worst lateness, and an alert compares it with LATENESS_BUDGET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from bday.config import Settings, get_settings
+from bday.delivery import pacing
+from bday.store import messages
+from bday.store.db import engine
+
+PEAKS_SHOWN = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Peak:
+    at: datetime
+    count: int
+    last_late_s: float | None  # None: no rate limit and none learned, so no forecast
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    rate: float | None  # messages per second for the whole cluster; None = unlimited
+    limit: float  # EMAIL_SERVICE_RATE_LIMIT (0: none)
+    adaptive: float | None  # the rate learned from 429s, if any
+    backlog: int
+    drain_s: float | None
+    budget_s: float
+    peaks: list[Peak] = field(default_factory=list)
+
+    @property
+    def worst_late_s(self) -> float:
+        """The largest forecast lateness of any planned instant (0 when there is none)."""
+        return max((p.last_late_s or 0.0 for p in self.peaks), default=0.0)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.worst_late_s > self.budget_s
+
+
+def lateness(
+    instants: list[tuple[datetime, int]], rate: float, now: datetime, backlog: int = 0
+) -> list[Peak]:
+    """Drain `backlog` from `now`, then each instant's greetings in time order at `rate`."""
+    free_at = now + timedelta(seconds=backlog / rate)
+    peaks = []
+    for at, count in instants:
+        done = max(at, free_at) + timedelta(seconds=count / rate)
+        peaks.append(Peak(at, count, (done - at).total_seconds()))
+        free_at = done
+    return peaks
+
+
+def forecast(
+    instants: list[tuple[datetime, int]],
+    *,
+    backlog: int,
+    state: pacing.State | None,
+    settings: Settings,
+    now: datetime,
+) -> Forecast:
+    """The forecast from planned instants, the backlog and the shared rate's row."""
+    rate = pacing.effective_rate(settings.email_service_rate_limit, state, now)
+    if rate is None:
+        peaks = [Peak(at, count, None) for at, count in instants]
+    else:
+        peaks = lateness(instants, rate, now, backlog)
+    return Forecast(
+        rate=rate,
+        limit=settings.email_service_rate_limit,
+        adaptive=pacing.adaptive_rate(state, now),
+        backlog=backlog,
+        drain_s=backlog / rate if rate else None,
+        budget_s=settings.lateness_budget_s,
+        peaks=sorted(peaks, key=lambda p: (-p.count, p.at)),
+    )
+
+
+def read_forecast(now: datetime | None = None, settings: Settings | None = None) -> Forecast:
+    """Read the planned rows, the backlog and the shared rate; forecast the coming peaks."""
+    settings, now = settings or get_settings(), now or datetime.now(UTC)
+    until = now + timedelta(hours=settings.plan_ahead_hours)
+    with engine().connect() as connection:
+        instants = messages.planned_by_instant(connection, now, until)
+        backlog = messages.due_now(connection, now)
+        state = pacing.read(connection)
+    return forecast(instants, backlog=backlog, state=state, settings=settings, now=now)
