@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     cron_minute_schedule: str = _env("CRON_MINUTE_SCHEDULE", "* * * * *")
     cron_plan_schedule: str = _env("CRON_PLAN_SCHEDULE", "0 * * * *")
     cron_recovery_schedule: str = _env("CRON_RECOVERY_SCHEDULE", "*/5 * * * *")
+    cron_retention_schedule: str = _env("CRON_RETENTION_SCHEDULE", "17 3 * * *")
+    # Finished rows (SENT, FAILED, CANCELLED) older than this are deleted. Rows of the last
+    # 366 days are kept whatever the value (see bday.store.messages.delete_finished).
+    message_retention_days: int = _env("MESSAGE_RETENTION_DAYS", 400, ge=1, le=36_500)
+    retention_batch: int = _env("RETENTION_BATCH", 5000, ge=1, le=100_000)
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
     recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10, le=DAY_S)
@@ -134,7 +139,12 @@ class Settings(BaseSettings):
     def _check_http_url(cls, value: str) -> str:
         return _check_url(value, ("http", "https")).rstrip("/")
 
-    @field_validator("cron_minute_schedule", "cron_plan_schedule", "cron_recovery_schedule")
+    @field_validator(
+        "cron_minute_schedule",
+        "cron_plan_schedule",
+        "cron_recovery_schedule",
+        "cron_retention_schedule",
+    )
     @classmethod
     def _check_cron(cls, value: str) -> str:
         # local: settings must not need Celery to import

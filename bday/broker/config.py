@@ -96,4 +96,8 @@ beat_schedule = {
         "task": "bday.tasks.recover",
         "schedule": _cron(_settings.cron_recovery_schedule),
     },
+    "retention": {
+        "task": "bday.tasks.retention",
+        "schedule": _cron(_settings.cron_retention_schedule),
+    },
 }

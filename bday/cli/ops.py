@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from bday.cli.options import LIMIT
+from bday.config import get_settings
 from bday.core.occasions import Kind
 
 
@@ -42,6 +43,11 @@ def status(as_json: bool) -> None:
             if database.oldest_overdue_id and database.oldest_overdue_s is not None
             else None
         ),
+        "storage": {
+            "messages_bytes": database.table_bytes,
+            "oldest_kept": database.oldest_kept.isoformat() if database.oldest_kept else None,
+            "retention_days": get_settings().message_retention_days,
+        },
         "last_runs": {name: at.isoformat() for name, at in sorted(database.heartbeats.items())},
         "breaker": {
             "state": database.breaker_state,
@@ -79,6 +85,11 @@ def _print_status(report: dict) -> None:
             if overdue
             else "none"
         )
+    )
+    storage = report["storage"]
+    click.echo(
+        f"storage:   messages table {storage['messages_bytes'] / 2**20:.1f} MiB, oldest row "
+        f"{storage['oldest_kept'] or '-'} (MESSAGE_RETENTION_DAYS={storage['retention_days']})"
     )
     for name, at in report["last_runs"].items():
         age = (now - datetime.fromisoformat(at)).total_seconds()

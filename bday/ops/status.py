@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from kombu import Connection
 from sqlalchemy import text
@@ -24,6 +24,8 @@ class DatabaseState:
     by_type_status: Counter = field(default_factory=Counter)
     oldest_overdue_s: float | None = None
     oldest_overdue_id: str | None = None
+    table_bytes: int = 0  # the messages table with its indexes
+    oldest_kept: date | None = None  # the oldest occasion date still in the table
     heartbeats: dict[str, datetime] = field(default_factory=dict)
     breaker_state: str = "closed"
     breaker_open_s: float = 0.0
@@ -53,6 +55,7 @@ def read_database(now: datetime | None = None) -> DatabaseState:
         if oldest:
             state.oldest_overdue_id = str(oldest.id)
             state.oldest_overdue_s = (now - oldest.scheduled_send_time).total_seconds()
+        state.table_bytes, state.oldest_kept = messages.storage(connection)
         state.heartbeats = dict(connection.execute(_HEARTBEATS).all())
         shared = breaker.read(connection)
     if shared:

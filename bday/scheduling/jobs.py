@@ -3,6 +3,7 @@
 * plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS).
 * enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
   instant (the broker holds them until then), mark them QUEUED.
+* retention: delete finished rows older than MESSAGE_RETENTION_DAYS, in bounded batches.
 * recover: the database decides what is owed, so this job re-publishes whatever the broker
   lost: QUEUED rows whose job never ran, SENDING rows whose worker died, FAILED rows whose
   failure was transient once the email service answers again; and it expires rows that are
@@ -135,6 +136,29 @@ def recover_job(now: datetime | None = None, *, service_answering: bool | None =
     heartbeat("recover", now, result)
     if lost or revived or expired:
         log.info("recover: %s", result)
+    return result
+
+
+def retention_job(now: datetime | None = None, *, max_batches: int | None = None) -> dict:
+    """Delete finished rows older than MESSAGE_RETENTION_DAYS, RETENTION_BATCH rows per
+    transaction, until none is left; returns {'deleted': rows, 'batches': n}.
+
+    Each batch is a short transaction of its own that skips rows others hold (SKIP LOCKED)
+    and touches only finished rows, which no send, claim or recovery wants: the hot path
+    never waits for it. Rows of the last 366 days are kept whatever the setting.
+    """
+    settings, now = get_settings(), now or datetime.now(UTC)
+    keep_from = (now - timedelta(days=settings.message_retention_days)).date()
+    deleted = batches = 0
+    while max_batches is None or batches < max_batches:
+        with transaction() as session:
+            rows = messages.delete_finished(session, keep_from, now, limit=settings.retention_batch)
+        deleted, batches = deleted + rows, batches + 1
+        if rows < settings.retention_batch:
+            break
+    result = {"deleted": deleted, "batches": batches, "keep_from": keep_from.isoformat()}
+    heartbeat("retention", now, result)
+    log.info("retention: %d finished row(s) before %s deleted", deleted, keep_from)
     return result
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, text
@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from bday.store.db import fast_autocommit
-from bday.store.models import UNFINISHED, UNSENT, Message, Status
+from bday.store.models import FINISHED, UNFINISHED, UNSENT, Message, Status
 
 
 def _in(*statuses: Status) -> str:
@@ -346,6 +346,34 @@ def failed_for_replay(
     return session.execute(_FAILED_FOR_REPLAY, params).all()
 
 
+# --- retention ---------------------------------------------------------------------------------
+
+# Never a row of the last 366 days, whatever :keep_from says: this year's row of an occasion
+# is what makes the planner skip it (its idempotency key), so it must outlive the year.
+KEEP_DAYS_AT_LEAST = 366
+_DELETE_FINISHED = text(
+    f"""
+    DELETE FROM messages WHERE id IN (
+        SELECT id FROM messages
+         WHERE occasion_date < :keep_from
+           AND occasion_date < CAST(:now AS date) - {KEEP_DAYS_AT_LEAST + 1}
+           AND scheduled_send_time
+               < CAST(:now AS timestamptz) - make_interval(days => {KEEP_DAYS_AT_LEAST})
+           AND status IN {_in(*FINISHED)}
+         ORDER BY occasion_date
+         LIMIT :limit
+         FOR UPDATE SKIP LOCKED)
+    """
+)
+
+
+def delete_finished(session: Session, keep_from: date, now: datetime, *, limit: int) -> int:
+    """Delete up to `limit` SENT/FAILED/CANCELLED rows whose occasion is before `keep_from`
+    (and over a year old in any case), oldest first; rows locked by others are skipped."""
+    params = {"keep_from": keep_from, "now": now, "limit": limit}
+    return _rowcount(session.execute(_DELETE_FINISHED, params))
+
+
 # --- reading -----------------------------------------------------------------------------------
 
 _SUMMARY = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
@@ -387,6 +415,18 @@ def planned_by_instant(
 def due_now(connection: Any, now: datetime) -> int:
     """Unfinished rows whose instant has come: the backlog still to send."""
     return int(connection.execute(_DUE_NOW, {"now": now}).scalar_one())
+
+
+_STORAGE = text(
+    """SELECT pg_total_relation_size('messages'),
+              (SELECT min(occasion_date) FROM messages)"""
+)
+
+
+def storage(connection: Any) -> tuple[int, date | None]:
+    """(bytes the table and its indexes take, the oldest occasion date kept)."""
+    size, oldest = connection.execute(_STORAGE).one()
+    return int(size), oldest
 
 
 def counts(connection: Any) -> list[tuple[str, str, int]]:

@@ -112,3 +112,9 @@ def enqueue() -> dict:
 def recover() -> dict:
     """Re-publish lost and transiently failed rows; expire overdue ones (every 5 minutes)."""
     return jobs.recover_job()
+
+
+@app.task(name="bday.tasks.retention", acks_on_failure=True)
+def retention() -> dict:
+    """Delete finished rows older than MESSAGE_RETENTION_DAYS in batches (daily)."""
+    return jobs.retention_job()
