@@ -119,7 +119,7 @@ def test_a_refused_url_never_echoes_its_password(monkeypatch):
 
 
 def test_a_failover_list_of_cluster_nodes_is_a_valid_rabbitmq_url(monkeypatch):
-    urls = "amqp://u:p@rabbit1:5672/v;amqp://u:p@rabbit2:5672/v;amqp://u:p@rabbit3:5672/v"
+    urls = "amqp://USER:PASSWORD@rabbit1:5672/v;amqp://USER:PASSWORD@rabbit2:5672/v;amqp://USER:PASSWORD@rabbit3:5672/v"
     monkeypatch.setenv("RABBITMQ_URL", urls)
     monkeypatch.setenv("DATABASE_POOLER", "transaction")
     settings = load_settings()

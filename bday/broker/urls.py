@@ -1,6 +1,8 @@
 """RABBITMQ_URL may name every node of a cluster, separated by ';' (kombu's failover form):
-`amqp://u:p@rabbit1:5672/v;amqp://u:p@rabbit2:5672/v;amqp://u:p@rabbit3:5672/v`. Celery's
-workers and beat take it as is; our own connections (publish, status, dlq, health) must try
+
+    amqp://USER:PASSWORD@rabbit1:5672/v;amqp://USER:PASSWORD@rabbit2:5672/v;...
+
+Celery's workers and beat take it as is; our own connections (publish, status, dlq, health) must try
 each node once before giving up, which kombu does only when allowed that many attempts."""
 
 from __future__ import annotations

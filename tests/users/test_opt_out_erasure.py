@@ -95,7 +95,7 @@ def _settings():
 
 # --- erasure -----------------------------------------------------------------------------------
 
-SECRET = "ada.secret@example.com"
+ERASED_EMAIL = "ada.secret@example.com"
 
 
 def _text_columns() -> list[tuple[str, str]]:
@@ -133,8 +133,8 @@ def _answered(user_id, status: Status, when: datetime) -> None:
                 scheduled_send_time=when,
                 idempotency_key=f"{user_id}:BIRTHDAY:{when.date()}",
                 provider_status=200 if status == Status.SENT else 400,
-                provider_response=f'{{"to": "{SECRET}", "status": "queued"}}',
-                last_error=f"HTTP 400: bad recipient {SECRET.upper()}",
+                provider_response=f'{{"to": "{ERASED_EMAIL}", "status": "queued"}}',
+                last_error=f"HTTP 400: bad recipient {ERASED_EMAIL.upper()}",
             )
         )
 
@@ -143,21 +143,21 @@ def _answered(user_id, status: Status, when: datetime) -> None:
 def test_an_erased_users_email_and_name_appear_in_no_text_column_and_counts_hold(
     monkeypatch, capsys
 ):
-    user_id = users.create_user(**{**ADA, "email": SECRET, "first_name": "Augusta"})
+    user_id = users.create_user(**{**ADA, "email": ERASED_EMAIL, "first_name": "Augusta"})
     _answered(user_id, Status.SENT, datetime(2026, 3, 5, 0, 0, tzinfo=UTC))
     _answered(user_id, Status.FAILED, datetime(2025, 3, 5, 0, 0, tzinfo=UTC))
     users.create_user(**{**ADA, "email": "bob@example.com", "first_name": "Bob"})
     with engine().begin() as connection:
         connection.execute(
             text("INSERT INTO circuit_breakers (name, last_error) VALUES ('x', :e)"),
-            {"e": f"HTTP 500: cannot deliver to {SECRET}"},
+            {"e": f"HTTP 500: cannot deliver to {ERASED_EMAIL}"},
         )
-    assert "users.email" in _tables_holding(SECRET)  # the scan finds it before
-    assert len(_tables_holding(SECRET)) == 4
+    assert "users.email" in _tables_holding(ERASED_EMAIL)  # the scan finds it before
+    assert len(_tables_holding(ERASED_EMAIL)) == 4
     before = read_database()
-    code, out, _ = bday(monkeypatch, capsys, "users", "erase", SECRET, "--yes")
+    code, out, _ = bday(monkeypatch, capsys, "users", "erase", ERASED_EMAIL, "--yes")
     assert code == 0 and out == f"erased {user_id}\n"
-    assert _tables_holding(SECRET) == [] and _tables_holding("Augusta") == []
+    assert _tables_holding(ERASED_EMAIL) == [] and _tables_holding("Augusta") == []
     after = read_database()
     assert after.by_status[Status.SENT] == before.by_status[Status.SENT] == 1
     assert after.by_status[Status.FAILED] == before.by_status[Status.FAILED] == 1
