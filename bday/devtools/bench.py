@@ -24,11 +24,14 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from bday.devtools import sandbox
+from bday.devtools import factories, sandbox
+from bday.store.models import Status
 
 ZONES_SAMPLE = [
     "UTC",
@@ -286,47 +289,25 @@ def insert_due(count: int, at: datetime) -> None:
     """`count` users with one PENDING birthday message each, scheduled at `at` (COPY)."""
     from bday.store.db import engine
 
-    since = datetime(2000, 1, 1, tzinfo=UTC)
+    birthday = date(1990, at.month, min(at.day, 28))
+    users = [factories.user_row(f"User{i}", "Bench", birthday=birthday) for i in range(count)]
+    messages = [factories.message_row(user["id"], at) for user in users]
     raw = engine().raw_connection()
     try:
         cursor = raw.cursor()
-        user_ids = [uuid.uuid4() for _ in range(count)]
-        with cursor.copy(
-            "COPY users (id, first_name, last_name, email, birthday, timezone,"
-            " birthday_owed_from, anniversary_owed_from) FROM STDIN"
-        ) as copy:
-            for index, user_id in enumerate(user_ids):
-                copy.write_row(
-                    (
-                        user_id,
-                        f"User{index}",
-                        "Bench",
-                        f"{user_id.hex}@example.com",
-                        date(1990, at.month, min(at.day, 28)),
-                        "UTC",
-                        since,
-                        since,
-                    )
-                )
-        with cursor.copy(
-            "COPY messages (id, user_id, message_type, status, occasion_date,"
-            " scheduled_send_time, idempotency_key) FROM STDIN"
-        ) as copy:
-            for user_id in user_ids:
-                copy.write_row(
-                    (
-                        uuid.uuid4(),
-                        user_id,
-                        "BIRTHDAY",
-                        "PENDING",
-                        at.date(),
-                        at,
-                        f"{user_id}:BIRTHDAY:{at.date().isoformat()}",
-                    )
-                )
+        _copy(cursor, "users", factories.USER_COLUMNS, users)
+        _copy(cursor, "messages", factories.MESSAGE_COLUMNS, messages)
         raw.commit()
     finally:
         raw.close()
+
+
+def _copy(
+    cursor: Any, table: str, columns: tuple[str, ...], rows: Iterable[dict[str, Any]]
+) -> None:
+    with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(factories.as_tuple(row, columns))
 
 
 def copy_users(count: int, seed: int = 42, due_share: float | None = None) -> None:
@@ -337,33 +318,20 @@ def copy_users(count: int, seed: int = 42, due_share: float | None = None) -> No
 
     rng = random.Random(seed)
     near = _month_days_in_window() if due_share is not None else set()
-    since = datetime(2000, 1, 1, tzinfo=UTC)
+
+    def users() -> Iterator[dict[str, Any]]:  # streamed: a million rows never sit in memory
+        for index in range(count):
+            avoid = near if due_share is not None and rng.random() >= due_share else set()
+            birthday = _random_date(rng, date(1950, 1, 1), 55, avoid)
+            anniversary = _random_date(rng, date(2000, 1, 1), 25, avoid) if index % 3 == 0 else None
+            zone_name = rng.choice(ZONES_SAMPLE)
+            yield factories.user_row(
+                f"U{index}", "Plan", birthday=birthday, anniversary=anniversary, timezone=zone_name
+            )
+
     raw = engine().raw_connection()
     try:
-        with raw.cursor().copy(
-            "COPY users (id, first_name, last_name, email, birthday, anniversary,"
-            " timezone, birthday_owed_from, anniversary_owed_from) FROM STDIN"
-        ) as copy:
-            for index in range(count):
-                user_id = uuid.uuid4()
-                avoid = near if due_share is not None and rng.random() >= due_share else set()
-                birthday = _random_date(rng, date(1950, 1, 1), 55, avoid)
-                anniversary = (
-                    _random_date(rng, date(2000, 1, 1), 25, avoid) if index % 3 == 0 else None
-                )
-                copy.write_row(
-                    (
-                        user_id,
-                        f"U{index}",
-                        "Plan",
-                        f"{user_id.hex}@example.com",
-                        birthday,
-                        anniversary,
-                        rng.choice(ZONES_SAMPLE),
-                        since,
-                        since,
-                    )
-                )
+        _copy(raw.cursor(), "users", factories.USER_COLUMNS, users())
         raw.commit()
         raw.cursor().execute("ANALYZE users")
         raw.commit()
@@ -400,7 +368,7 @@ def _scalar(sql: str):
 def wait_settled(count: int, timeout: float) -> None:
     """Until `count` messages are settled: SENT, or FAILED after exhausting their retries (with
     random failures that happens now and then; in production the recover job re-sends them)."""
-    settled = "SELECT count(*) FROM messages WHERE status IN ('SENT', 'FAILED')"
+    settled = f"SELECT count(*) FROM messages WHERE status IN ('{Status.SENT}', '{Status.FAILED}')"
     sandbox.wait_for(
         lambda: _scalar(settled) >= count, timeout, f"{count} messages settled", interval=0.2
     )
@@ -411,7 +379,7 @@ def sent_by_share(share: float) -> float:
     return float(
         _scalar(
             f"SELECT extract(epoch FROM percentile_disc({float(share)}) WITHIN GROUP"
-            " (ORDER BY sent_at)) FROM messages WHERE status = 'SENT'"
+            f" (ORDER BY sent_at)) FROM messages WHERE status = '{Status.SENT}'"
         )
     )
 

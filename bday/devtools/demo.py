@@ -21,7 +21,6 @@ import os
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -32,7 +31,8 @@ from zoneinfo import available_timezones
 from sqlalchemy import text
 
 from bday.core.occasions import is_known_zone, send_instant, zone
-from bday.devtools import sandbox
+from bday.devtools import factories, sandbox
+from bday.store.models import FINISHED, Status
 
 CATCH_UP_ZONES = [
     "Asia/Tokyo",
@@ -122,11 +122,7 @@ def seed(
         groups[key].append(name)
         rows.append(_user(index, name, day, long_ago))
     with psycopg.connect(database_url.replace("postgresql+psycopg", "postgresql")) as connection:
-        connection.cursor().executemany(
-            "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
-            " birthday_owed_from, anniversary_owed_from) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            rows,
-        )
+        connection.cursor().executemany(factories.insert_sql("users", rows[0]), rows)
     return groups
 
 
@@ -151,20 +147,16 @@ def placement(
     return LATER, today if ahead else today + timedelta(days=1)
 
 
-def _user(index: int, zone_name: str, local_day: date, since: datetime) -> tuple:
+def _user(index: int, zone_name: str, local_day: date, since: datetime) -> dict[str, Any]:
     first = FIRST_NAMES[index % len(FIRST_NAMES)]
-    last = zone_name.rsplit("/", 1)[-1].replace("_", " ")
-    return (
-        uuid.uuid4(),
+    leap_day = (local_day.month, local_day.day) == (2, 29)
+    return factories.user_row(
         first,
-        last,
-        f"{first.lower()}.{index}@example.com",
-        local_day.replace(year=1990)
-        if (local_day.month, local_day.day) != (2, 29)
-        else date(1992, 2, 29),
-        zone_name,
-        since,
-        since,
+        zone_name.rsplit("/", 1)[-1].replace("_", " "),
+        email=f"{first.lower()}.{index}@example.com",
+        birthday=date(1992, 2, 29) if leap_day else local_day.replace(year=1990),
+        timezone=zone_name,
+        owed_from=since,
     )
 
 
@@ -303,14 +295,9 @@ def render(
     )
     by_status = Counter(row.status for row in rows)
     counts = Table(title="messages", show_edge=False)
-    for status in ("PENDING", "QUEUED", "SENDING", "SENT", "FAILED", "CANCELLED"):
-        counts.add_column(status, justify="right")
-    counts.add_row(
-        *[
-            str(by_status.get(s, 0))
-            for s in ("PENDING", "QUEUED", "SENDING", "SENT", "FAILED", "CANCELLED")
-        ]
-    )
+    for status in Status:
+        counts.add_column(status.value, justify="right")
+    counts.add_row(*[str(by_status.get(status, 0)) for status in Status])
     recent = Table(title="email service calls (latest)", show_edge=False)
     for column in ("time (UTC)", "result", "zone", "to", "late by"):
         recent.add_column(column)
@@ -354,11 +341,11 @@ def finished(plan: Plan, rows: list) -> bool:
     if now < plan.instant + timedelta(seconds=2):
         return False
     due = [row for row in rows if row.scheduled_send_time <= now]
-    return bool(due) and all(row.status in ("SENT", "FAILED", "CANCELLED") for row in due)
+    return bool(due) and all(row.status in FINISHED for row in due)
 
 
 def summary(plan: Plan, rows: list, requests: list[dict]) -> list[str]:
-    sent = [row for row in rows if row.status == "SENT"]
+    sent = [row for row in rows if row.status == Status.SENT]
     wave = [row for row in sent if row.scheduled_send_time == plan.instant]
     lateness = sorted((row.sent_at - row.scheduled_send_time).total_seconds() for row in wave)
     outcomes = Counter(request["outcome"] for request in requests)
@@ -373,7 +360,7 @@ def summary(plan: Plan, rows: list, requests: list[dict]) -> list[str]:
             f"{outcomes.get('failed', 0)} random failures retried)"
         ),
         f"keys sent more than once: {sum(1 for c in per_key.values() if c > 1)}",
-        f"still waiting for later today: {sum(1 for row in rows if row.status == 'PENDING')}",
+        f"still waiting for later today: {sum(1 for row in rows if row.status == Status.PENDING)}",
     ]
     if lateness:
         lines.append(

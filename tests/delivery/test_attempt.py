@@ -16,8 +16,9 @@ from bday.delivery.attempt import Action, deliver
 from bday.delivery.breaker import Breaker
 from bday.delivery.pacing import Pacer
 from bday.delivery.sender import EmailSender
+from bday.devtools import factories
 from bday.store.db import engine, transaction
-from bday.store.models import Message, User, idempotency_key
+from bday.store.models import Status
 
 pytestmark = pytest.mark.usefixtures("database")
 
@@ -46,44 +47,27 @@ def breaker(settings):
 
 
 def ada(
-    status="QUEUED",
+    status=Status.QUEUED,
     scheduled=DUE,
     token=None,
     retry_count=0,
     deleted=False,
     email="ada@example.com",
 ) -> uuid.UUID:
-    user_id, message_id = uuid.uuid4(), uuid.uuid4()
-    since = datetime(2020, 1, 1, tzinfo=UTC)
+    user = factories.user_row(
+        "Ada",
+        "Lovelace",
+        email=email,
+        birthday=date(1990, 3, 5),
+        owed_from=datetime(2020, 1, 1, tzinfo=UTC),
+        deleted_at=NOW if deleted else None,
+    )
+    message = factories.message_row(
+        user["id"], scheduled, status=status, dispatch_token=token, retry_count=retry_count
+    )
     with transaction() as session:
-        session.add(
-            User(
-                id=user_id,
-                first_name="Ada",
-                last_name="Lovelace",
-                email=email,
-                birthday=date(1990, 3, 5),
-                timezone="UTC",
-                birthday_owed_from=since,
-                anniversary_owed_from=since,
-                deleted_at=NOW if deleted else None,
-            )
-        )
-        session.flush()
-        session.add(
-            Message(
-                id=message_id,
-                user_id=user_id,
-                message_type="BIRTHDAY",
-                status=status,
-                occasion_date=scheduled.date(),
-                scheduled_send_time=scheduled,
-                idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
-                dispatch_token=token,
-                retry_count=retry_count,
-            )
-        )
-    return message_id
+        factories.insert(session, [user], [message])
+    return message["id"]
 
 
 def row(message_id) -> dict:
@@ -128,7 +112,7 @@ def test_a_due_message_is_sent_with_the_exact_text_and_its_id_as_idempotency_key
         stored["provider_status"],
         stored["attempts"],
         stored["sent_via"],
-    ) == ("SENT", 200, 1, "queue")
+    ) == (Status.SENT, 200, 1, "queue")
     assert stored["sent_at"] is not None and stored["lease_expires_at"] is None
 
 
@@ -142,7 +126,7 @@ def test_a_transient_failure_requeues_the_row_and_asks_for_a_retry_with_backoff(
     assert outcome.action is Action.RETRY and 2.0 <= outcome.delay_s <= 2.5
     stored = row(message_id)
     assert (stored["status"], stored["retry_count"], stored["provider_status"]) == (
-        "QUEUED",
+        Status.QUEUED,
         1,
         503,
     )
@@ -160,7 +144,7 @@ def test_a_429_defers_for_its_retry_after_without_spending_a_retry_or_touching_t
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEFER and outcome.delay_s == 30
     stored = row(message_id)
-    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == ("QUEUED", 2, 1)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == (Status.QUEUED, 2, 1)
     assert stored["provider_status"] == 429
     assert breaker.snapshot(fresh=True).state == "closed" and breaker.snapshot().trips == 0
 
@@ -195,7 +179,7 @@ def test_a_paced_send_is_deferred_to_its_slot_and_sent_when_it_comes_back(
     assert deliver(str(first), None, now=NOW, **kwargs).action is Action.DONE
     waiting = deliver(str(second), None, now=NOW, **kwargs)
     assert (waiting.action, waiting.reason, waiting.delay_s) == (Action.DEFER, "paced", 0.5)
-    assert row(second)["deferrals"] == 1 and row(second)["status"] == "QUEUED"
+    assert row(second)["deferrals"] == 1 and row(second)["status"] == Status.QUEUED
     turn = NOW + timedelta(seconds=0.5)
     assert deliver(str(second), None, now=turn, slot=waiting.slot, **kwargs).action is Action.DONE
     assert route.call_count == 2 and row(second)["retry_count"] == 0
@@ -208,7 +192,7 @@ def test_exhausted_retries_fail_the_row_and_dead_letter_the_job(sender, breaker,
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEAD_LETTER
     stored = row(message_id)
-    assert (stored["status"], stored["failure_reason"]) == ("FAILED", "retries_exhausted")
+    assert (stored["status"], stored["failure_reason"]) == (Status.FAILED, "retries_exhausted")
 
 
 @respx.mock
@@ -221,14 +205,14 @@ def test_a_permanent_error_fails_at_once_without_retrying(sender, breaker, setti
     assert outcome.action is Action.DEAD_LETTER and route.call_count == 1
     stored = row(message_id)
     assert (stored["status"], stored["failure_reason"], stored["retry_count"]) == (
-        "FAILED",
+        Status.FAILED,
         "permanent",
         0,
     )
 
 
 @respx.mock
-@pytest.mark.parametrize("status", ["SENT", "FAILED", "CANCELLED"])
+@pytest.mark.parametrize("status", [Status.SENT, Status.FAILED, Status.CANCELLED])
 def test_a_finished_message_is_left_alone(sender, breaker, settings, status):
     route = respx.post(f"{URL}/send-email")
     outcome = go(ada(status=status), sender, breaker, settings)
@@ -241,7 +225,7 @@ def test_a_superseded_job_is_a_no_op(sender, breaker, settings):
     message_id = ada(token=uuid.uuid4())
     outcome = go(message_id, sender, breaker, settings, token=uuid.uuid4())
     assert (outcome.action, outcome.reason) == (Action.DONE, "superseded job")
-    assert route.call_count == 0 and row(message_id)["status"] == "QUEUED"
+    assert route.call_count == 0 and row(message_id)["status"] == Status.QUEUED
 
 
 @respx.mock
@@ -252,7 +236,7 @@ def test_a_job_for_a_future_instant_is_deferred_to_that_instant_never_sent_early
     message_id = ada(scheduled=NOW + timedelta(seconds=42))
     outcome = go(message_id, sender, breaker, settings)
     assert (outcome.action, outcome.delay_s) == (Action.DEFER, 42.0)
-    assert route.call_count == 0 and row(message_id)["status"] == "QUEUED"
+    assert route.call_count == 0 and row(message_id)["status"] == Status.QUEUED
 
 
 @respx.mock
@@ -289,7 +273,10 @@ def test_a_message_past_catch_up_hours_expires_without_a_call(sender, breaker, s
     message_id = ada(scheduled=NOW - timedelta(hours=48, seconds=1))
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEAD_LETTER and route.call_count == 0
-    assert (row(message_id)["status"], row(message_id)["failure_reason"]) == ("FAILED", "expired")
+    assert (row(message_id)["status"], row(message_id)["failure_reason"]) == (
+        Status.FAILED,
+        "expired",
+    )
 
 
 @respx.mock
@@ -304,7 +291,7 @@ def test_a_deleted_users_message_is_cancelled_not_sent(sender, breaker, settings
     route = respx.post(f"{URL}/send-email")
     message_id = ada(deleted=True)
     assert go(message_id, sender, breaker, settings).action is Action.DONE
-    assert route.call_count == 0 and row(message_id)["status"] == "CANCELLED"
+    assert route.call_count == 0 and row(message_id)["status"] == Status.CANCELLED
 
 
 @pytest.mark.parametrize("bad", ["not-a-uuid", "", "1; DROP TABLE messages"])
@@ -335,7 +322,7 @@ def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settin
     assert outcome.action is Action.DEFER and outcome.delay_s >= 10
     stored = row(message_id)
     assert (stored["status"], stored["retry_count"], stored["deferrals"], stored["attempts"]) == (
-        "QUEUED",
+        Status.QUEUED,
         1,
         1,
         0,
@@ -351,13 +338,13 @@ def test_a_failed_probe_defers_the_message_without_spending_a_retry(sender, sett
     outcome = go(message_id, sender, breaker, settings)  # cold breaker: this send is the probe
     assert outcome.action is Action.DEFER and outcome.delay_s >= 1
     stored = row(message_id)
-    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == ("QUEUED", 0, 1)
+    assert (stored["status"], stored["retry_count"], stored["deferrals"]) == (Status.QUEUED, 0, 1)
 
 
 def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it():
     from bday.delivery.attempt import record_delivered
 
-    message_id = ada(status="QUEUED")
+    message_id = ada(status=Status.QUEUED)
     record_delivered(
         {
             "id": str(message_id),
@@ -368,4 +355,8 @@ def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it()
         }
     )
     stored = row(message_id)
-    assert (stored["status"], stored["sent_at"], stored["provider_status"]) == ("SENT", NOW, 200)
+    assert (stored["status"], stored["sent_at"], stored["provider_status"]) == (
+        Status.SENT,
+        NOW,
+        200,
+    )

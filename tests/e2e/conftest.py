@@ -10,10 +10,11 @@ from sqlalchemy import text
 
 from bday.config import get_settings
 from bday.core.occasions import Kind
+from bday.devtools import factories
 from bday.scheduling import planner
 from bday.store import db
 from bday.store.db import transaction
-from bday.store.models import Message, User, idempotency_key
+from bday.store.models import Message
 from tests.conftest import TRUNCATE
 from tests.e2e.stack import FakeEmail, Stack, purge_all
 
@@ -58,58 +59,26 @@ def add_user(
     anniversary: date | None = None,
 ) -> uuid.UUID:
     """Insert a user directly (bypassing hooks), owed from `owed_from` (default: long ago)."""
-    since = owed_from or datetime(2000, 1, 1, tzinfo=UTC)
-    user = User(
-        id=uuid.uuid4(),
-        first_name=name,
-        last_name="Test",
-        email=f"{name.lower()}-{uuid.uuid4().hex[:8]}@example.com",
+    user = factories.user_row(
+        name,
         birthday=birthday or date(1990, 1, 1),
         anniversary=anniversary,
         timezone=zone,
-        birthday_owed_from=since,
-        anniversary_owed_from=since,
+        owed_from=owed_from or factories.LONG_AGO,
     )
     with transaction() as session:
-        session.add(user)
-    return user.id
+        factories.insert(session, [user])
+    return user["id"]
 
 
 def add_due_messages(
     count: int, at: datetime, kind: Kind = Kind.BIRTHDAY, prefix: str = "u"
 ) -> list[uuid.UUID]:
     """`count` users with one PENDING message each, scheduled at `at` (bulk insert)."""
-    since = datetime(2000, 1, 1, tzinfo=UTC)
-    users, messages = [], []
-    for index in range(count):
-        user_id = uuid.uuid4()
-        users.append(
-            {
-                "id": user_id,
-                "first_name": f"{prefix}{index}",
-                "last_name": "Test",
-                "email": f"{prefix}{index}-{user_id.hex[:6]}@example.com",
-                "birthday": date(1990, 1, 1),
-                "timezone": "UTC",
-                "birthday_owed_from": since,
-                "anniversary_owed_from": since,
-            }
-        )
-        local = at.date()
-        messages.append(
-            {
-                "id": uuid.uuid4(),
-                "user_id": user_id,
-                "message_type": kind.value,
-                "status": "PENDING",
-                "occasion_date": local,
-                "scheduled_send_time": at,
-                "idempotency_key": idempotency_key(user_id, kind, local),
-            }
-        )
+    users = [factories.user_row(f"{prefix}{index}") for index in range(count)]
+    messages = [factories.message_row(user["id"], at, kind=kind) for user in users]
     with transaction() as session:
-        session.execute(User.__table__.insert(), users)
-        session.execute(Message.__table__.insert(), messages)
+        factories.insert(session, users, messages)
     return [m["id"] for m in messages]
 
 

@@ -14,9 +14,10 @@ import pytest
 import time_machine
 from sqlalchemy import text
 
+from bday.devtools import factories
 from bday.scheduling import jobs
 from bday.store.db import engine, transaction
-from bday.store.models import Message, User, idempotency_key
+from bday.store.models import FailureReason, Status
 from tests.harness.queues import purge_all, queue_counts
 
 pytestmark = pytest.mark.broker  # enqueue and recover publish to the run's vhost
@@ -34,39 +35,17 @@ def clean_queues(database):
 def user(
     zone="UTC", birthday=date(1990, 3, 5), owed_from=datetime(2020, 1, 1, tzinfo=UTC)
 ) -> uuid.UUID:
-    user_id = uuid.uuid4()
+    row = factories.user_row(birthday=birthday, timezone=zone, owed_from=owed_from)
     with transaction() as session:
-        session.add(
-            User(
-                id=user_id,
-                first_name="Ada",
-                last_name="Lovelace",
-                email=f"{user_id}@example.com",
-                birthday=birthday,
-                timezone=zone,
-                birthday_owed_from=owed_from,
-                anniversary_owed_from=owed_from,
-            )
-        )
-    return user_id
+        factories.insert(session, [row])
+    return row["id"]
 
 
-def message(status="PENDING", scheduled=NOW, **values) -> uuid.UUID:
-    user_id, message_id = user(), uuid.uuid4()
+def message(status=Status.PENDING, scheduled=NOW, **values) -> uuid.UUID:
+    row = factories.message_row(user(), scheduled, status=status, **values)
     with transaction() as session:
-        session.add(
-            Message(
-                id=message_id,
-                user_id=user_id,
-                message_type="BIRTHDAY",
-                status=status,
-                occasion_date=scheduled.date(),
-                scheduled_send_time=scheduled,
-                idempotency_key=idempotency_key(user_id, "BIRTHDAY", scheduled.date()),
-                **values,
-            )
-        )
-    return message_id
+        factories.insert(session, messages=[row])
+    return row["id"]
 
 
 def rows() -> dict[uuid.UUID, dict]:
@@ -108,8 +87,8 @@ def test_enqueue_publishes_what_is_due_within_the_lead_and_nothing_later():
         result = jobs.enqueue_job()
     assert result["published"] == 1
     state = rows()
-    assert state[due]["status"] == "QUEUED" and state[due]["dispatch_token"] is not None
-    assert state[later]["status"] == "PENDING"
+    assert state[due]["status"] == Status.QUEUED and state[due]["dispatch_token"] is not None
+    assert state[later]["status"] == Status.PENDING
 
 
 def test_enqueue_expires_rows_more_than_catch_up_hours_late():
@@ -117,7 +96,10 @@ def test_enqueue_expires_rows_more_than_catch_up_hours_late():
     with time_machine.travel(NOW, tick=False):
         result = jobs.enqueue_job()
     assert result == {"published": 0, "expired": 1}
-    assert (rows()[stale]["status"], rows()[stale]["failure_reason"]) == ("FAILED", "expired")
+    assert (rows()[stale]["status"], rows()[stale]["failure_reason"]) == (
+        Status.FAILED,
+        FailureReason.EXPIRED,
+    )
 
 
 def test_two_enqueue_runs_at_once_claim_each_row_exactly_once():
@@ -140,59 +122,61 @@ def test_two_enqueue_runs_at_once_claim_each_row_exactly_once():
 def test_recover_republishes_a_queued_row_whose_job_was_lost_with_a_new_token():
     old_token = uuid.uuid4()
     lost = message(
-        status="QUEUED", dispatch_token=old_token, next_attempt_at=NOW - timedelta(minutes=10)
+        status=Status.QUEUED, dispatch_token=old_token, next_attempt_at=NOW - timedelta(minutes=10)
     )
     fresh = message(
-        status="QUEUED", dispatch_token=uuid.uuid4(), next_attempt_at=NOW - timedelta(seconds=5)
+        status=Status.QUEUED,
+        dispatch_token=uuid.uuid4(),
+        next_attempt_at=NOW - timedelta(seconds=5),
     )
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=True)
     assert result["republished_lost"] == 1
     assert rows()[lost]["dispatch_token"] not in (None, old_token)
-    assert rows()[fresh]["status"] == "QUEUED"
+    assert rows()[fresh]["status"] == Status.QUEUED
     assert queue_counts()["queue"] == 1
 
 
 def test_recover_takes_back_a_row_whose_worker_died_mid_send():
-    stuck = message(status="SENDING", lease_expires_at=NOW - timedelta(seconds=1))
-    busy = message(status="SENDING", lease_expires_at=NOW + timedelta(seconds=30))
+    stuck = message(status=Status.SENDING, lease_expires_at=NOW - timedelta(seconds=1))
+    busy = message(status=Status.SENDING, lease_expires_at=NOW + timedelta(seconds=30))
     with time_machine.travel(NOW, tick=False):
         jobs.recover_job(service_answering=True)
-    assert rows()[stuck]["status"] == "QUEUED"
-    assert rows()[busy]["status"] == "SENDING"
+    assert rows()[stuck]["status"] == Status.QUEUED
+    assert rows()[busy]["status"] == Status.SENDING
 
 
 def test_recover_revives_transient_failures_when_the_service_answers():
     failed = [
-        message(status="FAILED", failure_reason="retries_exhausted", retry_count=5)
+        message(status=Status.FAILED, failure_reason=FailureReason.RETRIES_EXHAUSTED, retry_count=5)
         for _ in range(3)
     ]
-    permanent = message(status="FAILED", failure_reason="permanent")
+    permanent = message(status=Status.FAILED, failure_reason=FailureReason.PERMANENT)
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=True)
     assert result["revived_failed"] == 3
     state = rows()
-    assert all(state[m]["status"] == "QUEUED" and state[m]["retry_count"] == 0 for m in failed)
-    assert state[permanent]["status"] == "FAILED"
+    assert all(state[m]["status"] == Status.QUEUED and state[m]["retry_count"] == 0 for m in failed)
+    assert state[permanent]["status"] == Status.FAILED
 
 
 def test_recover_sends_a_single_probe_while_the_service_is_not_answering():
     for minutes in range(5):
         message(
-            status="FAILED",
-            failure_reason="retries_exhausted",
+            status=Status.FAILED,
+            failure_reason=FailureReason.RETRIES_EXHAUSTED,
             scheduled=NOW - timedelta(minutes=minutes),
         )
     with time_machine.travel(NOW, tick=False):
         result = jobs.recover_job(service_answering=False)
     assert result["revived_failed"] == 1
     oldest = min(rows().values(), key=lambda r: r["scheduled_send_time"])
-    assert oldest["status"] == "QUEUED"
+    assert oldest["status"] == Status.QUEUED
 
 
 def test_recover_expires_owed_rows_past_catch_up_and_records_its_heartbeat():
     late = message(
-        status="QUEUED",
+        status=Status.QUEUED,
         scheduled=NOW - timedelta(hours=50),
         next_attempt_at=NOW - timedelta(hours=50),
     )
@@ -204,20 +188,20 @@ def test_recover_expires_owed_rows_past_catch_up_and_records_its_heartbeat():
 
 def test_a_forced_deadline_keeps_an_old_row_sendable():
     kept = message(
-        status="PENDING",
+        status=Status.PENDING,
         scheduled=NOW - timedelta(hours=60),
         send_deadline=NOW + timedelta(hours=1),
     )
     with time_machine.travel(NOW, tick=False):
         result = jobs.enqueue_job()
     assert result == {"published": 1, "expired": 0}
-    assert rows()[kept]["status"] == "QUEUED"
+    assert rows()[kept]["status"] == Status.QUEUED
 
 
 def test_drain_deferred_republishes_the_backlog_oldest_first():
     deferred = [
         message(
-            status="QUEUED",
+            status=Status.QUEUED,
             deferrals=2,
             scheduled=NOW - timedelta(minutes=m),
             next_attempt_at=NOW + timedelta(minutes=1),

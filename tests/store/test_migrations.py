@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from bday.devtools import sandbox
+from bday.devtools import factories, sandbox
 from bday.ops import migrate
+from bday.store.models import Status
 from tests.conftest import ADMIN_URL, RUN_ID
 
 pytestmark = pytest.mark.db  # every test here makes or migrates a database
@@ -52,23 +53,18 @@ def _connect(url: str) -> psycopg.Connection:
 
 
 def _user(connection, email="ada@example.com", deleted=None) -> uuid.UUID:
-    user_id = uuid.uuid4()
-    now = datetime.now(UTC)
-    connection.execute(
-        "INSERT INTO users (id, first_name, last_name, email, birthday, timezone,"
-        " birthday_owed_from, anniversary_owed_from, deleted_at)"
-        " VALUES (%s, 'Ada', 'Lovelace', %s, '1990-03-05', 'UTC', %s, %s, %s)",
-        (user_id, email, now, now, deleted),
+    row = factories.user_row(
+        "Ada", "Lovelace", email=email, birthday=date(1990, 3, 5), deleted_at=deleted
     )
-    return user_id
+    connection.execute(factories.insert_sql("users", row), row)
+    return row["id"]
 
 
-def _message(connection, user_id, key, status="PENDING"):
-    connection.execute(
-        "INSERT INTO messages (id, user_id, message_type, status, occasion_date,"
-        " scheduled_send_time, idempotency_key) VALUES (%s, %s, 'BIRTHDAY', %s, %s, now(), %s)",
-        (uuid.uuid4(), user_id, status, date(2027, 3, 5), key),
-    )
+def _message(connection, user_id, key, status=Status.PENDING):
+    at = datetime.combine(date(2027, 3, 5), time(9), UTC)
+    # the status is set over the built row: one test stores a status the schema must refuse
+    row = {**factories.message_row(user_id, at, idempotency_key=key), "status": status}
+    connection.execute(factories.insert_sql("messages", row), row)
 
 
 def test_a_second_live_row_for_the_same_idempotency_key_is_refused(database_url):
@@ -86,7 +82,7 @@ def test_a_cancelled_row_does_not_block_its_replacement(database_url):
     with _connect(database_url) as connection:
         user_id = _user(connection)
         try:
-            _message(connection, user_id, "k1", status="CANCELLED")
+            _message(connection, user_id, "k1", status=Status.CANCELLED)
             _message(connection, user_id, "k1")  # no error
             count = connection.execute(
                 "SELECT count(*) FROM messages WHERE idempotency_key='k1'"
