@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from kombu import Connection
 
 from bday.broker import topology
@@ -19,6 +20,7 @@ def test_a_failover_list_is_split_into_one_attempt_per_node():
     assert connect_attempts(urls) == 3 and connect_attempts("amqp://a:1//") == 1
 
 
+@pytest.mark.broker
 def test_status_reaches_the_third_node_when_the_first_two_are_down(settings_env):
     real = os.environ["RABBITMQ_URL"]  # this run's vhost on the machine's node
     with Connection(real) as connection:
