@@ -82,11 +82,19 @@ def erase(user: str, yes: bool) -> None:
     click.echo(f"erased {users_api.erase_user(found.id)}")
 
 
+LIST_COLUMNS = ("id", "name", "email", "birthday", "anniversary", "timezone")
+
+
 @users.command("list")
 @click.option("--limit", type=LIMIT, default=None, help="At most this many.")
-def list_(limit: int | None) -> None:
-    """Live users, tab-separated: id, name, email, birthday, anniversary, zone."""
-    for user in users_api.list_users(limit=limit):
+@click.option("--no-header", is_flag=True, help="Rows only (for scripts that count lines).")
+def list_(limit: int | None, no_header: bool) -> None:
+    """Live users, tab-separated under a header line: id, name, email, birthday, anniversary
+    (`-` when none), timezone."""
+    users_found = users_api.list_users(limit=limit)
+    if not no_header:
+        click.echo("\t".join(LIST_COLUMNS))
+    for user in users_found:
         click.echo(
             "\t".join(
                 [

@@ -54,14 +54,17 @@ def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys
     assert code == 0
     user_id = out.strip()
     code, out, _ = bday(monkeypatch, capsys, "users", "list")
-    assert out.split("\t") == [
+    header, line = out.splitlines()
+    assert header.split("\t") == ["id", "name", "email", "birthday", "anniversary", "timezone"]
+    assert line.split("\t") == [
         user_id,
         "Ada Lovelace",
         "ada@example.com",
         "1990-03-05",
         "2015-06-01",
-        "Asia/Tokyo\n",
+        "Asia/Tokyo",
     ]
+    assert bday(monkeypatch, capsys, "users", "list", "--no-header")[1] == f"{line}\n"
 
 
 @pytest.mark.parametrize(
