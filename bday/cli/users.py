@@ -111,10 +111,22 @@ def list_(limit: int | None, no_header: bool) -> None:
 
 @users.command("import")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-def import_(path: Path) -> None:
+@click.option("--update", is_flag=True, help="Also update existing users (matched by email).")
+@click.option("--sync", is_flag=True, help="--update, and delete live users absent from the file.")
+@click.option("--dry-run", is_flag=True, help="Print what would change; write nothing.")
+@click.option("--force", is_flag=True, help="--sync: delete even more than --max-delete.")
+@click.option(
+    "--max-delete",
+    type=click.IntRange(0, 100),
+    default=10,
+    show_default=True,
+    help="--sync: the most live users (percent) it deletes without --force.",
+)
+def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, max_delete: int):
     """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
-    [,anniversary]), one user per line. Valid rows are kept; bad rows are listed with their
-    line numbers (exit 1 if any); an unusable file is refused whole (exit 2)."""
+    [,anniversary][,opt_out]), one user per line. Valid rows are kept; bad rows are listed
+    with their line numbers (exit 1 if any); an unusable file is refused whole (exit 2).
+    With --update or --sync, users are matched by email and the file is the source of truth."""
     from bday.cli.main import Failure
     from bday.users import importer
 
@@ -123,14 +135,83 @@ def import_(path: Path) -> None:
     except importer.ImportFileError as exc:
         raise Failure(str(exc)) from None
     importer.check_database()
+    if update or sync or dry_run:
+        _sync(path, rows, sync=sync, dry_run=dry_run, force=force, max_delete=max_delete)
+        return
     result = _import_with_progress(rows, importer.import_rows, path.name)
     click.echo(f"imported {result.imported} of {rows.count} row(s); {result.refused} refused")
+    _list_refused(result)
+
+
+def _sync(path: Path, rows, *, sync: bool, dry_run: bool, force: bool, max_delete: int):
+    from bday.cli.main import Failure
+    from bday.users import importer
+    from bday.users import sync as syncing
+
+    absent = None
+    if sync:
+        try:
+            absent = syncing.find_absent(importer.read_rows(path), max_delete / 100, force)
+        except syncing.SyncRefused as exc:
+            if not dry_run:
+                rows.handle.close()
+                raise Failure(str(exc)) from None
+            click.echo(f"note: without --dry-run: {exc}")  # show what it would do anyway
+            absent = syncing.find_absent(importer.read_rows(path), 1.0, True)
+    result = _import_with_progress(
+        rows,
+        lambda r, **kw: syncing.sync_rows(r, rows.header, absent=absent, dry_run=dry_run, **kw),
+        path.name,
+    )
+    if dry_run:
+        for change in result.changes:
+            click.echo(f"  {change}")
+    click.echo(_summary(result, dry_run))
+    _list_refused(result)
+
+
+def _summary(result, dry_run: bool) -> str:
+    refused = f"; {result.refused} refused" if result.refused else ""
+    if not result.changed:
+        return f"nothing changed: {result.unchanged} of {result.rows} row(s) already match{refused}"
+    counts = (
+        f"create {result.created}, update {result.updated}, delete {result.deleted}"
+        if dry_run
+        else f"created {result.created}, updated {result.updated}, deleted {result.deleted}"
+    )
+    head = "dry run, nothing written: would " if dry_run else ""
+    return f"{head}{counts}, unchanged {result.unchanged} ({result.rows} row(s)){refused}"
+
+
+def _list_refused(result) -> None:
     for line, problem in sorted(result.errors):
         click.echo(f"  line {line}: {problem}")
     if result.refused > len(result.errors):
         click.echo(f"  ... and {result.refused - len(result.errors)} more not listed")
     if result.refused:
         sys.exit(1)
+
+
+@users.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True), default="-")
+def export(path: str) -> None:
+    """Write live users as CSV (the import's format, opt_out included) to PATH or stdout."""
+    import csv
+
+    from bday.cli.main import Failure
+    from bday.users import sync as syncing
+
+    try:
+        handle = click.open_file(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"{path}: cannot write ({exc.strerror or exc})") from None
+    with handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        count = -1
+        for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - count is the result
+            writer.writerow(row)
+    if path != "-":
+        click.echo(f"exported {count} user(s) to {path}", err=True)
 
 
 def _import_with_progress(rows, import_rows, name: str):

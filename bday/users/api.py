@@ -232,7 +232,9 @@ def clean_opt_out(value: Any) -> frozenset[Kind]:
 
 def opt_out_word(kinds: frozenset[Kind]) -> str:
     """The CSV word for a set of opted-out types ('' when greetings are on)."""
-    return {frozenset(): "", frozenset(Kind): "all"}.get(kinds) or next(iter(kinds)).value.lower()
+    if not kinds:
+        return ""
+    return "all" if kinds == frozenset(Kind) else next(iter(kinds)).value.lower()
 
 
 def clean_name(field: str, value: Any) -> str:

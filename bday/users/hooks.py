@@ -65,6 +65,46 @@ def on_users_imported(user_ids: list[uuid.UUID]) -> int:
     return planned
 
 
+def on_users_updated(user_ids: list[uuid.UUID]) -> tuple[int, int]:
+    """`on_user_updated` for many users (an import with --update), a chunk per transaction:
+    cancel what each change made wrong, plan the chunk set-based, publish what is due now.
+    Returns (rows cancelled, rows planned)."""
+    settings, now = get_settings(), _now()
+    cancelled = planned = 0
+    for start in range(0, len(user_ids), _BULK):
+        chunk = user_ids[start : start + _BULK]
+        with transaction() as session:
+            for user_id in chunk:
+                cancelled += planner.cancel_stale(session, user_id, now, settings)
+            planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
+        _claim_and_publish(chunk, now, settings)
+    return cancelled, planned
+
+
+def on_users_deleted(user_ids: list[uuid.UUID]) -> int:
+    """`on_user_deleted` for many users (an import with --sync); returns rows cancelled."""
+    now, cancelled = _now(), 0
+    for start in range(0, len(user_ids), _BULK):
+        with transaction() as session:
+            cancelled += messages.cancel_unsent_of_users(
+                session, user_ids[start : start + _BULK], now
+            )
+    return cancelled
+
+
+def _claim_and_publish(user_ids: list[uuid.UUID], now: datetime, settings: Settings) -> None:
+    with transaction() as session:
+        due = messages.claim_due(
+            session,
+            now,
+            lead_s=settings.enqueue_lead_s,
+            catch_up_hours=settings.catch_up_hours,
+            limit=len(user_ids) * 2,
+            user_ids=user_ids,
+        )
+    _publish(due, settings)
+
+
 def on_birthday_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
     """Queue the user's birthday greeting (the seed's Step 5); returns the message id."""
     return _occasion_hook(user_id, Kind.BIRTHDAY)

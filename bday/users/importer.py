@@ -1,8 +1,9 @@
 """`bday users import FILE.csv`: many users at once, every row validated, bad rows reported.
 
-Columns: first_name,last_name,email,birthday,timezone[,anniversary] (header required, any
-order, each named once). Valid rows are inserted in batches; an invalid row, or an email already
-used (in the database or earlier in the file), is reported with its line number and skipped.
+Columns: first_name,last_name,email,birthday,timezone[,anniversary][,opt_out] (header
+required, any order, each named once). Valid rows are inserted in batches; an invalid row, or
+an email already used (in the database or earlier in the file), is reported with its line
+number and skipped. `bday.users.sync` builds --update, --sync and --dry-run on this reader.
 Greetings for all imported users are then planned in one set-based pass.
 
 The file is read as a stream of lines, each at most MAX_LINE bytes, so memory stays bounded
@@ -29,10 +30,10 @@ from sqlalchemy import func, select
 from bday.store.db import transaction
 from bday.store.models import User
 from bday.users import hooks
-from bday.users.api import UserInputError, clean_user_fields
+from bday.users.api import UserInputError, clean_user_fields, new_user
 
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
-OPTIONAL = ("anniversary",)
+OPTIONAL = ("anniversary", "opt_out")
 BATCH = 1000
 MAX_LINE = 64 * 1024  # bytes; a valid row is under 2 KB, whitespace and quotes included
 MAX_SKIP = 16 * 1024 * 1024  # an over-long line running this far without a line end ends the read
@@ -139,7 +140,7 @@ def _check_header(text: str, path: Path) -> list[str]:
     unknown = [name[:40] for name in header if name not in REQUIRED + OPTIONAL]
     if missing or unknown:
         raise ImportFileError(
-            f"{path}: header must name {', '.join(REQUIRED)} [and anniversary]; "
+            f"{path}: header must name {', '.join(REQUIRED)} [, anniversary, opt_out]; "
             + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
         )
     return header
@@ -237,16 +238,7 @@ def _insert(batch: list[tuple[int, dict]], result: ImportResult) -> None:
             if values["email"] in taken:
                 result.refuse(line, "email: is already used by another user")
                 continue
-            users.append(
-                User(
-                    id=uuid.uuid4(),
-                    **values,
-                    birthday_owed_from=now,
-                    anniversary_owed_from=now,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+            users.append(new_user(values, now))
         session.add_all(users)
     result.imported += len(users)
     result.user_ids.extend(user.id for user in users)
