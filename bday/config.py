@@ -1,8 +1,18 @@
 """Settings: every knob bday reads, validated once, from the environment and `.env`.
 
-`get_settings()` is the only way in. A bad value raises `SettingsError`, whose message is one
-line naming the variable, the value and what was expected; entry points (CLI, Celery app)
-turn that into a clean exit instead of a traceback.
+`get_settings()` is the way in for every setting of the service. A bad value raises
+`SettingsError`, whose message is one line naming the variable, the value and what was
+expected; entry points (CLI, Celery app) turn that into a clean exit instead of a traceback.
+
+Read from `os.environ` directly, on purpose, outside these settings:
+* LOG_FORMAT, LOG_CELERY_TASKS (bday.telemetry.logs): logging is set up before settings are
+  validated, so a bad setting can still be reported in the chosen format;
+* WORKER_METRICS_PORT, WORKER_METRICS_ADDR (bday.worker.signals): per-process, read in the
+  worker's start-up signal;
+* FLOWER_ADDRESS, FLOWER_BASIC_AUTH (bday.worker, bday.broker.app.refuse_open_flower): Flower's
+  own variables, checked before Flower starts;
+* DATABASE_URL, RABBITMQ_URL again in bday.devtools.sandbox, only to find the admin database
+  and broker host for a sandbox of its own (never validated as the service's settings).
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ def _seconds(name: str, default: float, **constraints: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """The whole configuration. Names of the contract (DESIGN.md) are the env names below."""
+    """The whole configuration. The contract's names (docs/contract.md) are env names below."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", frozen=True

@@ -1,6 +1,6 @@
 """Occasion arithmetic: which local date a greeting belongs to and the UTC instant it is due.
 
-Pure functions, no I/O. The rules (DESIGN.md, "Behaviour that must hold" 1 and 2):
+Pure functions, no I/O. The rules (docs/contract.md, "Behaviour that must hold" 1 and 2):
 
 * The occasion is celebrated on the user's *local* calendar date; its send instant is
   SEND_TIME on the local wall clock of that date, in the user's IANA zone. The UTC date is

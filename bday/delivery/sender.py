@@ -1,6 +1,6 @@
 """The email-service client: one `send()`, success returns, failure raises a typed error.
 
-All HTTP status classification lives here (DESIGN.md, "The email service"):
+All HTTP status classification lives here (docs/contract.md, "The email service"):
 
 * 2xx: sent.
 * timeouts, connection errors, 5xx and 429: `TransientSendError` (429 and 503 carry the

@@ -62,7 +62,7 @@ def owed_occasions(
 ) -> Iterator[tuple[uuid.UUID, Occasion]]:
     """(user id, occasion) for every owed occasion of a live user with its instant in `window`.
 
-    Owed means the user held that date and zone before the instant (DESIGN.md behaviour 2)
+    Owed means the user held that date and zone before the instant (docs/contract.md, behaviour 2)
     and has not opted out of that type.
     """
     keys = sorted(

@@ -1,9 +1,13 @@
 """Database access: one engine per process and database URL, short transactions.
 
-Every write in bday happens in `transaction()`, a session that commits on success and rolls
-back on any exception. The engine is created lazily, so importing bday never connects, and it
-is rebuilt after `fork()` (Celery's prefork pool) because a pooled connection must never be
-shared by two processes.
+Writes happen in `transaction()`, a session that commits on success and rolls back on any
+exception, with two deliberate exceptions that write in autocommit, one statement being its own
+transaction: the per-message hot path (`bday.store.messages.claim_for_send`, `finish`, through
+`fast_autocommit()`) and the shared breaker and pacing rows (`bday.delivery.breaker`,
+`bday.delivery.pacing`, through `autocommit()` and `fast_autocommit()`). Bench and sandbox
+loaders in bday.devtools use COPY on a raw connection. The engine is created lazily, so
+importing bday never connects, and it is rebuilt after `fork()` (Celery's prefork pool)
+because a pooled connection must never be shared by two processes.
 """
 
 from __future__ import annotations

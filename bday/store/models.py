@@ -76,7 +76,7 @@ class User(Base):
     anniversary: Mapped[date | None] = mapped_column(Date)
     timezone: Mapped[str] = mapped_column(String(64))
     # Greetings are owed only for instants after the user held their current date and zone
-    # (DESIGN.md behaviour 2); these record since when each combination has held.
+    # (docs/contract.md, behaviour 2); these record since when each combination has held.
     birthday_owed_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     anniversary_owed_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -170,7 +170,7 @@ class Message(Base):
 
 
 def idempotency_key(user_id: uuid.UUID, kind: Kind | str, local_date: date) -> str:
-    """`{user_id}:{TYPE}:{local date}`: one occasion, one key (DESIGN.md)."""
+    """`{user_id}:{TYPE}:{local date}`: one occasion, one key (docs/contract.md, Statuses)."""
     return f"{user_id}:{Kind(kind).value}:{local_date.isoformat()}"
 
 

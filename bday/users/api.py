@@ -402,7 +402,7 @@ def current_fields(user: User) -> dict[str, Any]:
 
 def apply_changes(user: User, values: dict[str, Any], now: datetime) -> None:
     """Set cleaned `values` on `user`. A new date or zone, or a type turned back on, owes
-    only instants after `now` (DESIGN.md behaviour 2)."""
+    only instants after `now` (docs/contract.md, behaviour 2)."""
     zone_changed = values["timezone"] != user.timezone
     if zone_changed or values["birthday"] != user.birthday:
         user.birthday_owed_from = now
