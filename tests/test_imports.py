@@ -9,7 +9,7 @@ import sys
 
 BOGUS_ENV = {
     "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:9/none",
-    "RABBITMQ_URL": "amqp://nobody:nothing@127.0.0.1:9/none",
+    "RABBITMQ_URL": "amqp://USER:PASSWORD@127.0.0.1:9/none",
     "EMAIL_SERVICE_URL": "not a url",
     "SEND_TIME": "25:99",
     "CATCH_UP_HOURS": "-1",
