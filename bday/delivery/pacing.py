@@ -7,10 +7,14 @@ The state is one row, `send_rates['email-service']`, a token bucket (README, "Pa
   with one conditional UPDATE ... RETURNING, so a send costs a fraction of a statement.
 * When no token is left the send *reserves* the next slot: `tokens` goes below zero, and
   -tokens / rate is how far ahead the slots are promised. The send is deferred to its slot
-  (through the broker, no retry spent) and, when it comes back, goes without taking another
-  token (unless it is back more than SLOT_LATE_S late: then it asks again). Slots are handed
-  out in the order sends ask, which is their scheduled order (the broker delivers jobs in eta
-  order), so a backlog drains oldest first at exactly the rate.
+  (through the broker, no retry spent). Slots are handed out in the order sends ask, which is
+  their scheduled order (the broker delivers jobs in eta order), so a backlog drains oldest
+  first at the rate.
+* Slots say when to come back; `sent_tat` says when a send may actually go (GCRA over the
+  sends that go, tolerance EMAIL_SERVICE_BURST / rate; leases move it too). A send back with
+  its slot takes its turn there with one statement, waiting at most MAX_WAIT_S in its thread;
+  later than that it is deferred again, keeping its slot. So sends that come back late
+  (workers stalled for a moment) drain at the rate instead of bunching into one second.
 * A 429 lowers the rate for everyone (x DECREASE, at most once per DECREASE_HOLD_S, because
   the 429s of the sends already in flight are one signal, not many). Each decrease bumps
   `epoch`: slots promised at the old rate are void and their sends reserve again. The rate
@@ -27,6 +31,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,9 +46,7 @@ CACHE_TTL_S = 0.5
 LEASE_MAX = 16
 LEASE_SPAN_S = 0.05
 LEASE_TTL_S = 0.2  # leased tokens not used by then are dropped, never saved up for a burst
-# A send back later than this after its slot asks for a new one: honouring many late slots
-# at once (workers stalled for a moment) would bunch them into one second above the rate.
-SLOT_LATE_S = 0.25
+MAX_WAIT_S = 0.5  # a send whose turn is this close waits for it in its thread
 DECREASE = 0.7
 DECREASE_HOLD_S = 2.0
 INCREASE_PER_S = 0.05
@@ -114,19 +117,46 @@ def read(connection: Connection, name: str = NAME) -> State | None:
     return State(*row) if row else None
 
 
-# Refill from the time elapsed, then take up to `want` whole tokens, or reserve one slot.
+# Refill from the time elapsed, then take up to `want` whole tokens (recording them as sent
+# for the actual pace below), or reserve one slot.
 _TAKE = """
-    WITH bucket AS (
+    WITH current AS (
         SELECT name, least(%(capacity)s, tokens + %(rate)s * greatest(0.0, CAST(extract(
                    epoch FROM (%(now)s - coalesce(refilled_at, %(now)s))) AS float8))) AS level
           FROM send_rates WHERE name = %(name)s FOR UPDATE
+    ), bucket AS (
+        SELECT name, level,
+               CASE WHEN level >= 1 THEN least(%(want)s, floor(level)) ELSE 1 END AS n
+          FROM current
     )
     UPDATE send_rates s
-       SET tokens = bucket.level - CASE WHEN bucket.level >= 1
-                                        THEN least(%(want)s, floor(bucket.level)) ELSE 1 END,
+       SET tokens = bucket.level - bucket.n,
+           sent_tat = CASE WHEN bucket.level >= 1
+                           THEN greatest(coalesce(s.sent_tat, %(now)s), %(now)s)
+                                + make_interval(secs => bucket.n / %(rate)s)
+                           ELSE s.sent_tat END,
            refilled_at = greatest(coalesce(s.refilled_at, %(now)s), %(now)s), updated_at = %(now)s
       FROM bucket WHERE s.name = bucket.name
     RETURNING bucket.level, s.tokens, s.epoch
+    """
+# The actual pace (GCRA over the sends that go): a send whose slot has come goes when
+# `sent_tat - tau` has passed, and moves `sent_tat` on by 1 / rate. It takes its turn only if
+# that is at most `max_wait_s` away; the answer is how long until its turn.
+_REDEEM = """
+    WITH current AS (
+        SELECT name, coalesce(sent_tat, %(now)s) AS tat
+          FROM send_rates WHERE name = %(name)s FOR UPDATE
+    ), took AS (
+        UPDATE send_rates s
+           SET sent_tat = greatest(current.tat, %(now)s) + make_interval(secs => %(step)s)
+          FROM current
+         WHERE s.name = current.name
+           AND current.tat <= %(now)s + make_interval(secs => %(tau)s + %(max_wait_s)s)
+        RETURNING 1
+    )
+    SELECT CAST(extract(epoch FROM (current.tat - %(now)s)) AS float8) - %(tau)s,
+           EXISTS (SELECT 1 FROM took)
+      FROM current
     """
 # A 429: lower the rate (once per hold), void promised slots, hold off for Retry-After.
 _DECREASE = text(
@@ -143,10 +173,17 @@ _DECREASE = text(
 class Pacer:
     """One per worker process; every process shares the rate through the row."""
 
-    def __init__(self, settings: Settings, *, name: str = NAME):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        name: str = NAME,
+        sleep: Callable[[float], object] = time.sleep,
+    ):
         self.limit = settings.email_service_rate_limit
         self.capacity = settings.email_service_burst
         self.name = name
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._state: State | None = None
         self._read_at = -1e9
@@ -181,12 +218,33 @@ class Pacer:
         rate = effective_rate(self.limit, state, now)
         if rate is None:
             return None
-        ts = now.timestamp()
-        if held is not None and held.epoch == state.epoch and held.at > ts - SLOT_LATE_S:
-            return held if held.at > ts else None
+        if held is not None and held.epoch == state.epoch:
+            return self._redeem(now, rate, held)
         if self._take_leased():
             return None
         return self._take_shared(now, rate)
+
+    def _redeem(self, now: datetime, rate: float, held: Slot) -> Slot | None:
+        """A send back with its slot: wait while the slot is ahead; once it has come, go at
+        the actual pace, so sends that come back late cannot bunch above the rate."""
+        if held.at > now.timestamp():
+            return held
+        params = {
+            "name": self.name,
+            "now": now,
+            "step": 1 / rate,
+            "tau": self.capacity / rate,
+            "max_wait_s": MAX_WAIT_S,
+        }
+        with fast_autocommit() as connection:
+            row = connection.execute(_REDEEM, params, prepare=True).fetchone()
+        assert row is not None  # a held slot came from the row, which is never deleted
+        wait_s, took = row
+        if not took:
+            return Slot(now.timestamp() + wait_s, held.epoch)
+        if wait_s > 0:
+            self._sleep(wait_s)
+        return None
 
     def _take_leased(self) -> bool:
         with self._lock:

@@ -216,4 +216,5 @@ class SendRate(Base):
     adaptive_rate: Mapped[float | None] = mapped_column(Float)  # only after a 429
     decreased_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     throttled: Mapped[int] = mapped_column(Integer, default=0)  # decreases so far
+    sent_tat: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # next actual send
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
