@@ -11,7 +11,7 @@ The state is one row, `send_rates['email-service']`, a token bucket (README, "Pa
   their scheduled order (the broker delivers jobs in eta order), so a backlog drains oldest
   first at the rate.
 * Slots say when to come back; `sent_tat` says when a send may actually go (GCRA over the
-  sends that go, tolerance EMAIL_SERVICE_BURST / rate; leases move it too). A send back with
+  sends that go, tolerance ACTUAL_SLACK / rate; leases move it too). A send back with
   its slot takes its turn there with one statement, waiting at most MAX_WAIT_S in its thread;
   later than that it is deferred again, keeping its slot. So sends that come back late
   (workers stalled for a moment) drain at the rate instead of bunching into one second.
@@ -47,6 +47,10 @@ LEASE_MAX = 16
 LEASE_SPAN_S = 0.05
 LEASE_TTL_S = 0.2  # leased tokens not used by then are dropped, never saved up for a burst
 MAX_WAIT_S = 0.5  # a send whose turn is this close waits for it in its thread
+# The actual pace's tolerance, in sends: at most rate + 1 + this in any second at the pacer.
+# Small, because threads and the network add jitter on the way to the provider; the burst
+# itself comes from the bucket's leases, which move the actual pace too.
+ACTUAL_SLACK = 1.0
 DECREASE = 0.7
 DECREASE_HOLD_S = 2.0
 INCREASE_PER_S = 0.05
@@ -233,7 +237,7 @@ class Pacer:
             "name": self.name,
             "now": now,
             "step": 1 / rate,
-            "tau": self.capacity / rate,
+            "tau": ACTUAL_SLACK / rate,
             "max_wait_s": MAX_WAIT_S,
         }
         with fast_autocommit() as connection:
