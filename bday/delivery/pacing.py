@@ -19,8 +19,9 @@ The state is one row, `send_rates['email-service']`, a token bucket (README, "Pa
   the 429s of the sends already in flight are one signal, not many). Each decrease bumps
   `epoch`: slots promised at the old rate are void and their sends reserve again. The rate
   climbs back additively in quiet periods: + INCREASE_PER_S of the decreased rate per second.
-  With no EMAIL_SERVICE_RATE_LIMIT the adaptive rate only exists after a 429, and is
-  forgotten after FORGET_S without one.
+  With no EMAIL_SERVICE_RATE_LIMIT the adaptive rate only exists after a 429: it starts from
+  what the provider accepted in the last second (each process that met a 429 in that second
+  adds its own share), and is forgotten after FORGET_S without one.
 
 Clocks: times come from the worker's clock (as the breaker's do); hosts are expected to run
 NTP. A clock behind the row's `refilled_at` refills nothing rather than going back in time.
@@ -173,6 +174,13 @@ _DECREASE = text(
     RETURNING epoch"""
 )
 
+_CONTRIBUTE = text(
+    """UPDATE send_rates
+          SET adaptive_rate = adaptive_rate + CAST(:sent AS float8)
+        WHERE name = :name AND epoch = :epoch AND decreased_at >= :since"""
+)
+CONTRIBUTE_WITHIN_S = 1.0
+
 
 class Pacer:
     """One per worker process; every process shares the rate through the row."""
@@ -194,6 +202,7 @@ class Pacer:
         self._leased = 0
         self._leased_until = 0.0
         self._sent = (0, 0, 0)  # (whole second, sends in it, sends in the one before)
+        self._contributed = -1  # the epoch this process last added its sends to
 
     def snapshot(self, *, fresh: bool = False) -> State:
         """The shared row, re-read when older than CACHE_TTL_S."""
@@ -292,6 +301,7 @@ class Pacer:
 
     def throttled(self, now: datetime, retry_after_s: float | None) -> bool:
         """A 429: lower the cluster's rate unless another worker just did; True if this did."""
+        was_unlimited = effective_rate(self.limit, self._state, now) is None
         state = self.snapshot(fresh=True)
         current = effective_rate(self.limit, state, now)
         if current is None:  # unlimited until now: start from what the provider accepted
@@ -309,10 +319,31 @@ class Pacer:
                     "hold_before": now - timedelta(seconds=DECREASE_HOLD_S),
                 },
             ).first()
-        self.snapshot(fresh=True)
+        after = self.snapshot(fresh=True)
+        if won is None and was_unlimited:
+            self._contribute(now, after)
         with self._lock:
             self._leased = 0
         return won is not None
+
+    def _contribute(self, now: datetime, state: State) -> None:
+        """Another worker just started the rate from what the provider accepted from *it*;
+        add what it accepted from this one (once per epoch), so the rate starts from what
+        the provider accepted from the whole cluster, not from one process's share."""
+        if self._contributed == state.epoch:
+            return
+        self._contributed = state.epoch
+        with autocommit() as connection:
+            connection.execute(
+                _CONTRIBUTE,
+                {
+                    "name": self.name,
+                    "epoch": state.epoch,
+                    "sent": float(self._sent_per_s(now)),
+                    "since": now - timedelta(seconds=CONTRIBUTE_WITHIN_S),
+                },
+            )
+        self.snapshot(fresh=True)
 
     def _sent_per_s(self, now: datetime) -> int:
         second = int(now.timestamp())

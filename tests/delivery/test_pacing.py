@@ -173,3 +173,17 @@ def test_concurrent_processes_never_take_more_than_the_bucket_holds():
         thread.join()
     assert sum(went) == 20
     assert shared_row()["tokens"] == pytest.approx(-(80 - 20))
+
+
+@needs_database
+def test_unlimited_processes_start_the_rate_from_what_the_provider_accepted_from_all_of_them():
+    first, second = pacer(limit=0), pacer(limit=0)
+    for worker in (first, second):
+        worker.snapshot()  # both were sending unlimited
+        for index in range(15):
+            worker.note_sent(T0 + timedelta(milliseconds=10 * index))
+    moment = T0 + timedelta(seconds=0.5)
+    assert first.throttled(moment, None)
+    assert not second.throttled(moment, None)
+    assert not second.throttled(moment, None)  # once per process and epoch
+    assert shared_row()["adaptive_rate"] == 30
