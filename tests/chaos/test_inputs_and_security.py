@@ -105,7 +105,8 @@ def test_more_than_fifty_bad_inputs_each_get_one_line_and_write_nothing(
             users.create_user(**{**GOOD, field: value})
         assert caught.value.field == field and "\n" not in str(caught.value)
         refused += 1
-    from tests.cli.test_users import ADD, _replace, bday
+    from tests.harness.cli import ADD, bday
+    from tests.harness.cli import replace_option as _replace
 
     for option, value in CLI_BAD:
         code, out, err = bday(monkeypatch, capsys, *_replace(ADD, option, value))

@@ -10,8 +10,8 @@ import pytest
 from bday.devtools import sandbox as services
 from bday.ops.replay import MAX_AGE, parse_age
 from bday.store import db
-from tests.cli.test_users import ADD, bday
 from tests.conftest import ADMIN_URL, NAME
+from tests.harness.cli import ADD, bday
 
 NOT_MIGRATED = "bday: the database at DATABASE_URL has no bday tables: run `bday db upgrade`\n"
 

@@ -8,45 +8,12 @@ import sys
 
 import pytest
 
-from bday.cli.main import run
 from bday.users import api as users
+from tests.harness.cli import ADD, bday, replace_option
 
 pytestmark = pytest.mark.usefixtures("database")
 
-ADD = [
-    "users",
-    "add",
-    "--first-name",
-    "Ada",
-    "--last-name",
-    "Lovelace",
-    "--email",
-    "ada@example.com",
-    "--birthday",
-    "1990-03-05",
-    "--timezone",
-    "Asia/Tokyo",
-]
-
-
-def bday(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run the console script in-process; (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["bday", *args])
-    code = 0
-    try:
-        run()
-    except SystemExit as exc:
-        code = exc.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _replace(args: list[str], option: str, value: str) -> list[str]:
-    if option not in args:  # --anniversary is optional, so not in ADD
-        return [*args, option, value]
-    args = list(args)
-    args[args.index(option) + 1] = value
-    return args
+_replace = replace_option  # the older name, for imports that still use it
 
 
 def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys):
@@ -93,7 +60,7 @@ def test_users_add_prints_the_new_id_and_list_shows_the_user(monkeypatch, capsys
 def test_users_add_with_a_bad_field_is_one_line_exit_2_and_writes_nothing(
     monkeypatch, capsys, option, value, field
 ):
-    code, out, err = bday(monkeypatch, capsys, *_replace(ADD, option, value))
+    code, out, err = bday(monkeypatch, capsys, *replace_option(ADD, option, value))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"bday: {field}: ")
     assert out == ""
@@ -159,7 +126,7 @@ def test_the_installed_console_script_runs_db_upgrade_and_users_add(database_url
     assert upgrade.returncode == 0, upgrade.stderr
     assert "database at revision" in upgrade.stdout
     bad = subprocess.run(
-        [f"{bin_dir}/bday", *_replace(ADD, "--timezone", "Mars/Olympus")],
+        [f"{bin_dir}/bday", *replace_option(ADD, "--timezone", "Mars/Olympus")],
         env=env,
         capture_output=True,
         text=True,
@@ -172,7 +139,7 @@ def test_the_installed_console_script_runs_db_upgrade_and_users_add(database_url
 
 def test_an_undecodable_byte_in_argv_is_named_as_not_utf8(database_url):
     env = {**os.environ, "DATABASE_URL": database_url}
-    args = [os.fsencode(a) for a in _replace(ADD, "--first-name", "X")]
+    args = [os.fsencode(a) for a in replace_option(ADD, "--first-name", "X")]
     args[args.index(b"X")] = b"Ad\xffa"
     bad = subprocess.run(
         [f"{os.path.dirname(sys.executable)}/bday".encode(), *args], env=env, capture_output=True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bday.devtools import capacity
-from tests.cli.test_users import bday
+from tests.harness.cli import bday
 
 
 def test_the_busiest_instant_is_the_most_populous_offset_on_the_busiest_day():

@@ -15,7 +15,7 @@ from bday.ops.forecast import forecast, lateness
 from bday.scheduling import jobs
 from bday.store.db import transaction
 from bday.store.models import User
-from tests.cli.test_users import bday
+from tests.harness.cli import bday
 
 NOW = datetime(2027, 3, 5, 12, 0, tzinfo=UTC)
 KOLKATA = ZoneInfo("Asia/Kolkata")

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from bday.store.db import transaction
 from bday.store.models import Message, Status, idempotency_key
 from bday.users import api as users
-from tests.cli.test_users import bday
+from tests.harness.cli import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 

@@ -90,7 +90,7 @@ def test_rows_of_the_last_366_days_stay_whatever_the_setting(settings_env):
 
 
 def test_status_shows_the_table_size_and_the_oldest_kept_row(monkeypatch, capsys):
-    from tests.cli.test_users import bday
+    from tests.harness.cli import bday
 
     _fill(10, days_back=0, status="SENT")
     code, out, _ = bday(monkeypatch, capsys, "status")

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from bday.store.db import transaction
 from bday.users import api as users
 from bday.users.api import UserInputError
-from tests.cli.test_users import bday
+from tests.harness.cli import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 

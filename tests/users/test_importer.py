@@ -21,7 +21,7 @@ from bday.store.db import transaction
 from bday.store.models import User
 from bday.users import api as users
 from bday.users.importer import ImportFileError, import_rows, read_rows
-from tests.cli.test_users import bday  # the in-process CLI runner
+from tests.harness.cli import bday  # the in-process CLI runner
 
 pytestmark = pytest.mark.usefixtures("database")
 

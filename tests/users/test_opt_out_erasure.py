@@ -14,7 +14,7 @@ from bday.store.db import engine, transaction
 from bday.store.models import Kind, Message, Status, User
 from bday.users import api as users
 from bday.users.api import UserInputError, UserNotFound
-from tests.cli.test_users import bday
+from tests.harness.cli import bday
 from tests.users.test_api import ADA, messages
 
 pytestmark = pytest.mark.usefixtures("database")

@@ -19,8 +19,8 @@ from sqlalchemy import text
 
 from bday.store.db import engine
 from bday.users import api as users
-from tests.cli.test_users import bday
 from tests.conftest import TRUNCATE
+from tests.harness.cli import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 
