@@ -5,9 +5,11 @@ email service (with random failures), a worker and beat, and seeds users so that
 
 * one user in every zone that shares a UTC offset gets a greeting at the next SEND_TIME, a
   minute or two from now (SEND_TIME is chosen for that offset);
-* users in Tokyo, Sydney, Auckland, Kathmandu, Chatham ... whose 09:00 already passed today
-  are owed late greetings (as after an outage) and get them at once;
-* users further west, whose SEND_TIME is later today, wait (PENDING);
+* users in Tokyo, Sydney, Auckland, Kathmandu, Chatham ... are owed late greetings (as after
+  an outage) and get them at once: each gets a birthday on the latest local date whose
+  SEND_TIME already passed, within CATCH_UP_HOURS (today there, or yesterday where today's is
+  still ahead), decided by the planner's own instant arithmetic (`placement`);
+* users whose SEND_TIME is later today wait (PENDING);
 * one user created just now, after their SEND_TIME, is owed nothing.
 
 A table refreshes while sends happen (retries included); when every due greeting is sent it
