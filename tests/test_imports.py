@@ -23,10 +23,7 @@ def refuse(*args, **kwargs):
 socket.socket.connect = refuse
 socket.socket.connect_ex = refuse
 import bday
-# Not imported here: Alembic's env script (only `alembic` runs it) and the Celery configuration
-# module, whose import is the reading of the settings (Celery imports it lazily, on first use,
-# and a bad setting there ends the worker with one line: that exit is its job).
-SKIP = {"bday.migrations.env", "bday.broker.config"}
+SKIP = {"bday.migrations.env"}  # Alembic's script: only `alembic` runs it
 names = sorted(
     info.name for info in pkgutil.walk_packages(bday.__path__, "bday.") if info.name not in SKIP
 )
