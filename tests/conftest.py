@@ -26,12 +26,12 @@ from sqlalchemy import text
 from bday.config import get_settings
 from bday.devtools import sandbox as services
 from bday.ops import migrate
+from bday.store import db
 
 # Property tests assert what a function returns, never how fast: hypothesis' 200 ms deadline
 # per example only measured how busy the machine was (it failed test_retries under load).
 hypothesis_settings.register_profile("bday", deadline=None)
 hypothesis_settings.load_profile("bday")
-from bday.store import db
 
 ADMIN_URL = os.environ.get("BDAY_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # The broker the run's vhost lives on (the vhost is appended); a closed port here shows that the
