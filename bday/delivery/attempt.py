@@ -242,17 +242,18 @@ def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Brea
     now = datetime.now(UTC)
     snapshot = breaker.snapshot(fresh=True)
     wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
-    messages.finish(
-        "probe_failed",
-        claimed.id,
-        now,
-        error=str(exc),
-        status=exc.status,
-        next_at=now + timedelta(seconds=wait_s),
-    )
-    metrics.record_deferred()
+    _back_to_queue("probe_failed", claimed, exc, now, wait_s)
     log.info("message %s: probe failed (%s), breaker open for %.0f s", claimed.id, exc, wait_s)
     return Outcome(Action.DEFER, f"probe failed: {exc}", wait_s)
+
+
+def _back_to_queue(
+    kind: str, claimed: Claimed, exc: TransientSendError, now: datetime, wait_s: float
+) -> None:
+    """SENDING -> QUEUED without spending a retry (a failed probe, a 429), due in `wait_s`."""
+    next_at = now + timedelta(seconds=wait_s)
+    messages.finish(kind, claimed.id, now, error=str(exc), status=exc.status, next_at=next_at)
+    metrics.record_deferred()
 
 
 def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
@@ -278,15 +279,7 @@ def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | N
         slot = pacer.acquire(now)
     wait_s = (slot.at - now.timestamp()) if slot else (exc.retry_after_s or 1.0)
     wait_s = max(wait_s, exc.retry_after_s or 0.0)
-    messages.finish(
-        "throttled",
-        claimed.id,
-        now,
-        error=str(exc),
-        status=exc.status,
-        next_at=now + timedelta(seconds=wait_s),
-    )
-    metrics.record_deferred()
+    _back_to_queue("throttled", claimed, exc, now, wait_s)
     log.info("message %s: throttled (429), again in %.1f s", claimed.id, wait_s)
     return Outcome(Action.DEFER, "throttled", wait_s, slot)
 
