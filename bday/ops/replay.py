@@ -34,14 +34,18 @@ def replay_failed(
 
     Messages more than CATCH_UP_HOURS late are refused (listed in `too_old`) unless `force`,
     which gives them a fresh CATCH_UP_HOURS to be sent in. With `dry_run` nothing changes.
+    `since` is a window back from now; None means no window, a zero or negative one is refused
+    (it would otherwise read as "no filter").
     """
+    if since is not None and since <= timedelta(0):
+        raise ValueError(f"since must be a positive window, got {since}")
     settings, now = get_settings(), now or datetime.now(UTC)
     cutoff = now - timedelta(hours=settings.catch_up_hours)
     result = ReplayResult()
     with transaction() as session:
         rows = messages.failed_for_replay(
             session,
-            since=now - since if since else None,
+            since=now - since if since is not None else None,
             message_type=message_type,
             limit=limit,
         )
