@@ -136,14 +136,24 @@ def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, ma
         raise Failure(str(exc)) from None
     importer.check_database()
     if update or sync or dry_run:
-        _sync(path, rows, sync=sync, dry_run=dry_run, force=force, max_delete=max_delete)
+        _sync(
+            path,
+            rows,
+            sync=sync,
+            update=update or sync,
+            dry_run=dry_run,
+            force=force,
+            max_delete=max_delete,
+        )
         return
     result = _import_with_progress(rows, importer.import_rows, path.name)
     click.echo(f"imported {result.imported} of {rows.count} row(s); {result.refused} refused")
     _list_refused(result)
 
 
-def _sync(path: Path, rows, *, sync: bool, dry_run: bool, force: bool, max_delete: int):
+def _sync(
+    path: Path, rows, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int
+):
     from bday.cli.main import Failure
     from bday.users import importer
     from bday.users import sync as syncing
@@ -160,7 +170,9 @@ def _sync(path: Path, rows, *, sync: bool, dry_run: bool, force: bool, max_delet
             absent = syncing.find_absent(importer.read_rows(path), 1.0, True)
     result = _import_with_progress(
         rows,
-        lambda r, **kw: syncing.sync_rows(r, rows.header, absent=absent, dry_run=dry_run, **kw),
+        lambda r, **kw: syncing.sync_rows(
+            r, rows.header, absent=absent, update=update, dry_run=dry_run, **kw
+        ),
         path.name,
     )
     if dry_run:

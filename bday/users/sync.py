@@ -131,13 +131,15 @@ def sync_rows(
     columns: list[str],
     *,
     absent: Absent | None = None,
+    update: bool = True,
     dry_run: bool = False,
     progress: Callable[[int], None] = lambda n: None,
 ) -> SyncResult:
-    """Create and update from `rows`, then delete `absent` users; with `dry_run` write nothing."""
+    """Create and (with `update`) update from `rows`, then delete `absent` users; with
+    `dry_run` write nothing. Without `update` a known email is refused, as a plain import."""
     result, seen = SyncResult(), set[str]()
     for batch, handled in _batches(rows, result, seen):
-        _apply_batch(batch, columns, result, dry_run)
+        _apply_batch(batch, columns, result, dry_run, update)
         progress(handled)
     if absent is not None:
         _delete(absent, result, dry_run)
@@ -170,7 +172,11 @@ def _batches(
 
 
 def _apply_batch(
-    batch: list[tuple[int, dict]], columns: list[str], result: SyncResult, dry_run: bool
+    batch: list[tuple[int, dict]],
+    columns: list[str],
+    result: SyncResult,
+    dry_run: bool,
+    update: bool,
 ) -> None:
     if not batch:
         return
@@ -188,6 +194,8 @@ def _apply_batch(
                 created.append(new_user(values, now))
                 result.created += 1
                 result.note(f"create line {line}: {values['email']}")
+            elif not update:
+                result.refuse(line, "email: is already used by another user")
             else:
                 _update(session, user, line, values, columns, result, dry_run, now)
         if dry_run:

@@ -305,6 +305,8 @@ def test_update_refuses_a_bad_opt_out_by_line_and_field_and_plain_import_refuses
     bday(monkeypatch, capsys, "users", "import", str(path))
     code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path))
     assert code == 1 and out.count("email: is already used by another user") == 3
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path), "--dry-run")
+    assert code == 1 and out.count("email: is already used by another user") == 3
     _write(path, [dict(people[0], opt_out="never"), people[1], dict(people[2], last_name="New")])
     code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path), "--update")
     assert code == 1
