@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     # 366 days are kept whatever the value (see bday.store.messages.delete_finished).
     message_retention_days: int = _env("MESSAGE_RETENTION_DAYS", 400, ge=1, le=36_500)
     retention_batch: int = _env("RETENTION_BATCH", 5000, ge=1, le=100_000)
+    # Seconds between two retention batches: the job yields the database (and its CPU) to the
+    # hot path; measured in the README's Retention section.
+    retention_pause_s: float = _seconds("RETENTION_PAUSE", 0.5, ge=0)
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
     recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10, le=DAY_S)

@@ -320,7 +320,7 @@ def metrics(port, address) -> None:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["delivery", "burst", "planning", "memory", "breaker"]),
+    type=click.Choice(["delivery", "burst", "planning", "memory", "breaker", "retention"]),
     help="Run only these figures (the ceiling always runs).",
 )
 @click.option(

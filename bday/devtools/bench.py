@@ -21,17 +21,18 @@ import os
 import random
 import statistics
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bday.devtools import factories, sandbox
-from bday.store.models import Status
+from bday.store.models import FINISHED, Status
 
 ZONES_SAMPLE = [
     "UTC",
@@ -63,6 +64,7 @@ class Sizes:
     planning: tuple[int, int]
     enqueue: int
     memory: tuple[int, int]
+    retention: int = 1_000_000  # finished rows a year and more old, deleted during a delivery run
 
     @classmethod
     def full(cls) -> Sizes:
@@ -70,7 +72,7 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(2_000, 1_000, 300, (10_000, 100_000), 2_000, (1_000, 10_000))
+        return cls(2_000, 1_000, 300, (10_000, 100_000), 2_000, (1_000, 10_000), 100_000)
 
 
 @dataclass
@@ -186,17 +188,24 @@ class Bench:
         return count / elapsed
 
     def delivery(
-        self, count: int, latency_ms: float, failure_rate: float = 0.0
+        self,
+        count: int,
+        latency_ms: float,
+        failure_rate: float = 0.0,
+        beside: Callable[[], Any] | None = None,
     ) -> tuple[float, float]:
         """(messages/s, enqueue seconds) for `count` due messages at `latency_ms`.
 
         With failures, the rate is up to the 99th percentile send: the last 1% are the longest
         chains of retry backoff (2 + 4 + 8 ... s), which measure QUEUE_RETRY_DELAY, not speed.
+        `beside`, if given, is called after the reset (to load its data) and returns a function
+        run in a thread from the moment the worker starts (retention's delete, for one).
         """
         from bday.scheduling import jobs
 
         self.reset()
         self.control(latency_ms=latency_ms, failure_rate=failure_rate, down=False)
+        alongside = beside() if beside else None
         insert_due(count, datetime.now(UTC) - timedelta(seconds=1))
         started = time.perf_counter()
         assert jobs.enqueue_job()["published"] == count
@@ -204,15 +213,20 @@ class Bench:
         spawned = time.time()
         worker = self.worker("delivery")
         t0 = time.time()
+        thread = threading.Thread(target=alongside, daemon=True) if alongside else None
+        if thread:
+            thread.start()
         cpu_before, sent_before = after_startup_plan(worker, spawned)
         wait_settled(count, 1800)
         share = 0.99 if failure_rate else 1.0
         elapsed = sent_by_share(share) - t0
-        sent = int(_scalar("SELECT count(*) FROM messages WHERE status = 'SENT'")) - sent_before
+        sent = int(_scalar(SENT_RECENTLY)) - sent_before
         self.cpu_ms.setdefault(f"delivery {latency_ms:g} {failure_rate:g}", []).append(
             (worker.cpu_s() - cpu_before) / max(1, sent) * 1000
         )
         worker.stop()
+        if thread:
+            thread.join()
         return share * count / elapsed, enqueue_s
 
     def burst(self, count: int) -> dict:
@@ -365,10 +379,18 @@ def _scalar(sql: str):
         return connection.execute(text(sql)).scalar()
 
 
+# The figure's own messages (due now), not the old finished rows retention's figure loads.
+RECENT = "scheduled_send_time > now() - interval '1 day'"
+SENT_RECENTLY = f"SELECT count(*) FROM messages WHERE status = '{Status.SENT}' AND {RECENT}"
+
+
 def wait_settled(count: int, timeout: float) -> None:
     """Until `count` messages are settled: SENT, or FAILED after exhausting their retries (with
     random failures that happens now and then; in production the recover job re-sends them)."""
-    settled = f"SELECT count(*) FROM messages WHERE status IN ('{Status.SENT}', '{Status.FAILED}')"
+    settled = (
+        f"SELECT count(*) FROM messages WHERE status IN ('{Status.SENT}', '{Status.FAILED}') "
+        f"AND {RECENT}"
+    )
     sandbox.wait_for(
         lambda: _scalar(settled) >= count, timeout, f"{count} messages settled", interval=0.2
     )
@@ -379,7 +401,7 @@ def sent_by_share(share: float) -> float:
     return float(
         _scalar(
             f"SELECT extract(epoch FROM percentile_disc({float(share)}) WITHIN GROUP"
-            f" (ORDER BY sent_at)) FROM messages WHERE status = '{Status.SENT}'"
+            f" (ORDER BY sent_at)) FROM messages WHERE status = '{Status.SENT}' AND {RECENT}"
         )
     )
 
@@ -422,7 +444,7 @@ def after_startup_plan(worker: Workers, started: float) -> tuple[float, int]:
         120,
         "the worker's start-up plan",
     )
-    return worker.cpu_s(), int(_scalar("SELECT count(*) FROM messages WHERE status = 'SENT'"))
+    return worker.cpu_s(), int(_scalar(SENT_RECENTLY))
 
 
 def cpu_s(pid: int) -> float:
@@ -462,7 +484,7 @@ def run(
     sizes = Sizes.quick() if quick else Sizes.full()
     bench = Bench(sizes, concurrency, pool, processes)
     bench.setup()
-    wanted = set(only) or {"delivery", "burst", "planning", "memory", "breaker"}
+    wanted = set(only) or {"delivery", "burst", "planning", "memory", "breaker", "retention"}
     try:
         ceilings = [bench.ceiling(sizes.delivery) for _ in range(repeat)]
         ceiling = statistics.median(ceilings)
@@ -527,6 +549,8 @@ def run(
             )
         if "breaker" in wanted:
             _breaker_rows(bench, repeat)
+        if "retention" in wanted:
+            _retention_rows(bench, repeat)
         if "memory" in wanted:
             first, second = sizes.memory
             rss_first, rss_second = bench.memory(first, second)
@@ -577,6 +601,90 @@ def _delivery_rows(bench: Bench, ceiling: float, repeat: int) -> None:
                     f"{count / enqueue_s:.0f} rows/s",
                 )
             )
+
+
+def old_finished(count: int) -> None:
+    """`count` SENT/FAILED/CANCELLED rows of one user, 401 days to 9 years old (SQL)."""
+    from bday.store.db import engine
+
+    user = factories.user_row("Old", "Rows")
+    raw = engine().raw_connection()
+    try:
+        cursor = raw.cursor()
+        _copy(cursor, "users", factories.USER_COLUMNS, [user])
+        finished = ", ".join(f"'{status.value}'" for status in FINISHED)
+        cursor.execute(
+            f"""INSERT INTO messages (id, user_id, message_type, status, occasion_date,
+                                     scheduled_send_time, idempotency_key)
+               SELECT gen_random_uuid(), %(user)s, 'BIRTHDAY',
+                      (ARRAY[{finished}])[1 + i %% 3],
+                      (now() - make_interval(days => 401 + i %% 3000))::date,
+                      now() - make_interval(days => 401 + i %% 3000),
+                      'old:' || i
+                 FROM generate_series(1, %(count)s) i""",
+            {"user": user["id"], "count": count},
+        )
+        raw.commit()
+        cursor.execute("ANALYZE messages")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def _retention_rows(bench: Bench, repeat: int) -> None:
+    """Retention alone, then delivery with and without retention deleting beside it."""
+    from bday.scheduling import jobs
+
+    count, rows = bench.sizes.delivery, bench.sizes.retention
+    bench.reset()
+    old_finished(rows)
+    started = time.perf_counter()
+    result = jobs.retention_job()
+    alone_s = time.perf_counter() - started
+    bench.rows.append(
+        Row(
+            f"retention: {rows:,} finished rows deleted, alone",
+            f"{alone_s:.1f} s",
+            f"{result['deleted'] / alone_s:,.0f} rows/s",
+            f"{result['batches']} batches of RETENTION_BATCH",
+        )
+    )
+    took: list[float] = []
+
+    def beside() -> Callable[[], None]:
+        old_finished(rows)
+
+        def delete() -> None:
+            started = time.perf_counter()
+            assert jobs.retention_job()["deleted"] == rows
+            took.append(time.perf_counter() - started)
+
+        return delete
+
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(repeat):
+        for with_retention in (False, True):
+            rate = bench.delivery(count, 0, beside=beside if with_retention else None)[0]
+            rates[with_retention].append(rate)
+    kept = int(_scalar(SENT_RECENTLY))
+    off, on = statistics.median(rates[False]), statistics.median(rates[True])
+    bench.rows.append(
+        Row(
+            f"delivery: {count:,} at 0 ms",
+            f"{off:.0f} msg/s",
+            "baseline",
+            f"runs {_fmt(rates[False])}",
+        )
+    )
+    bench.rows.append(
+        Row(
+            f"delivery: {count:,} while retention deletes {rows:,}",
+            f"{on:.0f} msg/s",
+            f"x{on / off:.2f}",
+            f"runs {_fmt(rates[True])}; retention took {_fmt(took)} s; "
+            f"this year's {kept:,} SENT rows kept",
+        )
+    )
 
 
 def _breaker_rows(bench: Bench, repeat: int) -> None:

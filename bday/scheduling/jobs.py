@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.dialects.postgresql import insert
@@ -145,7 +146,8 @@ def retention_job(now: datetime | None = None, *, max_batches: int | None = None
 
     Each batch is a short transaction of its own that skips rows others hold (SKIP LOCKED)
     and touches only finished rows, which no send, claim or recovery wants: the hot path
-    never waits for it. Rows of the last 366 days are kept whatever the setting.
+    never waits for it; RETENTION_PAUSE between batches leaves it the machine. Rows of the
+    last 366 days are kept whatever the setting.
     """
     settings, now = get_settings(), now or datetime.now(UTC)
     keep_from = (now - timedelta(days=settings.message_retention_days)).date()
@@ -156,6 +158,7 @@ def retention_job(now: datetime | None = None, *, max_batches: int | None = None
         deleted, batches = deleted + rows, batches + 1
         if rows < settings.retention_batch:
             break
+        time.sleep(settings.retention_pause_s)  # leave the database to the hot path a while
     result = {"deleted": deleted, "batches": batches, "keep_from": keep_from.isoformat()}
     heartbeat("retention", now, result)
     log.info("retention: %d finished row(s) before %s deleted", deleted, keep_from)

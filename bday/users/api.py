@@ -109,24 +109,30 @@ def set_opt_out(user_id: uuid.UUID | str, opt_out: Any) -> None:
 def erase_user(reference: uuid.UUID | str) -> uuid.UUID:
     """Forget a person: name and email replaced by anonymous values in every table, stored
     service answers on their messages cleared, unsent greetings cancelled, the user deleted.
+    Every user row that held the same address (earlier soft-deleted ones) is erased with it.
     Message rows stay (anonymous) so counts hold. Cannot be undone. Raises `UserNotFound`."""
     user = find_user(reference, include_deleted=True)
     if user.erased_at is not None:
         return user.id
     now = _now()
+    same = select(User).where(func.lower(User.email) == user.email.lower())
     with transaction() as session:
-        erased = session.get(User, user.id, with_for_update=True)
-        assert erased is not None
-        email = erased.email
-        erased.first_name = erased.last_name = "erased"
-        erased.email = f"erased-{secrets.token_hex(12)}@erased.invalid"
-        erased.deleted_at = erased.deleted_at or now
-        erased.erased_at = erased.updated_at = now
-        messages.forget_answers(session, user.id, now)
-        breaker.forget_text(session, email)  # an error text may quote the service's answer
-    hooks.on_user_deleted(user.id)
-    log.info("user %s erased", user.id)
+        erased = list(session.scalars(same.with_for_update()))
+        for row in erased:
+            _anonymise(row, now)
+            messages.forget_answers(session, row.id, now)
+        breaker.forget_text(session, user.email)  # an error text may quote the address
+    for row in erased:
+        hooks.on_user_deleted(row.id)
+    log.info("user %s erased (%d row(s))", user.id, len(erased))
     return user.id
+
+
+def _anonymise(user: User, now: datetime) -> None:
+    user.first_name = user.last_name = "erased"
+    user.email = f"erased-{secrets.token_hex(12)}@erased.invalid"  # unique, so the index holds
+    user.deleted_at = user.deleted_at or now
+    user.erased_at = user.updated_at = now
 
 
 def delete_user(user_id: uuid.UUID | str) -> None:

@@ -197,14 +197,14 @@ def _apply_batch(
             elif not update:
                 result.refuse(line, "email: is already used by another user")
             else:
-                _update(session, user, line, values, columns, result, dry_run, now)
+                _update(user, line, values, columns, result, dry_run, now)
         if dry_run:
             return  # nothing was added or changed: the transaction only read
         session.add_all(created)
     result.created_ids.extend(user.id for user in created)
 
 
-def _update(session, user, line, values, columns, result, dry_run, now) -> None:
+def _update(user, line, values, columns, result, dry_run, now) -> None:
     """Apply the file's columns to a live user, re-validated with the fields it keeps."""
     current = current_fields(user)
     given = {name: value for name, value in values.items() if name in columns}

@@ -57,6 +57,7 @@ def _count(where: str = "true") -> int:
 
 def test_retention_deletes_old_finished_rows_in_batches_and_keeps_the_rest(settings_env):
     settings_env.setenv("RETENTION_BATCH", "1000")
+    settings_env.setenv("RETENTION_PAUSE", "0")
     for status in ("SENT", "FAILED", "CANCELLED"):
         _fill(ROWS // 4, days_back=0, status=status)  # spread over 3,000 days back from NOW
     _fill(ROWS // 4, days_back=500, status="PENDING")  # unfinished, however old: kept

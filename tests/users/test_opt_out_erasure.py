@@ -201,3 +201,12 @@ def test_erase_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, caps
     code, out, err = bday(monkeypatch, capsys, *args)
     assert (code, out, err) == (2, "", expected + "\n")
     assert users.find_user("ada@example.com").erased_at is None
+
+
+@time_machine.travel(BEFORE_NINE, tick=False)
+def test_erasing_by_address_also_erases_an_earlier_deleted_user_with_it():
+    old = users.create_user(**{**ADA, "first_name": "Former"})
+    users.delete_user(old)
+    current = users.create_user(**ADA)
+    assert users.erase_user(ADA["email"].upper()) == current
+    assert _tables_holding(ADA["email"]) == [] and _tables_holding("Former") == []
