@@ -12,6 +12,9 @@ means another worker, job or beat got there first, which is normal, never an err
     SENDING  -> QUEUED     finish("retry"), finish("probe_failed"), finish("throttled")
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
+    PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
+    SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
+    any status, no change  forget_answers                 (erasure clears stored answers)
 
 Two styles, on purpose: the hot path of a send (`claim_for_send`, `finish`, `current_state`)
 runs raw psycopg on a pooled autocommit connection with server-side prepared statements
