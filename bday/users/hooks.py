@@ -52,16 +52,7 @@ def on_users_imported(user_ids: list[uuid.UUID]) -> int:
         chunk = user_ids[start : start + _BULK]
         with transaction() as session:
             planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
-        with transaction() as session:
-            due = messages.claim_due(
-                session,
-                now,
-                lead_s=settings.enqueue_lead_s,
-                catch_up_hours=settings.catch_up_hours,
-                limit=len(chunk) * 2,
-                user_ids=chunk,
-            )
-        _publish(due, settings)
+        _claim_and_publish(chunk, now, settings)
     return planned
 
 
@@ -92,17 +83,20 @@ def on_users_deleted(user_ids: list[uuid.UUID]) -> int:
     return cancelled
 
 
-def _claim_and_publish(user_ids: list[uuid.UUID], now: datetime, settings: Settings) -> None:
+def _claim_and_publish(user_ids: list[uuid.UUID], now: datetime, settings: Settings) -> int:
+    """Queue what these users are owed now (due within the enqueue lead), as the minute
+    enqueue would, without waiting for it. At most two rows a user are due (one per type)."""
     with transaction() as session:
         due = messages.claim_due(
             session,
             now,
             lead_s=settings.enqueue_lead_s,
             catch_up_hours=settings.catch_up_hours,
-            limit=len(user_ids) * 2,
+            limit=max(100, 2 * len(user_ids)),
             user_ids=user_ids,
         )
     _publish(due, settings)
+    return len(due)
 
 
 def on_birthday_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
@@ -120,22 +114,13 @@ def _replan_and_dispatch(user_id: uuid.UUID) -> int:
     with transaction() as session:
         cancelled = planner.cancel_stale(session, user_id, now, settings)
         planned = planner.plan(session, planner.Window.around(now, settings), settings, [user_id])
-    with transaction() as session:
-        due = messages.claim_due(
-            session,
-            now,
-            lead_s=settings.enqueue_lead_s,
-            catch_up_hours=settings.catch_up_hours,
-            limit=100,
-            user_ids=[user_id],
-        )
-    _publish(due, settings)
+    queued = _claim_and_publish([user_id], now, settings)
     log.info(
         "user %s: %d greeting(s) planned, %d cancelled, %d queued",
         user_id,
         planned,
         cancelled,
-        len(due),
+        queued,
     )
     return planned
 

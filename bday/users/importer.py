@@ -190,6 +190,20 @@ def import_rows(
     `progress(n)` is called with the number of rows handled since its last call.
     """
     result = ImportResult()
+    for batch, handled in clean_batches(rows, result.refuse):
+        if batch:
+            _insert(batch, result)
+        progress(handled)
+    hooks.on_users_imported(result.user_ids)
+    return result
+
+
+def clean_batches(
+    rows: Iterable[tuple[int, dict | str]], refuse: Callable[[int, str], None]
+) -> Iterator[tuple[list[tuple[int, dict]], int]]:
+    """Valid rows in batches of BATCH, each with how many lines it took (the last batch may be
+    short or empty). A refused line (bad field, email seen earlier in the file) goes to
+    `refuse(line, why)` instead."""
     seen: set[str] = set()
     batch: list[tuple[int, dict]] = []
     handled = 0
@@ -202,16 +216,11 @@ def import_rows(
             seen.add(values["email"])
             batch.append((line, values))
         except UserInputError as exc:
-            result.refuse(line, str(exc))
+            refuse(line, str(exc))
         if len(batch) == BATCH:
-            _insert(batch, result)
-            progress(handled)
+            yield batch, handled
             batch, handled = [], 0
-    if batch:
-        _insert(batch, result)
-    progress(handled)
-    hooks.on_users_imported(result.user_ids)
-    return result
+    yield batch, handled
 
 
 def _clean(row: dict | str) -> dict:

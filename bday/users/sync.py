@@ -38,7 +38,7 @@ from bday.users.api import (
     new_user,
     opt_out_word,
 )
-from bday.users.importer import BATCH, MAX_LISTED, _clean
+from bday.users.importer import MAX_LISTED, clean_batches
 
 MAX_DELETE = 0.10  # the share of live users --sync may delete without --force
 
@@ -137,8 +137,9 @@ def sync_rows(
 ) -> SyncResult:
     """Create and (with `update`) update from `rows`, then delete `absent` users; with
     `dry_run` write nothing. Without `update` a known email is refused, as a plain import."""
-    result, seen = SyncResult(), set[str]()
-    for batch, handled in _batches(rows, result, seen):
+    result = SyncResult()
+    for batch, handled in clean_batches(rows, result.refuse):
+        result.rows += handled
         _apply_batch(batch, columns, result, dry_run, update)
         progress(handled)
     if absent is not None:
@@ -147,28 +148,6 @@ def sync_rows(
         hooks.on_users_imported(result.created_ids)
         hooks.on_users_updated(result.updated_ids)
     return result
-
-
-def _batches(
-    rows: Iterable[tuple[int, dict | str]], result: SyncResult, seen: set[str]
-) -> Iterator[tuple[list[tuple[int, dict]], int]]:
-    batch: list[tuple[int, dict]] = []
-    handled = 0
-    for line, row in rows:
-        handled += 1
-        result.rows += 1
-        try:
-            values = _clean(row)
-            if values["email"] in seen:
-                raise UserInputError("email", "appears earlier in this file")
-            seen.add(values["email"])
-            batch.append((line, values))
-        except UserInputError as exc:
-            result.refuse(line, str(exc))
-        if len(batch) == BATCH:
-            yield batch, handled
-            batch, handled = [], 0
-    yield batch, handled
 
 
 def _apply_batch(
