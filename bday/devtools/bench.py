@@ -303,7 +303,10 @@ def insert_due(count: int, at: datetime) -> None:
     """`count` users with one PENDING birthday message each, scheduled at `at` (COPY)."""
     from bday.store.db import engine
 
-    birthday = date(1990, at.month, min(at.day, 28))
+    # The occasion is `at`'s own date (a leap year holds every month-day). A birthday on
+    # another day would be a second occasion: on the 29th-31st the old `min(day, 28)` made the
+    # worker's start-up plan owe (and send) 2,000 catch-up greetings inside the measurement.
+    birthday = date(1992, at.month, at.day)
     users = [factories.user_row(f"User{i}", "Bench", birthday=birthday) for i in range(count)]
     messages = [factories.message_row(user["id"], at) for user in users]
     raw = engine().raw_connection()
