@@ -91,11 +91,11 @@ def unsent_of_user(session: Session, user_id: uuid.UUID) -> Sequence[Row[Any]]:
     return session.execute(_UNSENT_OF_USER, {"user_id": user_id}).all()
 
 
-_CANCEL = text(
-    f"""UPDATE messages SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
-               updated_at = :now
-         WHERE id = ANY(:ids) AND status IN {UNSENT_SQL}"""
-)
+# PENDING/QUEUED -> CANCELLED, for the rows the WHERE clause's first condition names.
+_CANCEL_UNSENT = f"""UPDATE messages SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
+                            updated_at = :now
+                      WHERE {{rows}} AND status IN {UNSENT_SQL}"""
+_CANCEL = text(_CANCEL_UNSENT.format(rows="id = ANY(:ids)"))
 
 
 def cancel(session: Session, ids: Sequence[uuid.UUID], now: datetime) -> int:
@@ -127,11 +127,7 @@ def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
     return _rowcount(session.execute(_FORGET_ANSWERS, {"user_id": user_id, "now": now}))
 
 
-_CANCEL_OF_USERS = text(
-    f"""UPDATE messages SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
-               updated_at = :now
-         WHERE user_id = ANY(:user_ids) AND status IN {UNSENT_SQL}"""
-)
+_CANCEL_OF_USERS = text(_CANCEL_UNSENT.format(rows="user_id = ANY(:user_ids)"))
 
 
 def cancel_unsent_of_users(session: Session, user_ids: Sequence[uuid.UUID], now: datetime) -> int:
