@@ -51,6 +51,8 @@ def _env(name: str, default: Any, **constraints: Any) -> Any:
 # Seconds settings become `timedelta`s and PostgreSQL intervals: `inf`, `nan` or 1e300 would
 # overflow both (or turn the breaker off in all but name), so they are finite and at most a day.
 DAY_S = 86_400
+# Jobs a worker holds per pool thread (Celery's worker_prefetch_multiplier; bday.broker.config).
+PREFETCH_MULTIPLIER = 2
 
 
 def _seconds(name: str, default: float, **constraints: Any) -> Any:
@@ -75,6 +77,11 @@ class Settings(BaseSettings):
     catch_up_hours: int = _env("CATCH_UP_HOURS", 48, gt=0, le=24 * 366)
     plan_ahead_hours: int = _env("PLAN_AHEAD_HOURS", 26, gt=0, le=24 * 31)
     queue_concurrency: int = _env("QUEUE_CONCURRENCY", 5, ge=1, le=1000)
+    # A worker runs greetings in batches: one claim and one SENT statement per batch, the
+    # sends concurrent (docs/architecture.md, "Batched delivery"). 1 turns batching off.
+    send_batch_size: int = _env("SEND_BATCH_SIZE", 32, ge=1, le=1000)
+    # How long the first job of a batch waits for others before the batch starts anyway.
+    send_batch_wait_s: float = _env("SEND_BATCH_WAIT", 0.05, allow_inf_nan=False, ge=0, le=5)
     queue_max_retries: int = _env("QUEUE_MAX_RETRIES", 5, ge=0, le=100)
     queue_retry_delay_ms: int = _env("QUEUE_RETRY_DELAY", 2000, ge=0, le=86_400_000)
     queue_retry_max_delay_ms: int = _env("QUEUE_RETRY_MAX_DELAY", 600_000, ge=0, le=DAY_S * 1000)
@@ -190,6 +197,13 @@ class Settings(BaseSettings):
     @property
     def email_service_timeout_s(self) -> float:
         return self.email_service_timeout_ms / 1000
+
+    @property
+    def send_pool_size(self) -> int:
+        """Threads sending a worker process's greetings: one per job the worker may hold, so
+        a claimed greeting's request starts at once (never queued behind others for longer
+        than its lease)."""
+        return self.queue_concurrency * PREFETCH_MULTIPLIER
 
     @property
     def send_lease_s(self) -> float:

@@ -29,7 +29,7 @@ from typing import Any
 from celery.schedules import crontab
 
 from bday.broker.topology import DELAYED_QUEUE_TYPE, Topology, topology
-from bday.config import Settings, SettingsError, get_settings
+from bday.config import PREFETCH_MULTIPLIER, Settings, SettingsError, get_settings
 
 
 def __getattr__(name: str) -> Any:
@@ -107,7 +107,7 @@ def _worker(settings: Settings) -> dict[str, Any]:
         # The send is I/O-bound: threads wait on the email service cheaply.
         "worker_pool": "threads",
         "worker_concurrency": settings.queue_concurrency,
-        "worker_prefetch_multiplier": 2,
+        "worker_prefetch_multiplier": PREFETCH_MULTIPLIER,
         # How long the worker's eta timer may sleep between checks (Celery's default: 1 s). A job
         # held for its instant or a paced send's slot then starts within 0.1 s of it, not 1 s late.
         "worker_timer_precision": 0.1,

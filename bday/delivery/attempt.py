@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -23,7 +25,14 @@ from bday.core import retries
 from bday.core.occasions import message_text
 from bday.delivery.breaker import Breaker, Permit
 from bday.delivery.pacing import Pacer, Slot
-from bday.delivery.sender import EmailSender, PermanentSendError, Receipt, TransientSendError
+from bday.delivery.sender import (
+    Email,
+    PermanentSendError,
+    Receipt,
+    SendError,
+    Sends,
+    TransientSendError,
+)
 from bday.store import messages
 from bday.store.messages import Claimed
 from bday.store.models import FINISHED, FailureReason, Status
@@ -37,6 +46,8 @@ class Action(enum.Enum):
     RETRY = "retry"  # transient failure: run again after `delay_s`, one retry spent
     DEFER = "defer"  # not yet (early, leased, breaker open, paced): run again, nothing spent
     DEAD_LETTER = "dead_letter"  # permanent failure, retries exhausted, expired, unknown id
+    DB_AWAY = "db_away"  # the database did not answer before anything was sent: run again
+    RECORD = "record"  # sent, but SENT could not be written: run again to record `delivered`
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +56,19 @@ class Outcome:
     reason: str
     delay_s: float = 0.0
     slot: Slot | None = None  # a paced send's promised slot: it comes back with it
+    delivered: dict[str, Any] | None = None  # RECORD: what `record_delivered` writes
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One greeting's job as a worker received it (`send_message(message_id, token, slot=)`)."""
+
+    message_id: str
+    token: str | None = None
+    slot: Slot | None = None
+
+
+_DB_ERRORS = (psycopg.Error, DBAPIError)
 
 
 def _deadline(claimed: Claimed, settings: Settings) -> datetime:
@@ -58,7 +82,7 @@ def deliver(
     message_id: str,
     token: str | None,
     *,
-    sender: EmailSender,
+    sender: Sends,
     breaker: Breaker,
     settings: Settings | None = None,
     now: datetime | None = None,
@@ -70,27 +94,92 @@ def deliver(
 
     `via` is recorded on a sent row: `queue` from a worker, `direct` from the fallback path.
     `pacer` (None: unpaced) holds the send to the shared rate; `slot` is the one a paced send
-    was promised when it was deferred.
+    was promised when it was deferred. Raises UnrecordedDelivery when the service accepted the
+    greeting but SENT could not be written, and the database's error when it did not answer
+    before the send.
+    """
+    [outcome] = deliver_many(
+        [Job(message_id, token, slot)],
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        now=now,
+        via=via,
+        pacer=pacer,
+    )
+    if outcome.action is Action.RECORD:
+        assert outcome.delivered is not None
+        raise UnrecordedDelivery(outcome.delivered)
+    if outcome.action is Action.DB_AWAY:
+        raise DatabaseAway(outcome.reason)
+    return outcome
+
+
+class DatabaseAway(Exception):
+    """PostgreSQL did not answer before the greeting was sent (nothing was sent)."""
+
+
+def deliver_many(
+    jobs: Sequence[Job],
+    *,
+    sender: Sends,
+    breaker: Breaker,
+    settings: Settings | None = None,
+    now: datetime | None = None,
+    via: str = "queue",
+    pacer: Pacer | None = None,
+) -> list[Outcome]:
+    """Deliver a batch of greetings: one outcome per job, in order.
+
+    Unpaced, the batch shares its work: one breaker question, one claim statement, the sends
+    at once (`sender.send_many`), one statement recording every SENT. While a send rate is in
+    force, each job goes on its own (`sender.each`): a paced send takes its turn just before
+    its request, so the batch's sends keep the rate's spacing instead of leaving together.
     """
     settings = settings or get_settings()
     now = now or datetime.now(UTC)
+    if len(jobs) > 1 and pacer is not None and pacer.rate(now) is not None:
+        one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
+        return [out for [out] in sender.each(lambda job: one([job], pacer=pacer), jobs)]
+    return _deliver_all(
+        jobs, sender=sender, breaker=breaker, settings=settings, via=via, pacer=pacer, now=now
+    )
+
+
+def _deliver_all(
+    jobs: Sequence[Job],
+    *,
+    sender: Sends,
+    breaker: Breaker,
+    settings: Settings,
+    via: str,
+    pacer: Pacer | None,
+    now: datetime | None = None,
+) -> list[Outcome]:
+    now = now or datetime.now(UTC)
+    outcomes: list[Outcome | None] = [None] * len(jobs)
     try:
-        row_id = uuid.UUID(str(message_id))
-        token_id = uuid.UUID(str(token)) if token is not None else None
-    except ValueError:
-        return Outcome(Action.DEAD_LETTER, "malformed job: message id is not a UUID")
-    permit = breaker.permit(now)
-    if not permit.allowed:
-        return _defer_for_breaker(row_id, permit, now)
-    wait = pacer.acquire(now, slot) if pacer is not None else None
-    if wait is not None:
-        breaker.release(permit, now)
-        return _defer_for_pace(row_id, token_id, wait, held=wait is slot, now=now)
-    claimed = _claim(row_id, token_id, now, settings)
-    if claimed is None:
-        breaker.release(permit, now)
-        return _why_not_claimed(row_id, token_id, now)
-    return _attempt(claimed, permit, sender, Services(breaker, pacer), settings, now, via)
+        asked = _admit(jobs, outcomes, breaker, pacer, now)
+        claimed = _claim(asked, outcomes, breaker, settings, now)
+    except _DB_ERRORS as exc:
+        return _all_away(outcomes, exc)
+    services = Services(breaker, pacer)
+    results = sender.send_many([_email(row) for row, _, _ in claimed])
+    sent: list[tuple[Claimed, Receipt, int]] = []
+    for (row, permit, index), result in zip(claimed, results, strict=True):
+        try:
+            if isinstance(result, Receipt):
+                breaker.record_success(permit, datetime.now(UTC))
+                if pacer is not None:
+                    pacer.note_sent(datetime.now(UTC))
+                sent.append((row, result, index))
+            else:
+                outcomes[index] = _after_failed_send(row, permit, result, services, settings)
+        except _DB_ERRORS as exc:
+            outcomes[index] = _away(exc)
+    for index, outcome in _record_sent(sent, via):
+        outcomes[index] = outcome
+    return [o if o is not None else _away(None) for o in outcomes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,60 +188,80 @@ class Services:
     pacer: Pacer | None
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    index: int
+    row_id: uuid.UUID
+    token_id: uuid.UUID | None
+    permit: Permit
+
+
+def _admit(
+    jobs: Sequence[Job],
+    outcomes: list[Outcome | None],
+    breaker: Breaker,
+    pacer: Pacer | None,
+    now: datetime,
+) -> list[_Asked]:
+    """Parse each job, ask the breaker and the pacer: the jobs that may be claimed now (the
+    others get their outcome here)."""
+    parsed: list[tuple[int, uuid.UUID, uuid.UUID | None]] = []
+    seen: set[uuid.UUID] = set()
+    for index, job in enumerate(jobs):
+        try:
+            row_id = uuid.UUID(str(job.message_id))
+            token_id = uuid.UUID(str(job.token)) if job.token is not None else None
+        except ValueError:
+            outcomes[index] = Outcome(Action.DEAD_LETTER, "malformed job: message id is not a UUID")
+            continue
+        if row_id in seen:  # the same row twice in one batch: the second waits for the first
+            outcomes[index] = _why_not_claimed(row_id, token_id, now)
+            continue
+        seen.add(row_id)
+        parsed.append((index, row_id, token_id))
+    asked = []
+    for (index, row_id, token_id), permit in zip(
+        parsed, breaker.permits(now, len(parsed)), strict=True
+    ):
+        if not permit.allowed:
+            outcomes[index] = _defer_for_breaker(row_id, permit, now)
+            continue
+        held = jobs[index].slot
+        wait = pacer.acquire(now, held) if pacer is not None else None
+        if wait is not None:
+            breaker.release(permit, now)
+            outcomes[index] = _defer_for_pace(row_id, token_id, wait, held=wait is held, now=now)
+            continue
+        asked.append(_Asked(index, row_id, token_id, permit))
+    return asked
+
+
 def _claim(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, settings: Settings
-) -> Claimed | None:
-    lease_until = now + timedelta(seconds=settings.send_lease_s)
-    return messages.claim_for_send(row_id, token_id, now, lease_until)
-
-
-def _attempt(
-    claimed: Claimed,
-    permit: Permit,
-    sender: EmailSender,
-    services: Services,
+    asked: list[_Asked],
+    outcomes: list[Outcome | None],
+    breaker: Breaker,
     settings: Settings,
     now: datetime,
-    via: str,
-) -> Outcome:
-    breaker = services.breaker
-    if claimed.user_deleted:
-        breaker.release(permit, now)
-        messages.finish("cancelled", claimed.id, now)
-        return Outcome(Action.DONE, "user deleted")
-    if _deadline(claimed, settings) < now:
-        breaker.release(permit, now)
-        messages.finish(
-            "failed",
-            claimed.id,
-            now,
-            reason=FailureReason.EXPIRED.value,
-            error=f"more than {settings.catch_up_hours} h late",
-        )
-        metrics.record_failed(claimed.message_type, FailureReason.EXPIRED.value)
-        return Outcome(Action.DEAD_LETTER, "expired")
-    try:
-        receipt = sender.send(
-            email=claimed.email,
-            message=message_text(claimed.message_type, claimed.first_name, claimed.last_name),
-            idempotency_key=str(claimed.id),
-        )
-    except TransientSendError as exc:
-        if exc.status == 429:  # pacing, not an outage: the service answered, so it is up
-            breaker.record_success(permit, datetime.now(UTC))
-            return _after_throttled(claimed, exc, services.pacer)
-        breaker.record_failure(permit, datetime.now(UTC), exc)
-        if permit.is_probe:  # the service is still down: that is the outage, not this message
-            return _after_failed_probe(claimed, exc, breaker)
-        return _after_transient(claimed, exc, settings)
-    except PermanentSendError as exc:
-        breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
-        return _after_permanent(claimed, exc)
-    done = datetime.now(UTC)
-    breaker.record_success(permit, done)
-    if services.pacer is not None:
-        services.pacer.note_sent(done)
-    return _after_sent(claimed, receipt, via)
+) -> list[tuple[Claimed, Permit, int]]:
+    """Claim the admitted rows in one statement; settle the ones that need no send."""
+    lease_until = now + timedelta(seconds=settings.send_lease_s)
+    rows = messages.claim_many([(a.row_id, a.token_id) for a in asked], now, lease_until)
+    claimed = []
+    for a in asked:
+        row = rows.get(a.row_id)
+        if row is None:
+            breaker.release(a.permit, now)
+            outcomes[a.index] = _why_not_claimed(a.row_id, a.token_id, now)
+        elif row.user_deleted:
+            breaker.release(a.permit, now)
+            messages.finish("cancelled", row.id, now)
+            outcomes[a.index] = Outcome(Action.DONE, "user deleted")
+        elif _deadline(row, settings) < now:
+            breaker.release(a.permit, now)
+            outcomes[a.index] = _expired(row, settings, now)
+        else:
+            claimed.append((row, a.permit, a.index))
+    return claimed
 
 
 class UnrecordedDelivery(Exception):
@@ -181,27 +290,101 @@ def record_delivered(delivered: dict[str, Any]) -> Outcome:
     return Outcome(Action.DONE, "sent")
 
 
-def _after_sent(claimed: Claimed, receipt: Receipt, via: str) -> Outcome:
+def _email(claimed: Claimed) -> Email:
+    return Email(
+        claimed.email,
+        message_text(claimed.message_type, claimed.first_name, claimed.last_name),
+        str(claimed.id),
+    )
+
+
+def _record_sent(sent: list[tuple[Claimed, Receipt, int]], via: str) -> list[tuple[int, Outcome]]:
+    """Write SENT for every accepted greeting in one statement; if the database is away, each
+    becomes RECORD (its job comes back only to write SENT, never to send again)."""
+    if not sent:
+        return []
     done = datetime.now(UTC)
     try:
-        messages.finish(
-            "sent", claimed.id, done, status=receipt.status, response=receipt.body, via=via
+        messages.record_sent([(c.id, r.status, r.body) for c, r, _ in sent], done, via)
+    except _DB_ERRORS:
+        at = done.isoformat()
+        return [
+            (
+                index,
+                Outcome(
+                    Action.RECORD,
+                    "sent, not yet recorded",
+                    delivered={
+                        "id": str(c.id),
+                        "at": at,
+                        "status": r.status,
+                        "response": r.body,
+                        "via": via,
+                    },
+                ),
+            )
+            for c, r, index in sent
+        ]
+    for claimed, receipt, _ in sent:
+        metrics.record_sent(
+            claimed.message_type, (done - claimed.scheduled_send_time).total_seconds()
         )
-    except (psycopg.Error, DBAPIError) as exc:
-        raise UnrecordedDelivery(
-            {
-                "id": str(claimed.id),
-                "at": done.isoformat(),
-                "status": receipt.status,
-                "response": receipt.body,
-                "via": via,
-            }
-        ) from exc
-    metrics.record_sent(claimed.message_type, (done - claimed.scheduled_send_time).total_seconds())
+        log.debug(
+            "message %s sent (%s, %.0f ms)",
+            claimed.id,
+            claimed.message_type,
+            receipt.elapsed_s * 1000,
+        )
+    slowest = max(receipt.elapsed_s for _, receipt, _ in sent)
     log.info(
-        "message %s sent (%s, %.0f ms)", claimed.id, claimed.message_type, receipt.elapsed_s * 1000
+        "sent %d (slowest %.0f ms): %s",
+        len(sent),
+        slowest * 1000,
+        " ".join(str(claimed.id) for claimed, _, _ in sent),
     )
-    return Outcome(Action.DONE, "sent")
+    return [(index, _SENT) for _, _, index in sent]
+
+
+_SENT = Outcome(Action.DONE, "sent")
+
+
+def _after_failed_send(
+    claimed: Claimed, permit: Permit, exc: SendError, services: Services, settings: Settings
+) -> Outcome:
+    breaker = services.breaker
+    if isinstance(exc, PermanentSendError):
+        breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
+        return _after_permanent(claimed, exc)
+    assert isinstance(exc, TransientSendError)
+    if exc.status == 429:  # pacing, not an outage: the service answered, so it is up
+        breaker.record_success(permit, datetime.now(UTC))
+        return _after_throttled(claimed, exc, services.pacer)
+    breaker.record_failure(permit, datetime.now(UTC), exc)
+    if permit.is_probe:  # the service is still down: that is the outage, not this message
+        return _after_failed_probe(claimed, exc, breaker)
+    return _after_transient(claimed, exc, settings)
+
+
+def _expired(claimed: Claimed, settings: Settings, now: datetime) -> Outcome:
+    messages.finish(
+        "failed",
+        claimed.id,
+        now,
+        reason=FailureReason.EXPIRED.value,
+        error=f"more than {settings.catch_up_hours} h late",
+    )
+    metrics.record_failed(claimed.message_type, FailureReason.EXPIRED.value)
+    return Outcome(Action.DEAD_LETTER, "expired")
+
+
+def _away(exc: BaseException | None) -> Outcome:
+    orig = getattr(exc, "orig", None) or exc
+    return Outcome(Action.DB_AWAY, f"database unavailable ({type(orig).__name__})")
+
+
+def _all_away(outcomes: list[Outcome | None], exc: BaseException) -> list[Outcome]:
+    """The database failed before any send: every job not yet settled comes back later."""
+    return [o if o is not None else _away(exc) for o in outcomes]
 
 
 def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settings) -> Outcome:

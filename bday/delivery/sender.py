@@ -16,10 +16,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -46,6 +48,28 @@ class TransientSendError(SendError):
 
 class PermanentSendError(SendError):
     """Trying again will not help: a 4xx other than 429, or an unexpected status."""
+
+
+@dataclass(frozen=True, slots=True)
+class Email:
+    """One greeting to send: what `EmailSender.send` takes."""
+
+    email: str
+    message: str
+    idempotency_key: str
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Sends(Protocol):
+    """What delivery needs to send: many greetings at once, and a job run on each of many items
+    (`EmailSender` does both one after another; `SendPool` concurrently)."""
+
+    def send_many(self, emails: Sequence[Email]) -> list[Receipt | SendError]: ...
+
+    def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +122,50 @@ class EmailSender:
         metrics.record_email_call(receipt.elapsed_s, None)
         return receipt
 
+    def send_many(self, emails: Sequence[Email]) -> list[Receipt | SendError]:
+        """Each greeting in turn; a failure is returned in its place, not raised."""
+        return [_sent_or_error(self, email) for email in emails]
+
+    def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        return [job(item) for item in items]
+
     def close(self) -> None:
         self._client.close()
+
+
+def _sent_or_error(sender: EmailSender, email: Email) -> Receipt | SendError:
+    try:
+        return sender.send(
+            email=email.email, message=email.message, idempotency_key=email.idempotency_key
+        )
+    except SendError as exc:
+        return exc
+
+
+class SendPool:
+    """Sends a batch's greetings concurrently: `size` threads, each with its own keep-alive
+    client (`get_sender()`), so a batch takes as long as its slowest send, not their sum.
+
+    One greeting is sent in the calling thread (no hand-off)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="bday-send")
+
+    def send_many(self, emails: Sequence[Email]) -> list[Receipt | SendError]:
+        return self.each(_send_here, emails)
+
+    def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        if len(items) <= 1:
+            return [job(item) for item in items]
+        return list(self._executor.map(job, items))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _send_here(email: Email) -> Receipt | SendError:
+    return _sent_or_error(get_sender(), email)
 
 
 def classify(response: httpx.Response, elapsed_s: float = 0.0) -> Receipt:
@@ -182,3 +248,17 @@ def get_sender() -> EmailSender:
         )
         _local.sender, _local.key = sender, key
     return sender
+
+
+_pools: dict[tuple[int, int], SendPool] = {}
+_pools_lock = threading.Lock()
+
+
+def get_send_pool() -> SendPool:
+    """This process's SendPool (`Settings.send_pool_size` threads; rebuilt after fork)."""
+    key = (os.getpid(), get_settings().send_pool_size)
+    pool = _pools.get(key)
+    if pool is None:
+        with _pools_lock:
+            pool = _pools.setdefault(key, SendPool(key[1]))
+    return pool

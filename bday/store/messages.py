@@ -509,31 +509,71 @@ class Claimed:
     send_deadline: datetime | None
 
 
-_CLAIM_FOR_SEND = f"""
+_CLAIM_MANY = f"""
     UPDATE messages m
        SET status = '{SENDING}', lease_expires_at = %(lease_until)s, attempts = m.attempts + 1,
            updated_at = %(now)s
-      FROM users u
-     WHERE m.id = %(id)s AND u.id = m.user_id
+      FROM users u, unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[])) AS j(id, token)
+     WHERE m.id = j.id AND u.id = m.user_id
        AND (m.status IN {UNSENT_SQL}
             OR (m.status = '{SENDING}' AND m.lease_expires_at < %(now)s))
-       AND (CAST(%(token)s AS uuid) IS NULL OR m.dispatch_token IS NULL
-            OR m.dispatch_token = CAST(%(token)s AS uuid))
+       AND (j.token IS NULL OR m.dispatch_token IS NULL OR m.dispatch_token = j.token)
        AND m.scheduled_send_time <= %(now)s
     RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
               u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
     """
 
 
-def claim_for_send(
-    message_id: uuid.UUID, token: uuid.UUID | None, now: datetime, lease_until: datetime
-) -> Claimed | None:
-    """PENDING/QUEUED (or SENDING whose lease ended) -> SENDING, if the token matches and the
-    instant has come. None when the row is not claimable (see `current_state`)."""
-    params = {"id": message_id, "token": token, "now": now, "lease_until": lease_until}
+def claim_many(
+    jobs: Sequence[tuple[uuid.UUID, uuid.UUID | None]], now: datetime, lease_until: datetime
+) -> dict[uuid.UUID, Claimed]:
+    """PENDING/QUEUED (or SENDING whose lease ended) -> SENDING for each (id, token) job whose
+    token matches and whose instant has come, in one statement; the rows claimed, by id.
+
+    Each id must appear once (a row joined twice would come back once, claimed for both).
+    Ids are locked in sorted order, so two batches sharing rows cannot deadlock."""
+    if not jobs:
+        return {}
+    ordered = sorted(jobs)
+    params = {
+        "ids": [row_id for row_id, _ in ordered],
+        "tokens": [token for _, token in ordered],
+        "now": now,
+        "lease_until": lease_until,
+    }
     with fast_autocommit() as connection:
-        row = connection.execute(_CLAIM_FOR_SEND, params, prepare=True).fetchone()
-    return Claimed(*row) if row else None
+        rows = connection.execute(_CLAIM_MANY, params, prepare=True).fetchall()
+    return {row[0]: Claimed(*row) for row in rows}
+
+
+_RECORD_SENT = f"""
+    UPDATE messages m
+       SET status = '{Status.SENT}', sent_at = %(now)s, updated_at = %(now)s,
+           lease_expires_at = NULL, provider_status = s.status, provider_response = s.response,
+           sent_via = %(via)s
+      FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(statuses)s AS integer[]),
+                  CAST(%(responses)s AS text[])) AS s(id, status, response)
+     WHERE m.id = s.id AND m.status = '{SENDING}'
+    """
+
+
+def record_sent(
+    sent: Sequence[tuple[uuid.UUID, int, str]], now: datetime, via: str = "queue"
+) -> int:
+    """SENDING -> SENT for each (id, HTTP status, response) the service accepted, in one
+    statement; returns rows changed (a row recovery took back meanwhile is left alone)."""
+    if not sent:
+        return 0
+    ordered = sorted(sent)
+    params = {
+        "ids": [row[0] for row in ordered],
+        "statuses": [row[1] for row in ordered],
+        "responses": [row[2] for row in ordered],
+        "now": now,
+        "via": via,
+    }
+    with fast_autocommit() as connection:
+        return connection.execute(_RECORD_SENT, params, prepare=True).rowcount
 
 
 _MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s,
@@ -543,7 +583,6 @@ _MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s
                   WHERE id = %(id)s"""
 
 _FINISH = {
-    "sent": _MARK_SENT + f" AND status = '{SENDING}'",
     # After a database outage: the row may be SENDING still, or taken back by recovery.
     "sent_late": _MARK_SENT + f" AND status IN {UNFINISHED_SQL}",
     "retry": f"""UPDATE messages SET status = '{QUEUED}', retry_count = retry_count + 1,

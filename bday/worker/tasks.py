@@ -1,81 +1,177 @@
 """Celery tasks. Thin: parse, call a plain function, turn its outcome into a Celery action.
 
-`send_message(message_id)` is the only task that talks to the email service; the periodic
-tasks (`plan`, `enqueue`, `recover`) are run by beat and wrap `bday.scheduling.jobs`.
+`send_message(message_id)` is the only task that talks to the email service; a worker runs its
+jobs in batches (`SendMessage`, bday.worker.batching). The periodic tasks (`plan`, `enqueue`,
+`recover`, `retention`) are run by beat and wrap `bday.scheduling.jobs`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
+from typing import Any
 
 import psycopg
-from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
 from bday.broker.app import app
-from bday.delivery.attempt import Action, Outcome, UnrecordedDelivery, deliver, record_delivered
+from bday.config import get_settings
+from bday.delivery.attempt import Action, Job, Outcome, deliver_many, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
-from bday.delivery.sender import get_sender
+from bday.delivery.sender import get_send_pool
 from bday.scheduling import jobs
 from bday.scheduling.jobs import get_breaker
+from bday.worker.batching import ACK, REJECT, BatchTask, Received
 
 log = logging.getLogger(__name__)
 
 DB_RETRY_MAX_S = 60
 
 
-@app.task(bind=True, name="bday.tasks.send_message", max_retries=None, acks_late=True)
+_JOB_ARGS = ("message_id", "token", "delivered", "slot")
+
+
+class SendMessage(BatchTask):
+    """`send_message`'s worker side: its jobs run in batches (bday.worker.batching).
+
+    Each job keeps its own fate: acked when done, re-published (Celery's way of retrying: the
+    same task id, `retries` + 1, a countdown through the broker's delayed delivery) then acked
+    when it must run again, rejected so RabbitMQ dead-letters it when it must not."""
+
+    @property
+    def batch_size(self) -> int:  # type: ignore[override]
+        return get_settings().send_batch_size
+
+    @property
+    def batch_wait_s(self) -> float:  # type: ignore[override]
+        return get_settings().send_batch_wait_s
+
+    def run_batch(self, jobs: list[Received]) -> list[str]:
+        verdicts = [REJECT] * len(jobs)
+        work: list[tuple[int, Job]] = []
+        for index, received in enumerate(jobs):
+            fields = _fields(received)
+            if fields is None:
+                log.warning("job %s: malformed arguments, dead-lettered", received.id)
+            elif fields.get("delivered") is not None:
+                verdicts[index] = self._record(received, fields)
+            else:
+                slot = Slot.from_json(fields.get("slot"))
+                work.append((index, Job(fields["message_id"], fields.get("token"), slot)))
+        outcomes = _settle_soon([job for _, job in work])
+        for (index, job), outcome in zip(work, outcomes, strict=True):
+            verdicts[index] = self._verdict(jobs[index], job, outcome)
+        return verdicts
+
+    def _verdict(self, received: Received, job: Job, outcome: Outcome) -> str:
+        action = outcome.action
+        if action is Action.DONE:
+            return ACK
+        if action is Action.DEAD_LETTER:
+            return REJECT
+        if action in (Action.RETRY, Action.DEFER):
+            slot = outcome.slot.to_json() if outcome.slot else None
+            return self._again(received, _countdown(outcome), {"token": job.token, "slot": slot})
+        countdown = _db_backoff(received.retries)
+        if action is Action.RECORD:  # sent, but PostgreSQL went away before we wrote SENT
+            log.warning(
+                "message %s: sent, recording deferred (database unavailable)", job.message_id
+            )
+            kwargs = {"token": job.token, "delivered": outcome.delivered}
+            return self._again(received, countdown, kwargs)
+        log.warning("message %s: %s, again in %d s", job.message_id, outcome.reason, countdown)
+        return self._again(received, countdown, received.kwargs)
+
+    def _record(self, received: Received, fields: dict[str, Any]) -> str:
+        """A retry that only has to write SENT for a send the service already accepted."""
+        try:
+            record_delivered(fields["delivered"])
+        except (DBAPIError, psycopg.Error) as exc:
+            countdown = _db_backoff(received.retries)
+            log.warning(
+                "message %s: recording still deferred (%s), again in %d s",
+                fields["message_id"],
+                type(getattr(exc, "orig", None) or exc).__name__,
+                countdown,
+            )
+            return self._again(received, countdown, received.kwargs)
+        except (KeyError, TypeError, ValueError):
+            log.warning("job %s: malformed delivery record, dead-lettered", received.id)
+            return REJECT
+        return ACK
+
+    def _again(self, received: Received, countdown: float, kwargs: dict[str, Any]) -> str:
+        """Publish the job again (after `countdown` s), then ack this copy. If the broker
+        refuses, dead-letter it instead, as Celery's own retry does: recovery re-publishes the
+        row, which is still unsent."""
+        try:
+            self.apply_async(
+                args=received.args,
+                kwargs=kwargs,
+                countdown=countdown,
+                task_id=received.id,
+                retries=received.retries + 1,
+            )
+        except Exception as exc:  # noqa: BLE001 - any publish failure: see above
+            log.warning("job %s: could not be re-published (%s), dead-lettered", received.id, exc)
+            return REJECT
+        return ACK
+
+
+def _fields(received: Received) -> dict[str, Any] | None:
+    """The job's arguments by name, or None when they do not fit `send_message`'s signature."""
+    if not 1 <= len(received.args) <= len(_JOB_ARGS) or not isinstance(received.kwargs, dict):
+        return None
+    fields = dict(zip(_JOB_ARGS, received.args, strict=False))
+    for name, value in received.kwargs.items():
+        if name not in _JOB_ARGS or name in fields:
+            return None
+        fields[name] = value
+    if not isinstance(fields["message_id"], str):
+        return None
+    return fields
+
+
+def _settle_soon(jobs: list[Job]) -> list[Outcome]:
+    """Deliver the batch; jobs told to wait less than a second wait here and go once more (the
+    broker's delayed delivery counts whole seconds, so sending them back would make them late)."""
+    outcomes = _deliver(jobs)
+    soon = [k for k, o in enumerate(outcomes) if o.action is Action.DEFER and o.delay_s < 1]
+    if soon:
+        time.sleep(max(outcomes[k].delay_s for k in soon))
+        again = _deliver([replace(jobs[k], slot=outcomes[k].slot) for k in soon])
+        for k, outcome in zip(soon, again, strict=True):
+            outcomes[k] = outcome
+    return outcomes
+
+
+def _deliver(jobs: list[Job]) -> list[Outcome]:
+    if not jobs:
+        return []
+    return deliver_many(jobs, sender=get_send_pool(), breaker=get_breaker(), pacer=get_pacer())
+
+
+@app.task(base=SendMessage, bind=True, name="bday.tasks.send_message", acks_late=True)
 def send_message(
-    self,
+    self: SendMessage,
     message_id: str,
     token: str | None = None,
     delivered: dict | None = None,
     slot: dict | None = None,
 ) -> str:
-    """Deliver one greeting. Retries and deferrals go back through the broker (one retry
-    layer, Celery's); permanent failures, exhausted retries, expired and unknown messages are
-    rejected so RabbitMQ dead-letters them. `delivered` is internal: a retry that only has to
-    record a send the service already accepted; so is `slot`, a paced send's promised turn."""
-    try:
-        if delivered is not None:
-            return record_delivered(delivered).reason
-        outcome = _deliver(message_id, token, Slot.from_json(slot))
-        if outcome.action is Action.DEFER and outcome.delay_s < 1:
-            # RabbitMQ's delayed delivery counts whole seconds; a sub-second wait is cheaper here.
-            time.sleep(outcome.delay_s)
-            outcome = _deliver(message_id, token, outcome.slot)
-    except UnrecordedDelivery as exc:  # sent, but PostgreSQL went away before we wrote SENT
-        log.warning("message %s: sent, recording deferred (database unavailable)", message_id)
-        raise self.retry(
-            kwargs={"token": token, "delivered": exc.delivered},
-            countdown=_db_backoff(self.request.retries),
-        ) from None
-    except (DBAPIError, psycopg.Error) as exc:  # PostgreSQL away or restarting
-        countdown = _db_backoff(self.request.retries)
-        log.warning(
-            "message %s: database unavailable (%s), again in %d s",
-            message_id,
-            type(getattr(exc, "orig", None) or exc).__name__,
-            countdown,
-        )
-        raise self.retry(countdown=countdown) from None
-    if outcome.action is Action.DEAD_LETTER:
-        raise Reject(outcome.reason, requeue=False)
-    if outcome.action in (Action.RETRY, Action.DEFER):
-        raise self.retry(countdown=_countdown(outcome), kwargs=_kwargs_after(token, outcome))
-    return outcome.reason
-
-
-def _deliver(message_id: str, token: str | None, slot: Slot | None) -> Outcome:
-    return deliver(
-        message_id,
-        token,
-        sender=get_sender(),
-        breaker=get_breaker(),
-        pacer=get_pacer(),
-        slot=slot,
-    )
+    """Deliver one greeting. A worker runs these jobs in batches (`SendMessage.run_batch`);
+    called directly, this runs one job the same way and returns its verdict (ack or reject).
+    `delivered` is internal: a retry that only has to record a send the service already
+    accepted; so is `slot`, a paced send's promised turn."""
+    kwargs = {
+        name: value
+        for name, value in (("token", token), ("delivered", delivered), ("slot", slot))
+        if value is not None
+    }
+    request = self.request
+    received = Received(request.id or "", (message_id,), kwargs, request.retries or 0)
+    return self.run_batch([received])[0]
 
 
 def _countdown(outcome: Outcome) -> float:
@@ -85,11 +181,6 @@ def _countdown(outcome: Outcome) -> float:
     if outcome.slot is not None:
         return max(1.0, outcome.delay_s)
     return max(1, round(outcome.delay_s))
-
-
-def _kwargs_after(token: str | None, outcome: Outcome) -> dict:
-    """The job's kwargs for its next run: the slot it holds now, or none (never a stale one)."""
-    return {"token": token, "slot": outcome.slot.to_json() if outcome.slot else None}
 
 
 def _db_backoff(retries: int) -> int:
