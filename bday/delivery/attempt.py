@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def deliver_many(
     now = now or datetime.now(UTC)
     if len(jobs) > 1 and pacer is not None and pacer.rate(now) is not None:
         one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
-        return [out for [out] in sender.each(lambda job: one([job], pacer=pacer), jobs)]
+        return [out for [out] in sender.each(lambda job: one([job], pacer=pacer, now=now), jobs)]
     return _deliver_all(
         jobs, sender=sender, breaker=breaker, settings=settings, via=via, pacer=pacer, now=now
     )
@@ -157,9 +158,11 @@ def _deliver_all(
     now: datetime | None = None,
 ) -> list[Outcome]:
     now = now or datetime.now(UTC)
+    started = time.monotonic()
     outcomes: list[Outcome | None] = [None] * len(jobs)
+    later: list[int] = []
     try:
-        asked = _admit(jobs, outcomes, breaker, pacer, now)
+        asked = _admit(jobs, outcomes, later, breaker, pacer, now)
         claimed = _claim(asked, outcomes, breaker, settings, now)
     except _DB_ERRORS as exc:
         return _all_away(outcomes, exc)
@@ -179,6 +182,19 @@ def _deliver_all(
             outcomes[index] = _away(exc)
     for index, outcome in _record_sent(sent, via):
         outcomes[index] = outcome
+    if later:  # the breaker's probe has answered: the rest of the batch asks again
+        rest = [jobs[index] for index in later]
+        again = _deliver_all(
+            rest,
+            sender=sender,
+            breaker=breaker,
+            settings=settings,
+            via=via,
+            pacer=pacer,
+            now=now + timedelta(seconds=time.monotonic() - started),
+        )
+        for index, outcome in zip(later, again, strict=True):
+            outcomes[index] = outcome
     return [o if o is not None else _away(None) for o in outcomes]
 
 
@@ -199,12 +215,13 @@ class _Asked:
 def _admit(
     jobs: Sequence[Job],
     outcomes: list[Outcome | None],
+    later: list[int],
     breaker: Breaker,
     pacer: Pacer | None,
     now: datetime,
 ) -> list[_Asked]:
-    """Parse each job, ask the breaker and the pacer: the jobs that may be claimed now (the
-    others get their outcome here)."""
+    """Parse each job, ask the breaker and the pacer: the jobs that may be claimed now. The
+    others get their outcome here, except those that wait for the breaker's probe (`later`)."""
     parsed: list[tuple[int, uuid.UUID, uuid.UUID | None]] = []
     seen: set[uuid.UUID] = set()
     for index, job in enumerate(jobs):
@@ -214,15 +231,15 @@ def _admit(
         except ValueError:
             outcomes[index] = Outcome(Action.DEAD_LETTER, "malformed job: message id is not a UUID")
             continue
-        if row_id in seen:  # the same row twice in one batch: the second waits for the first
-            outcomes[index] = _why_not_claimed(row_id, token_id, now)
+        if row_id in seen:  # the same row twice in one batch: its first job speaks for both
+            outcomes[index] = Outcome(Action.DONE, "duplicate job in this batch")
             continue
         seen.add(row_id)
         parsed.append((index, row_id, token_id))
     asked = []
-    for (index, row_id, token_id), permit in zip(
-        parsed, breaker.permits(now, len(parsed)), strict=True
-    ):
+    permits = breaker.permits(now, len(parsed))
+    later.extend(index for index, _, _ in parsed[len(permits) :])
+    for (index, row_id, token_id), permit in zip(parsed, permits, strict=False):
         if not permit.allowed:
             outcomes[index] = _defer_for_breaker(row_id, permit, now)
             continue

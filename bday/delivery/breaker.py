@@ -219,21 +219,18 @@ class Breaker:
             snapshot = self.snapshot(fresh=True)
 
     def permits(self, now: datetime, count: int) -> list[Permit]:
-        """Permits for a batch of `count` sends: all allowed while the breaker is closed (asked
-        once); while it is open, each denied with its own scattered return; when it probes, the
-        batch's first send is the probe and the others wait, scattered over a cooldown (asking
-        again would only wait for the probe this batch has not sent yet)."""
+        """Permits for the first sends of a batch of `count`, asking the breaker once while it
+        is closed. While it probes, only the first send gets one (the probe): the others ask
+        again once the probe has answered, which is what they would wait for anyway."""
         if count == 0:
             return []
         first = self.permit(now)
         if first.allowed and not first.is_probe:
             return [first] * count
-        if first.state == "open":  # the cached row: each its own scattered return, no I/O
-            return [first] + [self.permit(now) for _ in range(count - 1)]
-        cooldown = self.settings.breaker_cooldown_s
-        return [first] + [
-            Permit(False, "half_open", self._spread(cooldown)) for _ in range(count - 1)
-        ]
+        if first.is_probe:
+            return [first]
+        # Denied: each its own scattered return (the cached row: no I/O, no waiting).
+        return [first] + [self.permit(now) for _ in range(count - 1)]
 
     def _is_warm(self, snapshot: Snapshot, now: datetime) -> bool:
         if snapshot.state == "closed" and not self.settings.breaker_idle_s:

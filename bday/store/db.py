@@ -2,8 +2,8 @@
 
 Writes happen in `transaction()`, a session that commits on success and rolls back on any
 exception, with two deliberate exceptions that write in autocommit, one statement being its own
-transaction: the per-message hot path (`bday.store.messages.claim_for_send`, `finish`, through
-`fast_autocommit()`) and the shared breaker and pacing rows (`bday.delivery.breaker`,
+transaction: the hot path of a send (`bday.store.messages.claim_many`, `record_sent`, `finish`,
+through `fast_autocommit()`) and the shared breaker and pacing rows (`bday.delivery.breaker`,
 `bday.delivery.pacing`, through `autocommit()` and `fast_autocommit()`). Bench and sandbox
 loaders in bday.devtools use COPY on a raw connection. The engine is created lazily, so
 importing bday never connects, and it is rebuilt after `fork()` (Celery's prefork pool)

@@ -7,8 +7,9 @@ means another worker, job or beat got there first, which is normal, never an err
     PENDING  -> QUEUED     claim_due, reissue            (a job is published for the row)
     QUEUED   -> PENDING    release                       (its job could not be published)
     QUEUED/SENDING/FAILED -> QUEUED  reissue             (a fresh token; old jobs become no-ops)
-    PENDING/QUEUED/SENDING(lease over) -> SENDING  claim_for_send (a worker holds it)
-    SENDING  -> SENT       finish("sent"), finish("sent_late") also from PENDING/QUEUED
+    PENDING/QUEUED/SENDING(lease over) -> SENDING  claim_many (a worker holds it)
+    SENDING  -> SENT       record_sent (a batch at once)
+    PENDING/QUEUED/SENDING -> SENT  finish("sent_late")  (recorded after a database outage)
     SENDING  -> QUEUED     finish("retry"), finish("probe_failed"), finish("throttled")
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
@@ -16,10 +17,11 @@ means another worker, job or beat got there first, which is normal, never an err
     SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
     any status, no change  forget_answers                 (erasure clears stored answers)
 
-Two styles, on purpose: the hot path of a send (`claim_for_send`, `finish`, `current_state`)
-runs raw psycopg on a pooled autocommit connection with server-side prepared statements
-(SQLAlchemy's execution layer cost three times the statement, see the README's Performance);
-everything else takes the caller's SQLAlchemy session, so it joins the caller's transaction.
+Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
+`current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
+statements (SQLAlchemy's execution layer cost three times the statement, see the README's
+Performance); everything else takes the caller's SQLAlchemy session, so it joins the caller's
+transaction.
 """
 
 from __future__ import annotations

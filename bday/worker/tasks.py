@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import psycopg
+from celery.exceptions import Reject
 from sqlalchemy.exc import DBAPIError
 
 from bday.broker.app import app
@@ -160,8 +161,9 @@ def send_message(
     delivered: dict | None = None,
     slot: dict | None = None,
 ) -> str:
-    """Deliver one greeting. A worker runs these jobs in batches (`SendMessage.run_batch`);
-    called directly, this runs one job the same way and returns its verdict (ack or reject).
+    """Deliver one greeting. A threads-pool worker runs these jobs in batches
+    (`SendMessage.run_batch`); a prefork or solo worker, or a direct call, runs one job the same
+    way here: "ack" when done or re-published, Reject (dead-letter) when it must not run again.
     `delivered` is internal: a retry that only has to record a send the service already
     accepted; so is `slot`, a paced send's promised turn."""
     kwargs = {
@@ -171,7 +173,10 @@ def send_message(
     }
     request = self.request
     received = Received(request.id or "", (message_id,), kwargs, request.retries or 0)
-    return self.run_batch([received])[0]
+    verdict = self.run_batch([received])[0]
+    if verdict == REJECT:  # run by Celery's own strategy (prefork, solo): dead-letter it
+        raise Reject(f"message {message_id}: dead-lettered", requeue=False)
+    return verdict
 
 
 def _countdown(outcome: Outcome) -> float:

@@ -7,16 +7,18 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 
 import httpx
+import psycopg
 import pytest
 import respx
 from sqlalchemy import text
 
 from bday.config import load_settings
-from bday.delivery.attempt import Action, deliver
+from bday.delivery.attempt import Action, Job, deliver, deliver_many
 from bday.delivery.breaker import Breaker
 from bday.delivery.pacing import Pacer
 from bday.delivery.sender import EmailSender
 from bday.devtools import factories
+from bday.store import messages
 from bday.store.db import engine, transaction
 from bday.store.models import Status
 
@@ -360,3 +362,140 @@ def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it()
         NOW,
         200,
     )
+
+
+# --- batches: deliver_many ---------------------------------------------------------------------
+
+
+def emails(count: int, scheduled: datetime = DUE) -> list[uuid.UUID]:
+    return [ada(email=f"ada.{n}@example.com", scheduled=scheduled) for n in range(count)]
+
+
+def go_many(jobs, sender, breaker, settings, pacer=None, now=NOW):
+    return deliver_many(
+        [Job(str(m), None) if not isinstance(m, Job) else m for m in jobs],
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        now=now,
+        pacer=pacer,
+    )
+
+
+@respx.mock
+def test_a_batch_is_claimed_in_one_statement_sent_and_recorded_in_one_statement(
+    sender, breaker, settings, monkeypatch
+):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, text="ok"))
+    calls = {"claim_many": [], "record_sent": []}
+    for name in calls:
+        real = getattr(messages, name)
+        monkeypatch.setattr(
+            messages,
+            name,
+            lambda rows, *a, _real=real, _name=name, **k: (
+                calls[_name].append(len(rows)) or _real(rows, *a, **k)
+            ),
+        )
+    due = emails(5)
+    sent_already = ada(status=Status.SENT, email="done@example.com")
+    jobs = [*due, "not-a-uuid", uuid.uuid4(), due[0], sent_already]
+    outcomes = go_many(jobs, sender, breaker, settings)
+    assert [o.reason for o in outcomes] == [
+        *["sent"] * 5,
+        "malformed job: message id is not a UUID",
+        "unknown message id",
+        "duplicate job in this batch",
+        "already SENT",
+    ]
+    assert [o.action for o in outcomes[5:7]] == [Action.DEAD_LETTER] * 2
+    assert calls == {"claim_many": [7], "record_sent": [5]}  # one statement each, for the batch
+    assert sorted(c.request.headers["Idempotency-Key"] for c in route.calls) == sorted(
+        str(m) for m in due
+    )
+    assert {row(m)["status"] for m in due} == {Status.SENT}
+    assert {row(m)["provider_response"] for m in due} == {"ok"}
+
+
+@respx.mock
+def test_a_batch_whose_sent_cannot_be_recorded_comes_back_only_to_record_it(
+    sender, breaker, settings, monkeypatch
+):
+    from bday.delivery.attempt import record_delivered
+
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, text="ok"))
+
+    def database_gone(*_, **__):
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    due = emails(3)
+    monkeypatch.setattr(messages, "record_sent", database_gone)
+    outcomes = go_many(due, sender, breaker, settings)
+    assert {o.action for o in outcomes} == {Action.RECORD}
+    assert {row(m)["status"] for m in due} == {Status.SENDING}
+    monkeypatch.undo()
+    for outcome in outcomes:
+        assert outcome.delivered is not None
+        record_delivered(outcome.delivered)
+    assert {row(m)["status"] for m in due} == {Status.SENT}
+    assert route.call_count == 3  # each greeting sent once, recorded later
+
+
+@respx.mock
+def test_a_database_error_before_the_sends_sends_nothing_and_spends_nothing(
+    sender, breaker, settings, monkeypatch
+):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+
+    def database_gone(*_, **__):
+        raise psycopg.OperationalError("connection refused")
+
+    due = emails(2)
+    monkeypatch.setattr(messages, "claim_many", database_gone)
+    outcomes = go_many(due, sender, breaker, settings)
+    assert [o.action for o in outcomes] == [Action.DB_AWAY] * 2
+    assert "OperationalError" in outcomes[0].reason
+    assert route.call_count == 0
+    assert {(row(m)["status"], row(m)["retry_count"]) for m in due} == {(Status.QUEUED, 0)}
+
+
+@respx.mock
+def test_while_the_breaker_probes_the_batchs_first_send_goes_alone_then_the_rest(sender, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    cold = Breaker(load_settings(EMAIL_SERVICE_URL=URL, BREAKER_IDLE=30, BREAKER_COOLDOWN=5))
+    due = emails(3)
+    outcomes = go_many(due, sender, cold, settings)
+    assert [o.reason for o in outcomes] == ["sent"] * 3
+    probe = route.calls[0].request.headers["Idempotency-Key"]
+    assert probe == str(due[0]) and route.call_count == 3  # the probe first, alone
+    assert cold.snapshot(fresh=True).state == "closed"
+
+
+@respx.mock
+def test_when_the_batchs_probe_fails_the_rest_of_the_batch_waits_without_a_call(sender, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(503))
+    cold = Breaker(
+        load_settings(
+            EMAIL_SERVICE_URL=URL, BREAKER_IDLE=30, BREAKER_COOLDOWN=5, BREAKER_FAILURES=1
+        )
+    )
+    # Real time: the breaker writes its opening at the clock's now, not the caller's.
+    now = datetime.now(UTC)
+    due = emails(3, scheduled=now - timedelta(seconds=5))
+    outcomes = go_many(due, sender, cold, settings, now=now)
+    assert route.call_count == 1  # only the probe reached the service
+    assert [o.action for o in outcomes] == [Action.DEFER] * 3
+    assert all(o.delay_s >= 1 for o in outcomes)
+    assert {(row(m)["retry_count"], row(m)["deferrals"]) for m in due} == {(0, 1)}
+
+
+@respx.mock
+def test_a_paced_batch_takes_its_turns_one_by_one(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=2, EMAIL_SERVICE_BURST=1))
+    due = emails(3)
+    outcomes = go_many(due, sender, breaker, settings, pacer=paced)
+    assert route.call_count == 1 and outcomes[0].reason == "sent"
+    waits = sorted(o.delay_s for o in outcomes[1:])
+    assert [o.reason for o in outcomes[1:]] == ["paced"] * 2
+    assert waits == pytest.approx([0.5, 1.0], abs=0.05)  # the rate's spacing, not all at once

@@ -18,8 +18,9 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from bday.delivery.attempt import _CLAIM, _STATE
 from bday.devtools import sandbox
+from bday.store.messages import _CLAIM_MANY as _CLAIM
+from bday.store.messages import _CURRENT_STATE as _STATE
 from tests.harness import pgbouncer
 
 SETUP = """
@@ -35,7 +36,12 @@ VALUES (%(id)s, %(user)s, 'BIRTHDAY', 'SENT', current_date, now(), 'cost-key');
 def rounds(conninfo: str, prepare: bool, row_id: uuid.UUID, count: int) -> tuple[float, float]:
     """(wall us, client CPU us) per statement: claim (matches nothing: the row is SENT) + state."""
     now = datetime.now(UTC)
-    claim = {"id": row_id, "token": None, "now": now, "lease_until": now + timedelta(seconds=20)}
+    claim = {
+        "ids": [row_id],
+        "tokens": [None],
+        "now": now,
+        "lease_until": now + timedelta(seconds=20),
+    }
     threshold = 5 if prepare else None
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=threshold) as connection:
         for _ in range(50):  # warm up (and prepare)
