@@ -133,9 +133,10 @@ def deliver_many(
     """Deliver a batch of greetings: one outcome per job, in order.
 
     Unpaced, the batch shares its work: one breaker question, one claim statement, the sends
-    at once (`sender.send_many`), one statement recording every SENT. While a send rate is in
-    force, each job goes on its own (`sender.each`): a paced send takes its turn just before
-    its request, so the batch's sends keep the rate's spacing instead of leaving together.
+    at once (`sender.send_many`), one statement recording the SENTs of each group of answers
+    that arrive together (a 200 is recorded while slower requests are still out). While a send
+    rate is in force, each job goes on its own (`sender.each`): a paced send takes its turn just
+    before its request, so the batch's sends keep the rate's spacing instead of leaving together.
     """
     settings = settings or get_settings()
     now = now or datetime.now(UTC)
@@ -167,21 +168,22 @@ def _deliver_all(
     except _DB_ERRORS as exc:
         return _all_away(outcomes, exc)
     services = Services(breaker, pacer)
-    results = sender.send_many([_email(row) for row, _, _ in claimed])
-    sent: list[tuple[Claimed, Receipt, int]] = []
-    for (row, permit, index), result in zip(claimed, results, strict=True):
-        try:
-            if isinstance(result, Receipt):
-                breaker.record_success(permit, datetime.now(UTC))
-                if pacer is not None:
-                    pacer.note_sent(datetime.now(UTC))
-                sent.append((row, result, index))
-            else:
-                outcomes[index] = _after_failed_send(row, permit, result, services, settings)
-        except _DB_ERRORS as exc:
-            outcomes[index] = _away(exc)
-    for index, outcome in _record_sent(sent, via):
-        outcomes[index] = outcome
+    for answers in sender.send_many([_email(row) for row, _, _ in claimed]):
+        sent: list[tuple[Claimed, Receipt, int]] = []
+        for position, answer in answers:
+            row, permit, index = claimed[position]
+            try:
+                if isinstance(answer, Receipt):
+                    breaker.record_success(permit, datetime.now(UTC))
+                    if pacer is not None:
+                        pacer.note_sent(datetime.now(UTC))
+                    sent.append((row, answer, index))
+                else:
+                    outcomes[index] = _after_failed_send(row, permit, answer, services, settings)
+            except _DB_ERRORS as exc:
+                outcomes[index] = _away(exc)
+        for index, outcome in _record_sent(sent, via):  # at once: see SendPool.send_many
+            outcomes[index] = outcome
     if later:  # the breaker's probe has answered: the rest of the batch asks again
         rest = [jobs[index] for index in later]
         again = _deliver_all(

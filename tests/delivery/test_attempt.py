@@ -409,7 +409,10 @@ def test_a_batch_is_claimed_in_one_statement_sent_and_recorded_in_one_statement(
         "already SENT",
     ]
     assert [o.action for o in outcomes[5:7]] == [Action.DEAD_LETTER] * 2
-    assert calls == {"claim_many": [7], "record_sent": [5]}  # one statement each, for the batch
+    assert calls["claim_many"] == [7]  # one statement for the batch
+    # One SENT statement per group of answers that arrive together (one by one here: this
+    # sender sends in turn; a SendPool's concurrent answers come back in groups).
+    assert sum(calls["record_sent"]) == 5
     assert sorted(c.request.headers["Idempotency-Key"] for c in route.calls) == sorted(
         str(m) for m in due
     )
