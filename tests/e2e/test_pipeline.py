@@ -4,6 +4,7 @@ PostgreSQL and the fake email service over HTTP."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import uuid
@@ -243,3 +244,18 @@ def test_a_hook_whose_publish_fails_leaves_the_row_for_enqueue(stack, monkeypatc
     jobs.enqueue_job()
     wait_until(lambda: statuses()["SENT"] == 1, 20, "sent by the enqueue job")
     assert stack.fake.sent_per_key() == {str(message_id): 1}
+
+
+def test_a_peak_is_claimed_and_recorded_in_batches_each_greeting_once(stack):
+    due = add_due_messages(96, next_instant(2))
+    worker = stack.start_worker(concurrency=16)
+    jobs.enqueue_job()
+    wait_until(lambda: statuses()["SENT"] == 96, 30, "all sent")
+    time.sleep(0.5)
+    # One INFO line per statement that wrote SENT: "sent N (slowest M ms): id id ...".
+    lines = re.finditer(r" sent (\d+) \(slowest \d+ ms\): (.*)$", worker.output(), re.M)
+    groups = [match[2].split() for match in lines if len(match[2].split()) == int(match[1])]
+    recorded = [message_id for group in groups for message_id in group]
+    assert sorted(recorded) == sorted(str(m) for m in due)  # each once
+    assert len(groups) < len(due) / 2  # far fewer SENT statements than greetings
+    assert set(stack.fake.sent_per_key().values()) == {1}
