@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import queue
 import ssl
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -174,17 +175,21 @@ class SendPool:
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="bday-send")
 
     def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:
-        """All at once; yields the answers that have arrived each time one arrives, so the
+        """All at once; yields the answers in the groups they arrive in (see GATHER_S), so the
         caller records a 200 while the slower requests are still out (a crash between a 200
         and its record is what sends a greeting twice)."""
         if len(emails) <= 1:
             yield from EmailSender.send_many(get_sender(), emails)
             return
-        positions = {self._executor.submit(_send_here, email): n for n, email in enumerate(emails)}
-        pending = set(positions)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            yield [(positions[future], future.result()) for future in done]
+        arrived: queue.SimpleQueue[tuple[int, Future[Receipt | SendError]]] = queue.SimpleQueue()
+        for position, email in enumerate(emails):
+            future = self._executor.submit(_send_here, email)
+            future.add_done_callback(functools.partial(_arrive, arrived, position))
+        left = len(emails)
+        while left:
+            group = _gather(arrived, left)
+            left -= len(group)
+            yield [(position, future.result()) for position, future in group]
 
     def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
         if len(items) <= 1:
@@ -193,6 +198,32 @@ class SendPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# After an answer arrives, how long a batch waits for more before writing them SENT in one
+# statement. Short against a request's own time on the wire (what a crash can double anyway),
+# long enough that answers landing together share a statement.
+GATHER_S = 0.002
+
+
+def _arrive(
+    arrived: queue.SimpleQueue[tuple[int, Future[Receipt | SendError]]],
+    position: int,
+    future: Future[Receipt | SendError],
+) -> None:
+    arrived.put((position, future))
+
+
+def _gather(arrived: queue.SimpleQueue[T], most: int) -> list[T]:
+    """The next answer (waiting for it), and those that arrive within GATHER_S of it."""
+    group = [arrived.get()]
+    until = time.monotonic() + GATHER_S
+    while len(group) < most:
+        try:
+            group.append(arrived.get(timeout=max(0.0, until - time.monotonic())))
+        except queue.Empty:
+            break
+    return group
 
 
 def _send_here(email: Email) -> Receipt | SendError:

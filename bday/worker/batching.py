@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -125,6 +126,21 @@ class _Clock(threading.Thread):
                 log.exception("batch clock: %s failed", getattr(call.fn, "__name__", call.fn))
 
 
+_clocks: dict[int, _Clock] = {}
+_clocks_lock = threading.Lock()
+
+
+def _clock() -> _Clock:
+    """This process's clock, started once (the consumer builds a new strategy, so a new
+    batcher, each time it reconnects to the broker)."""
+    with _clocks_lock:
+        clock = _clocks.get(os.getpid())
+        if clock is None or not clock.is_alive():
+            clock = _clocks[os.getpid()] = _Clock()
+            clock.start()
+        return clock
+
+
 class _Batcher:
     """The consumer side: turns messages into requests, holds eta jobs, buffers, flushes."""
 
@@ -140,8 +156,7 @@ class _Batcher:
         self._lock = threading.Lock()
         self._waiting: list[Any] = []
         self._flush_entry: _Call | None = None
-        self.clock = _Clock()
-        self.clock.start()
+        self.clock = _clock()
 
     def on_message(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any

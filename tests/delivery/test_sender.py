@@ -7,6 +7,7 @@ real httpx client, headers, JSON encoding and timeout handling all run.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -274,3 +275,30 @@ def test_a_failed_send_is_timed_and_counted_under_its_error_kind(sender, service
         send(sender)
     assert calls_timed() == timed + 1
     assert errors_of(kind) == counted + 1
+
+
+def test_a_send_pool_yields_answers_as_they_arrive_grouping_those_that_land_together(
+    monkeypatch,
+):
+    from bday.delivery import sender as module
+
+    delays = {"a": 0.0, "b": 0.0, "c": 0.0, "slow": 0.3}
+    monkeypatch.setattr(
+        module,
+        "_send_here",
+        lambda email: time.sleep(delays[email.email]) or Receipt(200, email.email, 0.0),
+    )
+    pool = module.SendPool(4)
+    try:
+        emails = [module.Email(name, "hi", name) for name in ("slow", "a", "b", "c")]
+        started = time.monotonic()
+        groups = []
+        for group in pool.send_many(emails):
+            groups.append(([position for position, _ in group], time.monotonic() - started))
+    finally:
+        pool.close()
+    positions = [p for group, _ in groups for p in group]
+    assert sorted(positions) == [0, 1, 2, 3]  # every answer once
+    fast, at = groups[0]
+    assert sorted(fast) == [1, 2, 3] and at < 0.2  # the quick ones together, not after "slow"
+    assert groups[-1][0] == [0]
