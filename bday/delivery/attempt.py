@@ -12,7 +12,7 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -58,6 +58,7 @@ class Outcome:
     delay_s: float = 0.0
     slot: Slot | None = None  # a paced send's promised slot: it comes back with it
     delivered: dict[str, Any] | None = None  # RECORD: what `record_delivered` writes
+    cause: BaseException | None = None  # DB_AWAY: the database's error
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,13 +112,33 @@ def deliver(
     if outcome.action is Action.RECORD:
         assert outcome.delivered is not None
         raise UnrecordedDelivery(outcome.delivered)
-    if outcome.action is Action.DB_AWAY:
-        raise DatabaseAway(outcome.reason)
+    if outcome.action is Action.DB_AWAY and outcome.cause is not None:
+        raise outcome.cause
     return outcome
 
 
-class DatabaseAway(Exception):
-    """PostgreSQL did not answer before the greeting was sent (nothing was sent)."""
+Notify = Callable[[int, Outcome], None]
+
+
+class _Ledger:
+    """A batch's outcomes, each told to `notify` the moment it is known, so its message can be
+    settled (acked, re-published, dead-lettered) while slower sends of the batch are still out."""
+
+    def __init__(self, size: int, notify: Notify | None):
+        self._outcomes: list[Outcome | None] = [None] * size
+        self._notify = notify
+
+    def __setitem__(self, index: int, outcome: Outcome) -> None:
+        self._outcomes[index] = outcome
+        if self._notify is not None:
+            self._notify(index, outcome)
+
+    def results(self, default: Outcome) -> list[Outcome]:
+        """Every outcome; jobs never settled get `default` (told like the others)."""
+        for index, outcome in enumerate(self._outcomes):
+            if outcome is None:
+                self[index] = default
+        return [o for o in self._outcomes if o is not None]
 
 
 def deliver_many(
@@ -129,8 +150,10 @@ def deliver_many(
     now: datetime | None = None,
     via: str = "queue",
     pacer: Pacer | None = None,
+    notify: Notify | None = None,
 ) -> list[Outcome]:
-    """Deliver a batch of greetings: one outcome per job, in order.
+    """Deliver a batch of greetings: one outcome per job, in order, each also passed to
+    `notify(index, outcome)` as soon as it is known.
 
     Unpaced, the batch shares its work: one breaker question, one claim statement, the sends
     at once (`sender.send_many`), one statement recording the SENTs of each group of answers
@@ -142,9 +165,23 @@ def deliver_many(
     now = now or datetime.now(UTC)
     if len(jobs) > 1 and pacer is not None and pacer.rate(now) is not None:
         one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
-        return [out for [out] in sender.each(lambda job: one([job], pacer=pacer, now=now), jobs)]
+
+        def alone(item: tuple[int, Job]) -> Outcome:
+            index, job = item
+            told = None if notify is None else (lambda _, outcome: notify(index, outcome))
+            [outcome] = one([job], pacer=pacer, now=now, notify=told)
+            return outcome
+
+        return sender.each(alone, list(enumerate(jobs)))
     return _deliver_all(
-        jobs, sender=sender, breaker=breaker, settings=settings, via=via, pacer=pacer, now=now
+        jobs,
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        via=via,
+        pacer=pacer,
+        now=now,
+        notify=notify,
     )
 
 
@@ -157,16 +194,17 @@ def _deliver_all(
     via: str,
     pacer: Pacer | None,
     now: datetime | None = None,
+    notify: Notify | None = None,
 ) -> list[Outcome]:
     now = now or datetime.now(UTC)
     started = time.monotonic()
-    outcomes: list[Outcome | None] = [None] * len(jobs)
+    outcomes = _Ledger(len(jobs), notify)
     later: list[int] = []
     try:
         asked = _admit(jobs, outcomes, later, breaker, pacer, now)
         claimed = _claim(asked, outcomes, breaker, settings, now)
     except _DB_ERRORS as exc:
-        return _all_away(outcomes, exc)
+        return outcomes.results(_away(exc))
     services = Services(breaker, pacer)
     for answers in sender.send_many([_email(row) for row, _, _ in claimed]):
         sent: list[tuple[Claimed, Receipt, int]] = []
@@ -185,19 +223,21 @@ def _deliver_all(
         for index, outcome in _record_sent(sent, via):  # at once: see SendPool.send_many
             outcomes[index] = outcome
     if later:  # the breaker's probe has answered: the rest of the batch asks again
-        rest = [jobs[index] for index in later]
-        again = _deliver_all(
-            rest,
+
+        def told(k: int, outcome: Outcome) -> None:
+            outcomes[later[k]] = outcome
+
+        _deliver_all(
+            [jobs[index] for index in later],
             sender=sender,
             breaker=breaker,
             settings=settings,
             via=via,
             pacer=pacer,
             now=now + timedelta(seconds=time.monotonic() - started),
+            notify=told,
         )
-        for index, outcome in zip(later, again, strict=True):
-            outcomes[index] = outcome
-    return [o if o is not None else _away(None) for o in outcomes]
+    return outcomes.results(_away(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +256,7 @@ class _Asked:
 
 def _admit(
     jobs: Sequence[Job],
-    outcomes: list[Outcome | None],
+    outcomes: _Ledger,
     later: list[int],
     breaker: Breaker,
     pacer: Pacer | None,
@@ -257,7 +297,7 @@ def _admit(
 
 def _claim(
     asked: list[_Asked],
-    outcomes: list[Outcome | None],
+    outcomes: _Ledger,
     breaker: Breaker,
     settings: Settings,
     now: datetime,
@@ -398,12 +438,7 @@ def _expired(claimed: Claimed, settings: Settings, now: datetime) -> Outcome:
 
 def _away(exc: BaseException | None) -> Outcome:
     orig = getattr(exc, "orig", None) or exc
-    return Outcome(Action.DB_AWAY, f"database unavailable ({type(orig).__name__})")
-
-
-def _all_away(outcomes: list[Outcome | None], exc: BaseException) -> list[Outcome]:
-    """The database failed before any send: every job not yet settled comes back later."""
-    return [o if o is not None else _away(exc) for o in outcomes]
+    return Outcome(Action.DB_AWAY, f"database unavailable ({type(orig).__name__})", cause=exc)
 
 
 def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settings) -> Outcome:

@@ -48,6 +48,9 @@ ACK = "ack"
 REJECT = "reject"  # without requeue: RabbitMQ dead-letters the message
 
 
+Settle = Callable[[int, str], None]  # (job's index in the batch, ACK or REJECT)
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """One job of a batch, as plain data (it crosses into prefork children by pickle)."""
@@ -61,14 +64,16 @@ class Received:
 class BatchTask(Task):
     """Base of a task whose worker runs `run_batch(jobs)` on batches of its jobs.
 
-    `run_batch` returns ACK or REJECT per job, in order; anything else (an exception, a wrong
-    length) rejects the whole batch, as Celery rejects a late-acked job whose task failed.
-    Calling the task's own function directly (or `apply()`) still runs one job."""
+    `run_batch` calls `settle(index, verdict)` the moment a job's fate is known (ACK or
+    REJECT), so its message is settled while slower jobs of the batch are still running, and
+    returns every verdict in order; a job left unsettled by an exception or a wrong length is
+    rejected, as Celery rejects a late-acked job whose task failed. Calling the task's own
+    function directly (or `apply()`) still runs one job."""
 
     batch_size = 32
     batch_wait_s = 0.05
 
-    def run_batch(self, jobs: list[Received]) -> list[str]:
+    def run_batch(self, jobs: list[Received], settle: Settle | None = None) -> list[str]:
         raise NotImplementedError
 
     def Strategy(self, task: BatchTask, app: Any, consumer: Any, **kwargs: Any) -> Any:
@@ -77,10 +82,12 @@ class BatchTask(Task):
         return _Batcher(task, app, consumer).on_message
 
 
-def run_batch(task: BatchTask, jobs: list[Received]) -> list[str] | None:
+def run_batch(
+    task: BatchTask, jobs: list[Received], settle: Settle | None = None
+) -> list[str] | None:
     """The pool's target: never raises (a raise would skip the callback that settles acks)."""
     try:
-        return task.run_batch(jobs)
+        return task.run_batch(jobs, settle)
     except Exception:
         log.exception("batch of %d %s jobs failed; rejecting them", len(jobs), task.name)
         return None
@@ -246,23 +253,34 @@ class _Batcher:
             Received(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries") or 0)
             for r in batch
         ]
+        started, settled = time.monotonic(), [False] * len(batch)
+
+        def settle(index: int, verdict: str) -> None:
+            if not settled[index]:
+                settled[index] = True
+                self._apply(batch[index], verdict, started)
+
         self.pool.apply_async(
             run_batch,
-            (self.task, jobs),
-            callback=partial(self._settle, batch, time.monotonic()),
+            (self.task, jobs, settle),
+            callback=partial(self._settle_rest, batch, settle),
         )
 
-    def _settle(self, batch: list[Any], started: float, verdicts: Any) -> None:
-        """Ack or reject each message of a finished batch (in the pool's thread)."""
+    def _settle_rest(self, batch: list[Any], settle: Settle, verdicts: Any) -> None:
+        """After the batch: settle whatever it did not (all of it, if it raised)."""
         if not isinstance(verdicts, list) or len(verdicts) != len(batch):
             verdicts = [REJECT] * len(batch)
-        runtime = time.monotonic() - started
-        for request, verdict in zip(batch, verdicts, strict=True):
-            if verdict == ACK:
-                request.acknowledge()
-                if self.events:
-                    request.send_event("task-succeeded", result=None, runtime=runtime)
-            else:
-                request.reject(requeue=False)
-                if self.events:
-                    request.send_event("task-rejected", requeue=False)
+        for index, verdict in enumerate(verdicts):
+            settle(index, verdict)
+
+    def _apply(self, request: Any, verdict: str, started: float) -> None:
+        """Ack or reject one message (in the pool's thread, or a sending thread when paced)."""
+        if verdict == ACK:
+            request.acknowledge()
+            if self.events:
+                runtime = time.monotonic() - started
+                request.send_event("task-succeeded", result=None, runtime=runtime)
+        else:
+            request.reject(requeue=False)
+            if self.events:
+                request.send_event("task-rejected", requeue=False)

@@ -18,12 +18,12 @@ from sqlalchemy.exc import DBAPIError
 
 from bday.broker.app import app
 from bday.config import get_settings
-from bday.delivery.attempt import Action, Job, Outcome, deliver_many, record_delivered
+from bday.delivery.attempt import Action, Job, Notify, Outcome, deliver_many, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
 from bday.scheduling import jobs
 from bday.scheduling.jobs import get_breaker
-from bday.worker.batching import ACK, REJECT, BatchTask, Received
+from bday.worker.batching import ACK, REJECT, BatchTask, Received, Settle
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +48,32 @@ class SendMessage(BatchTask):
     def batch_wait_s(self) -> float:  # type: ignore[override]
         return get_settings().send_batch_wait_s
 
-    def run_batch(self, jobs: list[Received]) -> list[str]:
-        verdicts = [REJECT] * len(jobs)
+    def run_batch(self, jobs: list[Received], settle: Settle | None = None) -> list[str]:
+        verdicts: list[str | None] = [None] * len(jobs)
+
+        def decide(index: int, verdict: str) -> None:
+            verdicts[index] = verdict
+            if settle is not None:  # this message's fate is known: settle it now
+                settle(index, verdict)
+
         work: list[tuple[int, Job]] = []
         for index, received in enumerate(jobs):
             fields = _fields(received)
             if fields is None:
                 log.warning("job %s: malformed arguments, dead-lettered", received.id)
+                decide(index, REJECT)
             elif fields.get("delivered") is not None:
-                verdicts[index] = self._record(received, fields)
+                decide(index, self._record(received, fields))
             else:
                 slot = Slot.from_json(fields.get("slot"))
                 work.append((index, Job(fields["message_id"], fields.get("token"), slot)))
-        outcomes = _settle_soon([job for _, job in work])
-        for (index, job), outcome in zip(work, outcomes, strict=True):
-            verdicts[index] = self._verdict(jobs[index], job, outcome)
-        return verdicts
+
+        def done(k: int, outcome: Outcome) -> None:
+            index, job = work[k]
+            decide(index, self._verdict(jobs[index], job, outcome))
+
+        _deliver_settling([job for _, job in work], done)
+        return [verdict or REJECT for verdict in verdicts]
 
     def _verdict(self, received: Received, job: Job, outcome: Outcome) -> str:
         action = outcome.action
@@ -134,23 +144,37 @@ def _fields(received: Received) -> dict[str, Any] | None:
     return fields
 
 
-def _settle_soon(jobs: list[Job]) -> list[Outcome]:
-    """Deliver the batch; jobs told to wait less than a second wait here and go once more (the
-    broker's delayed delivery counts whole seconds, so sending them back would make them late)."""
-    outcomes = _deliver(jobs)
-    soon = [k for k, o in enumerate(outcomes) if o.action is Action.DEFER and o.delay_s < 1]
+def _deliver_settling(jobs: list[Job], done: Notify) -> None:
+    """Deliver the batch, telling `done` each job's final outcome as soon as it is known. Jobs
+    told to wait less than a second wait here and go once more (the broker's delayed delivery
+    counts whole seconds, so sending them back would make them late)."""
+    soon: dict[int, Outcome] = {}
+
+    def told(k: int, outcome: Outcome) -> None:
+        if outcome.action is Action.DEFER and outcome.delay_s < 1:
+            soon[k] = outcome
+        else:
+            done(k, outcome)
+
+    _deliver(jobs, told)
     if soon:
-        time.sleep(max(outcomes[k].delay_s for k in soon))
-        again = _deliver([replace(jobs[k], slot=outcomes[k].slot) for k in soon])
-        for k, outcome in zip(soon, again, strict=True):
-            outcomes[k] = outcome
-    return outcomes
+        again = sorted(soon)
+        time.sleep(max(soon[k].delay_s for k in again))
+        _deliver(
+            [replace(jobs[k], slot=soon[k].slot) for k in again],
+            lambda n, outcome: done(again[n], outcome),
+        )
 
 
-def _deliver(jobs: list[Job]) -> list[Outcome]:
-    if not jobs:
-        return []
-    return deliver_many(jobs, sender=get_send_pool(), breaker=get_breaker(), pacer=get_pacer())
+def _deliver(jobs: list[Job], notify: Notify) -> None:
+    if jobs:
+        deliver_many(
+            jobs,
+            sender=get_send_pool(),
+            breaker=get_breaker(),
+            pacer=get_pacer(),
+            notify=notify,
+        )
 
 
 @app.task(base=SendMessage, bind=True, name="bday.tasks.send_message", acks_late=True)

@@ -502,3 +502,46 @@ def test_a_paced_batch_takes_its_turns_one_by_one(sender, breaker, settings):
     waits = sorted(o.delay_s for o in outcomes[1:])
     assert [o.reason for o in outcomes[1:]] == ["paced"] * 2
     assert waits == pytest.approx([0.5, 1.0], abs=0.05)  # the rate's spacing, not all at once
+
+
+@respx.mock
+def test_a_single_delivery_raises_the_databases_own_error_when_it_is_away(
+    sender, breaker, settings, monkeypatch
+):
+    def database_gone(*_, **__):
+        raise psycopg.OperationalError("connection refused")
+
+    message_id = ada()
+    monkeypatch.setattr(messages, "claim_many", database_gone)
+    with pytest.raises(psycopg.OperationalError, match="connection refused"):
+        go(message_id, sender, breaker, settings)
+
+
+@respx.mock
+def test_each_outcome_is_told_once_as_soon_as_it_is_known_not_at_the_end_of_the_batch(
+    sender, breaker, settings
+):
+    told: list[tuple[int, str]] = []
+    told_before_each_call: list[list[int]] = []
+
+    def answer(request):
+        told_before_each_call.append([index for index, _ in told])
+        return httpx.Response(200)
+
+    respx.post(f"{URL}/send-email").mock(side_effect=answer)
+    due = emails(3)
+    outcomes = deliver_many(
+        [Job("not-a-uuid"), *(Job(str(m)) for m in due)],
+        sender=sender,
+        breaker=breaker,
+        settings=settings,
+        now=NOW,
+        notify=lambda index, outcome: told.append((index, outcome.reason)),
+    )
+    assert sorted(told) == [(0, "malformed job: message id is not a UUID")] + [
+        (n, "sent") for n in (1, 2, 3)
+    ]
+    assert [o.reason for o in outcomes] == [reason for _, reason in sorted(told)]
+    # This sender sends in turn: each greeting was told (so its message settled) before the
+    # next one's request went out.
+    assert told_before_each_call == [[0], [0, 1], [0, 1, 2]]
