@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -160,29 +160,60 @@ def deliver_many(
     that arrive together (a 200 is recorded while slower requests are still out). While a send
     rate is in force, each job goes on its own (`sender.each`): a paced send takes its turn just
     before its request, so the batch's sends keep the rate's spacing instead of leaving together.
+
+    A job told to wait less than a second (its instant, its paced slot, a breaker's scatter)
+    waits in a sending thread of its own and goes once more: the broker's delayed delivery
+    counts whole seconds, so sending it back would make it late. `now` (tests) fixes the clock.
     """
     settings = settings or get_settings()
-    now = now or datetime.now(UTC)
-    if len(jobs) > 1 and pacer is not None and pacer.rate(now) is not None:
-        one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
+    given_now = now
+    one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
+
+    def finish(index: int, outcome: Outcome, started: float, job: Job) -> Outcome:
+        """The job's outcome after at most one short in-place wait; then tell it."""
+        if outcome.action is Action.DEFER and outcome.delay_s < 1:
+            time.sleep(max(0.0, started + outcome.delay_s - time.monotonic()))
+            clock = None if given_now is None else given_now + timedelta(seconds=outcome.delay_s)
+            [outcome] = one([replace(job, slot=outcome.slot)], pacer=pacer, now=clock)
+        if notify is not None:
+            notify(index, outcome)
+        return outcome
+
+    started = time.monotonic()
+    if len(jobs) > 1 and _paced(pacer, given_now or datetime.now(UTC)):
 
         def alone(item: tuple[int, Job]) -> Outcome:
             index, job = item
-            told = None if notify is None else (lambda _, outcome: notify(index, outcome))
-            [outcome] = one([job], pacer=pacer, now=now, notify=told)
-            return outcome
+            began = time.monotonic()
+            [outcome] = one([job], pacer=pacer, now=given_now)
+            return finish(index, outcome, began, job)
 
         return sender.each(alone, list(enumerate(jobs)))
-    return _deliver_all(
-        jobs,
-        sender=sender,
-        breaker=breaker,
-        settings=settings,
-        via=via,
-        pacer=pacer,
-        now=now,
-        notify=notify,
-    )
+
+    soon: dict[int, Outcome] = {}
+
+    def told(index: int, outcome: Outcome) -> None:
+        if outcome.action is Action.DEFER and outcome.delay_s < 1:
+            soon[index] = outcome
+        elif notify is not None:
+            notify(index, outcome)
+
+    outcomes = one(jobs, pacer=pacer, now=given_now, notify=told)
+    if soon:
+        waiting = sorted(soon)
+        again = sender.each(lambda index: finish(index, soon[index], started, jobs[index]), waiting)
+        for index, outcome in zip(waiting, again, strict=True):
+            outcomes[index] = outcome
+    return outcomes
+
+
+def _paced(pacer: Pacer | None, now: datetime) -> bool:
+    """Is a send rate in force? If the database cannot say, the batch path meets the same error
+    and says DB_AWAY for each job (a raise here would dead-letter the whole batch)."""
+    try:
+        return pacer is not None and pacer.rate(now) is not None
+    except _DB_ERRORS:
+        return False
 
 
 def _deliver_all(

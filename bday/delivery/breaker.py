@@ -229,8 +229,15 @@ class Breaker:
             return [first] * count
         if first.is_probe:
             return [first]
-        # Denied: each its own scattered return (the cached row: no I/O, no waiting).
-        return [first] + [self.permit(now) for _ in range(count - 1)]
+        # Denied: each its own scattered return, from the row as it was read (asking again
+        # could take a probe for one of them, then wait BREAKER_PROBE_WAIT for each of the rest).
+        snapshot = self.snapshot()
+        if first.state == "open" and snapshot.open_until and snapshot.open_until > now:
+            return [first] + [self._deny(snapshot, now) for _ in range(count - 1)]
+        cooldown = self.settings.breaker_cooldown_s
+        return [first] + [
+            Permit(False, first.state, self._spread(cooldown)) for _ in range(count - 1)
+        ]
 
     def _is_warm(self, snapshot: Snapshot, now: datetime) -> bool:
         if snapshot.state == "closed" and not self.settings.breaker_idle_s:

@@ -8,8 +8,6 @@ jobs in batches (`SendMessage`, bday.worker.batching). The periodic tasks (`plan
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -72,7 +70,7 @@ class SendMessage(BatchTask):
             index, job = work[k]
             decide(index, self._verdict(jobs[index], job, outcome))
 
-        _deliver_settling([job for _, job in work], done)
+        _deliver([job for _, job in work], done)
         return [verdict or REJECT for verdict in verdicts]
 
     def _verdict(self, received: Received, job: Job, outcome: Outcome) -> str:
@@ -142,28 +140,6 @@ def _fields(received: Received) -> dict[str, Any] | None:
     if not isinstance(fields["message_id"], str):
         return None
     return fields
-
-
-def _deliver_settling(jobs: list[Job], done: Notify) -> None:
-    """Deliver the batch, telling `done` each job's final outcome as soon as it is known. Jobs
-    told to wait less than a second wait here and go once more (the broker's delayed delivery
-    counts whole seconds, so sending them back would make them late)."""
-    soon: dict[int, Outcome] = {}
-
-    def told(k: int, outcome: Outcome) -> None:
-        if outcome.action is Action.DEFER and outcome.delay_s < 1:
-            soon[k] = outcome
-        else:
-            done(k, outcome)
-
-    _deliver(jobs, told)
-    if soon:
-        again = sorted(soon)
-        time.sleep(max(soon[k].delay_s for k in again))
-        _deliver(
-            [replace(jobs[k], slot=soon[k].slot) for k in again],
-            lambda n, outcome: done(again[n], outcome),
-        )
 
 
 def _deliver(jobs: list[Job], notify: Notify) -> None:

@@ -3,6 +3,7 @@ at its single point (respx). Each outcome says what the task must do next."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
@@ -175,14 +176,14 @@ def test_a_paced_send_is_deferred_to_its_slot_and_sent_when_it_comes_back(
     sender, breaker, settings
 ):
     route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
-    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=2, EMAIL_SERVICE_BURST=1))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=0.5, EMAIL_SERVICE_BURST=1))
     first, second = ada(), ada(email="ada.two@example.com")
     kwargs = {"sender": sender, "breaker": breaker, "settings": settings, "pacer": paced}
     assert deliver(str(first), None, now=NOW, **kwargs).action is Action.DONE
     waiting = deliver(str(second), None, now=NOW, **kwargs)
-    assert (waiting.action, waiting.reason, waiting.delay_s) == (Action.DEFER, "paced", 0.5)
+    assert (waiting.action, waiting.reason, waiting.delay_s) == (Action.DEFER, "paced", 2.0)
     assert row(second)["deferrals"] == 1 and row(second)["status"] == Status.QUEUED
-    turn = NOW + timedelta(seconds=0.5)
+    turn = NOW + timedelta(seconds=2)
     assert deliver(str(second), None, now=turn, slot=waiting.slot, **kwargs).action is Action.DONE
     assert route.call_count == 2 and row(second)["retry_count"] == 0
 
@@ -495,13 +496,25 @@ def test_when_the_batchs_probe_fails_the_rest_of_the_batch_waits_without_a_call(
 @respx.mock
 def test_a_paced_batch_takes_its_turns_one_by_one(sender, breaker, settings):
     route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
-    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=2, EMAIL_SERVICE_BURST=1))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=0.5, EMAIL_SERVICE_BURST=1))
     due = emails(3)
     outcomes = go_many(due, sender, breaker, settings, pacer=paced)
     assert route.call_count == 1 and outcomes[0].reason == "sent"
     waits = sorted(o.delay_s for o in outcomes[1:])
     assert [o.reason for o in outcomes[1:]] == ["paced"] * 2
-    assert waits == pytest.approx([0.5, 1.0], abs=0.05)  # the rate's spacing, not all at once
+    assert waits == pytest.approx([2.0, 4.0], abs=0.05)  # the rate's spacing, not all at once
+
+
+@respx.mock
+def test_a_turn_less_than_a_second_away_is_waited_for_in_place_then_sent(sender, breaker, settings):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=4, EMAIL_SERVICE_BURST=1))
+    due = emails(2)
+    started = time.monotonic()
+    outcomes = go_many(due, sender, breaker, settings, pacer=paced)
+    assert [o.reason for o in outcomes] == ["sent", "sent"] and route.call_count == 2
+    assert time.monotonic() - started >= 0.2  # the second waited for its slot (0.25 s)
+    assert row(due[1])["deferrals"] == 1 and row(due[1])["retry_count"] == 0
 
 
 @respx.mock
@@ -545,3 +558,38 @@ def test_each_outcome_is_told_once_as_soon_as_it_is_known_not_at_the_end_of_the_
     # This sender sends in turn: each greeting was told (so its message settled) before the
     # next one's request went out.
     assert told_before_each_call == [[0], [0, 1], [0, 1, 2]]
+
+
+def test_an_open_breaker_denies_a_whole_batch_from_one_read_without_taking_a_probe(settings):
+    breaker = Breaker(settings)
+    with transaction() as session:
+        session.execute(
+            text(
+                "INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
+                "VALUES ('email-service', 'open', :until, 5)"
+            ),
+            {"until": NOW + timedelta(seconds=10)},
+        )
+    permits = breaker.permits(NOW, 32)
+    assert len(permits) == 32 and not any(p.allowed for p in permits)
+    assert all(p.retry_in_s >= 10 for p in permits)
+    assert len({p.retry_in_s for p in permits}) > 1  # scattered, not all back at once
+    with engine().connect() as connection:
+        probe = connection.execute(text("SELECT probe_token FROM circuit_breakers")).scalar()
+    assert probe is None
+
+
+@respx.mock
+def test_a_database_away_while_checking_the_send_rate_comes_back_later_not_dead_lettered(
+    sender, breaker, settings, monkeypatch
+):
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    paced = Pacer(load_settings(EMAIL_SERVICE_RATE_LIMIT=10))
+
+    def database_gone(*_, **__):
+        raise psycopg.OperationalError("the database system is shutting down")
+
+    monkeypatch.setattr(paced, "snapshot", database_gone)
+    outcomes = go_many(emails(2), sender, breaker, settings, pacer=paced)
+    assert [o.action for o in outcomes] == [Action.DB_AWAY] * 2
+    assert route.call_count == 0
