@@ -82,6 +82,18 @@ def row(message_id) -> dict:
         )
 
 
+def open_breaker(until: datetime) -> None:
+    """The shared breaker row, open until `until` (cooldown 5 s)."""
+    with transaction() as session:
+        session.execute(
+            text(
+                "INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
+                "VALUES ('email-service', 'open', :until, 5)"
+            ),
+            {"until": until},
+        )
+
+
 def go(message_id, sender, breaker, settings, token=None, now=NOW):
     return deliver(
         str(message_id),
@@ -312,14 +324,7 @@ def test_an_unknown_message_id_is_dead_lettered(sender, breaker, settings):
 def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settings):
     route = respx.post(f"{URL}/send-email")
     breaker = Breaker(settings)
-    with transaction() as session:
-        session.execute(
-            text(
-                "INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
-                "VALUES ('email-service', 'open', :until, 5)"
-            ),
-            {"until": NOW + timedelta(seconds=10)},
-        )
+    open_breaker(until=NOW + timedelta(seconds=10))
     message_id = ada(retry_count=1)
     outcome = go(message_id, sender, breaker, settings)
     assert outcome.action is Action.DEFER and outcome.delay_s >= 10
@@ -562,14 +567,7 @@ def test_each_outcome_is_told_once_as_soon_as_it_is_known_not_at_the_end_of_the_
 
 def test_an_open_breaker_denies_a_whole_batch_from_one_read_without_taking_a_probe(settings):
     breaker = Breaker(settings)
-    with transaction() as session:
-        session.execute(
-            text(
-                "INSERT INTO circuit_breakers (name, state, open_until, cooldown_s) "
-                "VALUES ('email-service', 'open', :until, 5)"
-            ),
-            {"until": NOW + timedelta(seconds=10)},
-        )
+    open_breaker(until=NOW + timedelta(seconds=10))
     permits = breaker.permits(NOW, 32)
     assert len(permits) == 32 and not any(p.allowed for p in permits)
     assert all(p.retry_in_s >= 10 for p in permits)
