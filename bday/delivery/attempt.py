@@ -243,9 +243,10 @@ def _deliver_all(
             row, permit, index = claimed[position]
             try:
                 if isinstance(answer, Receipt):
-                    breaker.record_success(permit, datetime.now(UTC))
+                    answered = datetime.now(UTC)
+                    breaker.record_success(permit, answered)
                     if pacer is not None:
-                        pacer.note_sent(datetime.now(UTC))
+                        pacer.note_sent(answered)
                     sent.append((row, answer, index))
                 else:
                     outcomes[index] = _after_failed_send(row, permit, answer, services, settings)
@@ -367,15 +368,19 @@ class UnrecordedDelivery(Exception):
 
 
 def record_delivered(delivered: dict[str, Any]) -> Outcome:
-    """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery)."""
-    messages.finish(
-        "sent_late",
-        uuid.UUID(delivered["id"]),
-        datetime.fromisoformat(delivered["at"]),
-        status=delivered["status"],
-        response=delivered["response"],
-        via=delivered["via"],
-    )
+    """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery); DB_AWAY
+    if the database is still away. A malformed record raises KeyError, TypeError or ValueError."""
+    try:
+        messages.finish(
+            "sent_late",
+            uuid.UUID(delivered["id"]),
+            datetime.fromisoformat(delivered["at"]),
+            status=delivered["status"],
+            response=delivered["response"],
+            via=delivered["via"],
+        )
+    except _DB_ERRORS as exc:
+        return _away(exc)
     log.info("message %s sent (recorded after a database outage)", delivered["id"])
     return Outcome(Action.DONE, "sent")
 

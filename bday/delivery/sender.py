@@ -171,7 +171,6 @@ class SendPool:
     One greeting is sent in the calling thread (no hand-off)."""
 
     def __init__(self, size: int):
-        self.size = size
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="bday-send")
 
     def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:

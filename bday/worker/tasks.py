@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
 from celery.exceptions import Reject
-from sqlalchemy.exc import DBAPIError
 
 from bday.broker.app import app
 from bday.config import get_settings
@@ -95,20 +93,11 @@ class SendMessage(BatchTask):
     def _record(self, received: Received, fields: dict[str, Any]) -> str:
         """A retry that only has to write SENT for a send the service already accepted."""
         try:
-            record_delivered(fields["delivered"])
-        except (DBAPIError, psycopg.Error) as exc:
-            countdown = _db_backoff(received.retries)
-            log.warning(
-                "message %s: recording still deferred (%s), again in %d s",
-                fields["message_id"],
-                type(getattr(exc, "orig", None) or exc).__name__,
-                countdown,
-            )
-            return self._again(received, countdown, received.kwargs)
+            outcome = record_delivered(fields["delivered"])
         except (KeyError, TypeError, ValueError):
             log.warning("job %s: malformed delivery record, dead-lettered", received.id)
             return REJECT
-        return ACK
+        return self._verdict(received, Job(fields["message_id"], fields.get("token")), outcome)
 
     def _again(self, received: Received, countdown: float, kwargs: dict[str, Any]) -> str:
         """Publish the job again (after `countdown` s), then ack this copy. If the broker
@@ -181,7 +170,7 @@ def send_message(
 
 def _countdown(outcome: Outcome) -> float:
     # A paced send keeps its slot to the millisecond: the broker holds it for the whole
-    # seconds, the worker's eta timer for the fraction (no thread waits), so sends keep the
+    # seconds, the batcher's clock for the fraction (no thread waits), so sends keep the
     # slots' spacing. The broker's delayed delivery refuses less than one second.
     if outcome.slot is not None:
         return max(1.0, outcome.delay_s)

@@ -591,3 +591,20 @@ def test_a_database_away_while_checking_the_send_rate_comes_back_later_not_dead_
     outcomes = go_many(emails(2), sender, breaker, settings, pacer=paced)
     assert [o.action for o in outcomes] == [Action.DB_AWAY] * 2
     assert route.call_count == 0
+
+
+def test_recording_a_delivery_while_the_database_is_still_away_says_so_and_writes_nothing(
+    monkeypatch,
+):
+    from bday.delivery.attempt import record_delivered
+
+    message_id = ada(status=Status.SENDING)
+
+    def database_gone(*_, **__):
+        raise psycopg.OperationalError("connection refused")
+
+    monkeypatch.setattr(messages, "finish", database_gone)
+    delivered = {"id": str(message_id), "at": NOW.isoformat(), "status": 200}
+    outcome = record_delivered({**delivered, "response": "ok", "via": "queue"})
+    assert outcome.action is Action.DB_AWAY and "OperationalError" in outcome.reason
+    assert row(message_id)["status"] == Status.SENDING
