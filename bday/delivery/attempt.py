@@ -254,7 +254,7 @@ def _deliver_all(
                 outcomes[index] = _away(exc)
         for index, outcome in _record_sent(sent, via):  # at once: see SendPool.send_many
             outcomes[index] = outcome
-    if later:  # the breaker's probe has answered: the rest of the batch asks again
+    if later:  # the probe has answered, the repeated rows are settled: the rest go now
 
         def told(k: int, outcome: Outcome) -> None:
             outcomes[later[k]] = outcome
@@ -295,9 +295,15 @@ def _admit(
     now: datetime,
 ) -> list[_Asked]:
     """Parse each job, ask the breaker and the pacer: the jobs that may be claimed now. The
-    others get their outcome here, except those that wait for the breaker's probe (`later`)."""
+    others get their outcome here, except those that go once this round is over (`later`):
+    the ones waiting for the breaker's probe, and a second job for a row already in the batch.
+
+    Two jobs for one row meet in a batch when a row was re-published (fresh token) while its
+    older job was still on its way back: only the row knows which job is current, so the
+    second goes after the first has settled (it then finds the row sent, or claims it)."""
     parsed: list[tuple[int, uuid.UUID, uuid.UUID | None]] = []
     seen: set[uuid.UUID] = set()
+    repeats: list[int] = []
     for index, job in enumerate(jobs):
         try:
             row_id = uuid.UUID(str(job.message_id))
@@ -305,14 +311,15 @@ def _admit(
         except ValueError:
             outcomes[index] = Outcome(Action.DEAD_LETTER, "malformed job: message id is not a UUID")
             continue
-        if row_id in seen:  # the same row twice in one batch: its first job speaks for both
-            outcomes[index] = Outcome(Action.DONE, "duplicate job in this batch")
+        if row_id in seen:
+            repeats.append(index)
             continue
         seen.add(row_id)
         parsed.append((index, row_id, token_id))
     asked = []
     permits = breaker.permits(now, len(parsed))
     later.extend(index for index, _, _ in parsed[len(permits) :])
+    later.extend(repeats)
     for (index, row_id, token_id), permit in zip(parsed, permits, strict=False):
         if not permit.allowed:
             outcomes[index] = _defer_for_breaker(row_id, permit, now)

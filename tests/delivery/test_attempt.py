@@ -411,11 +411,11 @@ def test_a_batch_is_claimed_in_one_statement_sent_and_recorded_in_one_statement(
         *["sent"] * 5,
         "malformed job: message id is not a UUID",
         "unknown message id",
-        "duplicate job in this batch",
+        "already SENT",  # the row's second job goes after the first: it finds the row sent
         "already SENT",
     ]
     assert [o.action for o in outcomes[5:7]] == [Action.DEAD_LETTER] * 2
-    assert calls["claim_many"] == [7]  # one statement for the batch
+    assert calls["claim_many"] == [7, 1]  # one statement for the batch, one for the repeat
     # One SENT statement per group of answers that arrive together (one by one here: this
     # sender sends in turn; a SendPool's concurrent answers come back in groups).
     assert sum(calls["record_sent"]) == 5
@@ -424,6 +424,27 @@ def test_a_batch_is_claimed_in_one_statement_sent_and_recorded_in_one_statement(
     )
     assert {row(m)["status"] for m in due} == {Status.SENT}
     assert {row(m)["provider_response"] for m in due} == {"ok"}
+
+
+@pytest.mark.parametrize("current_first", [False, True])
+@respx.mock
+def test_a_rows_old_and_current_job_in_one_batch_send_it_once(
+    sender, breaker, settings, current_first
+):
+    """A row re-published (fresh token) while its older job was on its way back: both jobs
+    can arrive in one batch, in either order. The current one sends it; the old one is a
+    no-op. (The first-seen job used to speak for both: old first, the greeting was lost.)"""
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, text="ok"))
+    old, current = uuid.uuid4(), uuid.uuid4()
+    message = ada(token=current)
+    jobs = [Job(str(message), str(old)), Job(str(message), str(current))]
+    if current_first:
+        jobs.reverse()
+    reasons = [o.reason for o in go_many(jobs, sender, breaker, settings)]
+    expected = ["superseded job", "sent"]
+    assert reasons == (["sent", "already SENT"] if current_first else expected)
+    assert route.call_count == 1
+    assert row(message)["status"] == Status.SENT
 
 
 @respx.mock

@@ -18,7 +18,7 @@ from pathlib import Path
 from bday.devtools import sandbox
 from bday.devtools.fake_email import Behaviour, FakeEmailService, serve
 from bday.devtools.sandbox import Process
-from tests.harness.queues import purge_all, queue_counts, statuses
+from tests.harness.queues import left_over, purge_all, queue_counts, statuses
 
 
 class FakeEmail:
@@ -112,7 +112,7 @@ def wait_until(
     try:
         return sandbox.wait_for(predicate, timeout, what, interval)
     except TimeoutError as exc:
-        raise AssertionError(str(exc)) from None
+        raise AssertionError(f"{exc}; left: {left_over()}") from None
 
 
 __all__ = ["FakeEmail", "Stack", "purge_all", "queue_counts", "statuses", "wait_until"]

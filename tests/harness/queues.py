@@ -27,6 +27,33 @@ def statuses() -> Counter:
         )
 
 
+_UNFINISHED = text(
+    """SELECT id, status, retry_count, deferrals, next_attempt_at, lease_expires_at,
+              dispatch_token, last_error
+         FROM messages WHERE status NOT IN ('SENT', 'FAILED', 'CANCELLED')
+        ORDER BY scheduled_send_time LIMIT 3"""
+)
+
+
+def left_over() -> str:
+    """What a timed-out wait left behind: rows by status, the first unfinished ones, the
+    queues. Best effort: a test may have stopped the database or the broker on purpose."""
+    parts = []
+    try:
+        parts.append(f"rows {dict(statuses())}")
+        with db.engine().connect() as connection:
+            parts += [
+                f"{r.id} {r.status} retries={r.retry_count} deferrals={r.deferrals}"
+                f" next={r.next_attempt_at} lease={r.lease_expires_at}"
+                f" token={r.dispatch_token} error={r.last_error!r}"
+                for r in connection.execute(_UNFINISHED)
+            ]
+        parts.append(f"queues {queue_counts()}")
+    except Exception as exc:  # a diagnosis must not hide the timeout
+        parts.append(f"(could not look further: {type(exc).__name__})")
+    return "; ".join(parts)
+
+
 def queue_counts() -> dict[str, int]:
     """Ready messages in the send queue and the DLQ (passive declares, never creating them)."""
     parts = topology(get_settings())
