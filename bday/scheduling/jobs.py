@@ -6,8 +6,8 @@
 * retention: delete finished rows older than MESSAGE_RETENTION_DAYS, in bounded batches.
 * recover: the database decides what is owed, so this job re-publishes whatever the broker
   lost: QUEUED rows whose job never ran, SENDING rows whose worker died, FAILED rows whose
-  failure was transient once the email service answers again; and it expires rows that are
-  more than CATCH_UP_HOURS late.
+  failure was transient once the email service answers again; it expires rows that are
+  more than CATCH_UP_HOURS late, and clears answers stored after their user was erased.
 
 Every job is safe to run twice at once (two beats): claims use SKIP LOCKED and conditional
 updates, planning uses ON CONFLICT DO NOTHING, and re-published jobs carry fresh tokens.
@@ -31,6 +31,11 @@ from bday.store.db import engine, transaction
 from bday.store.models import FailureReason, Heartbeat, Status
 
 log = logging.getLogger(__name__)
+
+# A send in flight when its user was erased stores the service's answer afterwards: within its
+# lease, or after a database outage by its recording retry. Recovery clears such answers on the
+# rows of users erased this recently (a partial index finds them).
+ERASURE_RECHECK = timedelta(days=7)
 
 
 def plan_job(now: datetime | None = None) -> dict:
@@ -128,14 +133,17 @@ def recover_job(now: datetime | None = None, *, service_answering: bool | None =
         messages.reset_retries(session, failed_ids)
         revived = messages.reissue(session, failed_ids, (Status.FAILED,), now)
     published = len(lost) + len(revived) - len(dispatch.publish_or_release(lost + revived))
+    with transaction() as session:
+        forgotten = messages.forget_late_answers(session, now - ERASURE_RECHECK, now)
     result = {
         "republished_lost": len(lost),
         "revived_failed": len(revived),
         "published": published,
         "expired": expired,
+        "forgot_late_answers": forgotten,
     }
     heartbeat("recover", now, result)
-    if lost or revived or expired:
+    if lost or revived or expired or forgotten:
         log.info("recover: %s", result)
     return result
 

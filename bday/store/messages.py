@@ -16,6 +16,7 @@ means another worker, job or beat got there first, which is normal, never an err
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
     SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
     any status, no change  forget_answers                 (erasure clears stored answers)
+    any status, no change  forget_late_answers            (recovery: answers stored after it)
 
 Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
 `current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
@@ -127,6 +128,20 @@ def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
     """Erasure: clear the stored service answers and errors (they may quote the address) on
     every row of the user, whatever its status. Not a status change."""
     return _rowcount(session.execute(_FORGET_ANSWERS, {"user_id": user_id, "now": now}))
+
+
+_FORGET_LATE_ANSWERS = text(
+    """UPDATE messages m SET provider_response = NULL, last_error = NULL, updated_at = :now
+         FROM users u
+        WHERE u.erased_at >= :since AND m.user_id = u.id
+          AND (m.provider_response IS NOT NULL OR m.last_error IS NOT NULL)"""
+)
+
+
+def forget_late_answers(session: Session, since: datetime, now: datetime) -> int:
+    """Clear answers stored on the rows of users erased since `since`: a send in flight when
+    its user was erased records the service's answer afterwards. Rows changed."""
+    return _rowcount(session.execute(_FORGET_LATE_ANSWERS, {"since": since, "now": now}))
 
 
 _CANCEL_OF_USERS = text(_CANCEL_UNSENT.format(rows="user_id = ANY(:user_ids)"))

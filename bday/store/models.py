@@ -112,6 +112,7 @@ class User(Base):
             month_day(text("anniversary")),
             postgresql_where=text("deleted_at IS NULL AND anniversary IS NOT NULL"),
         ),
+        Index("ix_users_erased_at", "erased_at", postgresql_where=text("erased_at IS NOT NULL")),
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
@@ -210,3 +210,30 @@ def test_erasing_by_address_also_erases_an_earlier_deleted_user_with_it():
     current = users.create_user(**ADA)
     assert users.erase_user(ADA["email"].upper()) == current
     assert _tables_holding(ADA["email"]) == [] and _tables_holding("Former") == []
+
+
+@time_machine.travel(BEFORE_NINE, tick=False)
+def test_an_answer_stored_after_erasure_by_a_send_in_flight_is_cleared_by_recovery():
+    """The send was with the service when its user was erased: its answer comes back after
+    the erasure. The next recovery run clears it, and leaves other users' answers alone."""
+    from bday.store import messages as store
+
+    erased = users.create_user(**{**ADA, "email": ERASED_EMAIL})
+    kept = users.create_user(**{**ADA, "email": "bob@example.com", "first_name": "Bob"})
+    in_flight, bobs = (messages(u)[0].id for u in (erased, kept))
+    now = datetime.now(UTC)
+    with engine().begin() as connection:
+        connection.execute(
+            text("UPDATE messages SET status = 'SENDING', lease_expires_at = :until"),
+            {"until": now + timedelta(seconds=60)},
+        )
+    users.erase_user(erased)
+    answer = f'{{"to": "{ERASED_EMAIL}"}}'
+    assert store.record_sent([(in_flight, 200, answer), (bobs, 200, '{"to": "bob"}')], now) == 2
+    assert _tables_holding(ERASED_EMAIL) == ["messages.provider_response"]
+    result = jobs.recover_job(now, service_answering=True)
+    assert result["forgot_late_answers"] == 1
+    assert _tables_holding(ERASED_EMAIL) == []
+    by_id = {m.id: m for m in messages()}
+    assert by_id[in_flight].status == by_id[bobs].status == Status.SENT  # counts hold
+    assert by_id[bobs].provider_response == '{"to": "bob"}'
