@@ -94,6 +94,7 @@ class Bench:
     # Worker CPU (user + system, all worker processes) per task or greeting, in ms, per run.
     cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="bday-bench-")))
+    servers: dict[str, int] = field(default_factory=dict)  # PostgreSQL/RabbitMQ pids, if local
 
     def setup(self) -> None:
         self.box = sandbox.Sandbox.create("bday_bench")
@@ -108,6 +109,7 @@ class Bench:
         }
         os.environ.update(self.env)
         _reload_settings()
+        self.servers = servers()
         self.fake = sandbox.spawn(
             "fake-email",
             sandbox.bday_command("fake-email-service", "--port", str(port)),
@@ -217,13 +219,16 @@ class Bench:
         if thread:
             thread.start()
         cpu_before, sent_before = after_startup_plan(worker, spawned)
+        servers_before = servers_cpu_s(self.servers)
         wait_settled(count, 1800)
         share = 0.99 if failure_rate else 1.0
         elapsed = sent_by_share(share) - t0
-        sent = int(_scalar(SENT_RECENTLY)) - sent_before
-        self.cpu_ms.setdefault(f"delivery {latency_ms:g} {failure_rate:g}", []).append(
-            (worker.cpu_s() - cpu_before) / max(1, sent) * 1000
-        )
+        sent = max(1, int(_scalar(SENT_RECENTLY)) - sent_before)
+        key = f"delivery {latency_ms:g} {failure_rate:g}"
+        self.cpu_ms.setdefault(key, []).append((worker.cpu_s() - cpu_before) / sent * 1000)
+        for name, used in servers_cpu_s(self.servers).items():
+            spent = (used - servers_before[name]) / sent * 1000
+            self.cpu_ms.setdefault(f"{key} {name}", []).append(spent)
         worker.stop()
         if thread:
             thread.join()
@@ -457,6 +462,70 @@ def cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of `pid` (with its exited children) and of its live children: a server
+    whose work runs in child processes (PostgreSQL's backends, RabbitMQ's port programs)."""
+    total = cpu_s(pid)
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                status = (proc / "status").read_text()
+                if f"\nPPid:\t{pid}\n" in status:
+                    total += cpu_s(int(proc.name))
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+    return total
+
+
+def listening_pid(host: str, port: int) -> int | None:
+    """The local process listening on TCP `port`, or None (a remote host, or its file
+    descriptors are not ours to read): found through /proc/net/tcp and /proc/*/fd."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                sockets.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in sockets for fd in (proc / "fd").iterdir()):
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def servers() -> dict[str, int]:
+    """PostgreSQL's and RabbitMQ's server processes, where this machine runs them."""
+    from urllib.parse import urlsplit
+
+    from bday.config import get_settings
+
+    settings = get_settings()
+    found = {}
+    for name, url, default_port in (
+        ("PostgreSQL", settings.database_url, 5432),
+        ("RabbitMQ", settings.rabbitmq_url.split(";")[0], 5672),
+    ):
+        parts = urlsplit(url)
+        pid = listening_pid(parts.hostname or "", parts.port or default_port)
+        if pid is not None:
+            found[name] = pid
+    return found
+
+
+def servers_cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    return {name: tree_cpu_s(pid) for name, pid in pids.items()}
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -595,6 +664,16 @@ def _delivery_rows(bench: Bench, ceiling: float, repeat: int) -> None:
                 "process CPU time over greetings delivered",
             )
         )
+        for name in bench.servers:
+            spent = statistics.median(bench.cpu_ms[f"delivery {latency:g} 0 {name}"])
+            bench.rows.append(
+                Row(
+                    f"{name} CPU per greeting at {latency} ms",
+                    f"{spent:.2f} ms",
+                    f"x{spent / cpu:.2f} of the worker's",
+                    "the server's processes (capacity model input)",
+                )
+            )
         if latency == 0:
             enqueue_s = statistics.median(r[1] for r in results)
             bench.rows.append(

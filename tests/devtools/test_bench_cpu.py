@@ -1,0 +1,35 @@
+"""How `bday bench` finds the local servers and charges them CPU (no services needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from bday.devtools import bench
+
+
+def test_the_process_listening_on_a_port_is_found_and_a_remote_host_is_not_looked_up():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        assert bench.listening_pid("127.0.0.1", port) is None  # bound, not yet listening
+        listener.listen()
+        assert bench.listening_pid("127.0.0.1", port) == os.getpid()
+        assert bench.listening_pid("db.example.com", port) is None
+
+
+def test_a_servers_cpu_counts_its_live_children():
+    """A PostgreSQL backend is a child of the postmaster: its CPU belongs to the server."""
+    spin = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin + "\ntime.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while bench.cpu_s(child.pid) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert bench.tree_cpu_s(os.getpid()) - bench.cpu_s(os.getpid()) >= 0.3
+    finally:
+        child.kill()
+        child.wait()
