@@ -47,21 +47,24 @@ def add(**fields) -> None:
 
 
 @users.command("update")
-@click.argument("user_id")
+@click.argument("user")
 @_user_options(required=False)
-def update(user_id: str, **fields) -> None:
-    """Change the given fields of user USER_ID."""
+def update(user: str, **fields) -> None:
+    """Change the given fields of user USER (an id or the email of a live user)."""
     changes = {name: value for name, value in fields.items() if value is not None}
     if not changes:
         raise click.UsageError("nothing to change: give at least one field option")
+    user_id = users_api.find_user(user).id
     users_api.update_user(user_id, **changes)
     click.echo(f"updated {user_id}")
 
 
 @users.command("delete")
-@click.argument("user_id")
-def delete(user_id: str) -> None:
-    """Delete user USER_ID and cancel their unsent greetings."""
+@click.argument("user")
+def delete(user: str) -> None:
+    """Delete user USER (an id or the email of a live user) and cancel their unsent
+    greetings."""
+    user_id = users_api.find_user(user).id
     users_api.delete_user(user_id)
     click.echo(f"deleted {user_id}")
 

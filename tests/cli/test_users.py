@@ -117,6 +117,30 @@ def test_users_delete_removes_the_user_and_an_unknown_id_is_exit_2(monkeypatch, 
     assert code == 2 and err == f"bday: user {user_id} not found\n"
 
 
+def test_users_update_and_delete_take_an_email_as_erase_does(monkeypatch, capsys):
+    user_id = users.create_user(
+        first_name="Ada",
+        last_name="Lovelace",
+        email="ada@example.com",
+        birthday="1990-03-05",
+        timezone="Asia/Tokyo",
+    )
+    code, out, _ = bday(
+        monkeypatch, capsys, "users", "update", "ADA@example.com", "--timezone", "Europe/Paris"
+    )
+    assert (code, out) == (0, f"updated {user_id}\n")
+    assert users.get_user(user_id).timezone == "Europe/Paris"
+    code, _, err = bday(
+        monkeypatch, capsys, "users", "update", "bob@example.com", "--timezone", "UTC"
+    )
+    assert (code, err) == (2, "bday: user bob@example.com not found\n")
+    code, out, _ = bday(monkeypatch, capsys, "users", "delete", "ada@example.com")
+    assert (code, out) == (0, f"deleted {user_id}\n")
+    assert users.count_users() == 0
+    code, _, err = bday(monkeypatch, capsys, "users", "delete", "ada@example.com")
+    assert (code, err) == (2, "bday: user ada@example.com not found\n")  # deleted: not live
+
+
 def test_the_installed_console_script_runs_db_upgrade_and_users_add(database_url):
     env = {**os.environ, "DATABASE_URL": database_url}
     bin_dir = os.path.dirname(sys.executable)
