@@ -148,6 +148,14 @@ def _clock() -> _Clock:
         return clock
 
 
+def _stale(request: Any) -> bool:
+    """Did the job arrive on a channel that has closed since (the consumer reconnected)? It
+    can no longer be acked, and the broker delivers it again on the new channel: drop it, as
+    Celery's consumer drops its reserved and eta-held requests on close."""
+    channel = getattr(request.message, "channel", None)
+    return channel is not None and getattr(channel, "is_open", True) is False
+
+
 class _Batcher:
     """The consumer side: turns messages into requests, holds eta jobs, buffers, flushes."""
 
@@ -224,6 +232,8 @@ class _Batcher:
         self._add(request)
 
     def _due(self, request: Any) -> None:
+        if _stale(request):  # the consumer reconnected meanwhile: its prefetch count is new
+            return
         self.consumer.qos.decrement_eventually()
         self._add(request)
 
@@ -249,6 +259,9 @@ class _Batcher:
             self._start(batch)
 
     def _start(self, batch: list[Any]) -> None:
+        batch = [request for request in batch if not _stale(request)]
+        if not batch:
+            return
         jobs = [
             Received(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries") or 0)
             for r in batch
