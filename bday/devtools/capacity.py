@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from bday.devtools import sandbox
 
 # --- measured inputs (README Performance, docs/capacity.md; this machine: 2 cores, shared) -------
-WORKER_RATE_0MS = 449.0  # greetings/s, one worker process, 64 threads, service answering at once
-WORKER_RATE_150MS = 329.0  # same, service answering in 150 ms
-WORKER_CORES = 0.93  # cores one worker process used at full rate (py-spy; GIL: at most ~1)
-POSTGRES_CPU_MS = 0.64  # PostgreSQL CPU per greeting (0.18 cores at 280 msg/s)
-POSTGRES_CPU_MS_UNPREPARED = 0.40  # added per greeting without prepares (2 x ~200 us, measured)
-RABBITMQ_CPU_MS = 0.43  # RabbitMQ CPU per greeting (0.12 cores at 280 msg/s)
+# Delivery figures: full `bday bench --only delivery`, batched delivery, 2026-11-29 (a slower day
+# than the rest: that run's no-op ceiling was 2,595 tasks/s against 4,822 below).
+WORKER_RATE_0MS = 598.0  # greetings/s, one worker process, 64 threads, service answering at once
+WORKER_RATE_150MS = 464.0  # same, service answering in 150 ms
+WORKER_CORES = 0.51  # cores one worker process uses at that rate (1.10 ms CPU x 464/s, 150 ms)
+POSTGRES_CPU_MS = 0.20  # PostgreSQL CPU per greeting (bench, 150 ms; 0.17 ms at 0 ms)
+# Added per greeting without prepares: ~200 us per statement (measured through PgBouncer), and
+# a batch at peak costs 1/32 claim + 1/8 SENT statement per greeting.
+POSTGRES_CPU_MS_UNPREPARED = 0.03
+RABBITMQ_CPU_MS = 0.47  # RabbitMQ CPU per greeting (bench, 150 ms; 0.36 ms at 0 ms)
 ENQUEUE_RATE = 1_400.0  # rows/s claimed and published by one enqueue run
 BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
 PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
