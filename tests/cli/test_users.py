@@ -82,14 +82,18 @@ def test_a_bad_setting_is_one_line_exit_2(monkeypatch, capsys, settings_env):
     )
 
 
-def test_users_update_changes_fields_and_refuses_bad_ones(monkeypatch, capsys):
-    user_id = users.create_user(
+def _ada():
+    return users.create_user(
         first_name="Ada",
         last_name="Lovelace",
         email="ada@example.com",
         birthday="1990-03-05",
         timezone="Asia/Tokyo",
     )
+
+
+def test_users_update_changes_fields_and_refuses_bad_ones(monkeypatch, capsys):
+    user_id = _ada()
     code, _, _ = bday(
         monkeypatch, capsys, "users", "update", str(user_id), "--timezone", "Europe/Paris"
     )
@@ -104,13 +108,7 @@ def test_users_update_changes_fields_and_refuses_bad_ones(monkeypatch, capsys):
 
 
 def test_users_delete_removes_the_user_and_an_unknown_id_is_exit_2(monkeypatch, capsys):
-    user_id = users.create_user(
-        first_name="Ada",
-        last_name="Lovelace",
-        email="ada@example.com",
-        birthday="1990-03-05",
-        timezone="Asia/Tokyo",
-    )
+    user_id = _ada()
     assert bday(monkeypatch, capsys, "users", "delete", str(user_id))[0] == 0
     assert users.count_users() == 0
     code, _, err = bday(monkeypatch, capsys, "users", "delete", str(user_id))
@@ -118,13 +116,7 @@ def test_users_delete_removes_the_user_and_an_unknown_id_is_exit_2(monkeypatch, 
 
 
 def test_users_update_and_delete_take_an_email_as_erase_does(monkeypatch, capsys):
-    user_id = users.create_user(
-        first_name="Ada",
-        last_name="Lovelace",
-        email="ada@example.com",
-        birthday="1990-03-05",
-        timezone="Asia/Tokyo",
-    )
+    user_id = _ada()
     code, out, _ = bday(
         monkeypatch, capsys, "users", "update", "ADA@example.com", "--timezone", "Europe/Paris"
     )
