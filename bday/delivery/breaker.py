@@ -38,6 +38,7 @@ from bday.config import Settings
 from bday.delivery.sender import TransientSendError
 from bday.store.db import autocommit
 from bday.telemetry import metrics
+from bday.telemetry.logs import mask_emails
 
 NAME = "email-service"
 CACHE_TTL_S = 0.5
@@ -310,7 +311,9 @@ class Breaker:
         if not self.settings.breaker_enabled:
             return
         self._note(False)
-        error = str(exc)[:500]
+        # The row is shared and shown by `bday status`: an address the service quoted in its
+        # error is masked, so no user's address outlives their erasure there.
+        error = mask_emails(str(exc))[:500]
         if permit.is_probe:
             if self._write(
                 _COLD_MISS,

@@ -51,6 +51,16 @@ def warm(breaker: Breaker, now: datetime = T0) -> None:
     breaker.record_success(permit, now)
 
 
+def test_the_error_it_stores_masks_an_address_the_service_quoted():
+    """The row is shared and outlives any user: a send failing while its user is erased
+    must not leave the address there (erasure can no longer find it by then)."""
+    breaker = Breaker(settings())
+    probe = breaker.permit(T0)
+    quoted = TransientSendError("HTTP 503: cannot reach ada.lovelace@example.com", status=503)
+    breaker.record_failure(probe, T0, quoted)
+    assert row()["last_error"] == "HTTP 503: cannot reach a***@example.com"
+
+
 def test_a_cold_breaker_lets_one_probe_through_and_holds_the_rest():
     first, second = Breaker(settings()), Breaker(settings())
     probe = first.permit(T0)
