@@ -38,6 +38,7 @@ from celery import Task, signals
 from celery.concurrency.thread import TaskPool as ThreadsPool
 from celery.utils.imports import instantiate, symbol_by_name
 from celery.utils.time import timezone
+from celery.worker import state as worker_state
 from celery.worker.request import create_request_cls
 from celery.worker.strategy import hybrid_to_proto2, proto1_to_proto2
 from kombu.asynchronous.timer import to_timestamp
@@ -228,13 +229,17 @@ class _Batcher:
             if eta > time.monotonic():  # held until its eta, widening prefetch as Celery does
                 self.consumer.qos.increment_eventually()
                 self.clock.call_at(eta, self._due, request)
+                worker_state.task_scheduled(request)
                 return
+        worker_state.task_reserved(request)
         self._add(request)
 
     def _due(self, request: Any) -> None:
         if _stale(request):  # the consumer reconnected meanwhile: its prefetch count is new
+            worker_state.task_ready(request)
             return
         self.consumer.qos.decrement_eventually()
+        worker_state.task_reserved(request)
         self._add(request)
 
     def _add(self, request: Any) -> None:
@@ -259,9 +264,19 @@ class _Batcher:
             self._start(batch)
 
     def _start(self, batch: list[Any]) -> None:
-        batch = [request for request in batch if not _stale(request)]
-        if not batch:
+        live = []
+        for request in batch:
+            if _stale(request):
+                worker_state.task_ready(request)
+            else:
+                live.append(request)
+        if not live:
             return
+        batch = live
+        for request in batch:  # what `celery inspect active` and Flower's counts read
+            worker_state.task_accepted(request)
+            if self.events:
+                request.send_event("task-started")
         jobs = [
             Received(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries") or 0)
             for r in batch
@@ -288,6 +303,7 @@ class _Batcher:
 
     def _apply(self, request: Any, verdict: str, started: float) -> None:
         """Ack or reject one message (in the pool's thread, or a sending thread when paced)."""
+        worker_state.task_ready(request, successful=verdict == ACK)
         if verdict == ACK:
             request.acknowledge()
             if self.events:

@@ -40,8 +40,11 @@ class _Channel:
 
 
 class _Request:
-    def __init__(self, channel: _Channel):
+    name = "bday.tasks.send_message"
+
+    def __init__(self, channel: _Channel, id: str = "job"):
         self.message = type("Message", (), {"channel": channel})()
+        self.id = id
 
 
 class _QoS:
@@ -64,7 +67,7 @@ def test_a_job_held_on_a_channel_that_closed_meanwhile_is_dropped_not_run():
     broker delivers it again. Running it would do the work twice, and counting it off the
     new connection's prefetch would shrink that for good."""
     batcher, old, current = _batcher(), _Channel(), _Channel()
-    held_old, held_current = _Request(old), _Request(current)
+    held_old, held_current = _Request(old, "old"), _Request(current, "current")
     old.is_open = False
     batcher._due(held_old)
     batcher._due(held_current)
@@ -74,6 +77,7 @@ def test_a_job_held_on_a_channel_that_closed_meanwhile_is_dropped_not_run():
 
 def test_a_batch_starts_without_its_jobs_whose_channel_closed():
     batcher, old, current = _batcher(), _Channel(), _Channel()
+    batcher.events = False
     started: list[list[str]] = []
     batcher.task = None
     batcher.pool = type(

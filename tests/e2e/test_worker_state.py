@@ -1,0 +1,38 @@
+"""A worker's own bookkeeping of batched jobs: what `celery inspect` and Flower read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from bday.broker.app import app
+from bday.scheduling import jobs
+from tests.e2e.conftest import add_due_messages
+from tests.e2e.stack import statuses, wait_until
+
+pytestmark = pytest.mark.e2e
+
+SEND = "bday.tasks.send_message"
+
+
+def _active(inspect) -> list[dict]:
+    return [job for found in (inspect.active() or {}).values() for job in found]
+
+
+def test_batched_jobs_show_as_active_while_they_send_and_count_in_the_workers_stats(stack):
+    """Batched jobs bypass Celery's per-task path; they must still be in the worker's state,
+    or `celery inspect active` shows nothing while greetings go out and Flower counts none."""
+    count = 12
+    stack.fake.set(latency_ms=1500)
+    add_due_messages(count, datetime.now(UTC))
+    stack.start_worker(concurrency=16)
+    jobs.enqueue_job()
+    inspect = app.control.inspect(timeout=2)
+    active = wait_until(lambda: _active(inspect), 30, "the worker reports its active jobs")
+    assert {job["name"] for job in active} == {SEND}
+    assert 1 <= len(active) <= count
+    wait_until(lambda: statuses()["SENT"] == count, 60, "every greeting sent")
+    assert wait_until(lambda: not _active(inspect) or None, 10, "nothing active after")
+    totals = [stats["total"].get(SEND, 0) for stats in (inspect.stats() or {}).values()]
+    assert totals == [count]
