@@ -322,7 +322,7 @@ def _admit(
     later.extend(repeats)
     for (index, row_id, token_id), permit in zip(parsed, permits, strict=False):
         if not permit.allowed:
-            outcomes[index] = _defer_for_breaker(row_id, permit, now)
+            outcomes[index] = _defer_for_breaker(row_id, token_id, permit, now)
             continue
         held = jobs[index].slot
         wait = pacer.acquire(now, held) if pacer is not None else None
@@ -571,16 +571,18 @@ def _defer_for_pace(
     wait_s = max(0.0, slot.at - now.timestamp())
     if not held:
         next_at = now + timedelta(seconds=wait_s)
-        if messages.finish("deferred", row_id, now, next_at=next_at) == 0:
+        if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
             return _why_not_claimed(row_id, token_id, now)
         metrics.record_deferred()
     return Outcome(Action.DEFER, "paced", wait_s, slot)
 
 
-def _defer_for_breaker(row_id: uuid.UUID, permit: Permit, now: datetime) -> Outcome:
+def _defer_for_breaker(
+    row_id: uuid.UUID, token_id: uuid.UUID | None, permit: Permit, now: datetime
+) -> Outcome:
     next_at = now + timedelta(seconds=permit.retry_in_s)
-    if messages.finish("deferred", row_id, now, next_at=next_at) == 0:
-        return _why_not_claimed(row_id, None, now)
+    if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
+        return _why_not_claimed(row_id, token_id, now)
     metrics.record_deferred()
     return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
 

@@ -627,10 +627,13 @@ _FINISH = {
                             updated_at = %(now)s, next_attempt_at = %(next_at)s,
                             lease_expires_at = NULL
                       WHERE id = %(id)s AND status = '{SENDING}'""",
-    # Not a status change: the row waits (breaker open, paced) and says until when.
+    # Not a status change: the row waits (breaker open, paced) and says until when. Only its
+    # current job may say so: a superseded one changes nothing (and then ends).
     "deferred": f"""UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
                            updated_at = %(now)s
-                     WHERE id = %(id)s AND status IN {UNSENT_SQL}""",
+                     WHERE id = %(id)s AND status IN {UNSENT_SQL}
+                       AND (CAST(%(token)s AS uuid) IS NULL OR dispatch_token IS NULL
+                            OR dispatch_token = CAST(%(token)s AS uuid))""",
 }
 FINISHES = frozenset(_FINISH)
 
@@ -645,6 +648,7 @@ def finish(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> in
         "reason": None,
         "response": None,
         "next_at": None,
+        "token": None,
         "via": "queue",
         **values,
     }

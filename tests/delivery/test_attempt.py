@@ -339,6 +339,22 @@ def test_an_open_breaker_defers_the_send_without_spending_a_retry(sender, settin
 
 
 @respx.mock
+def test_a_superseded_job_meeting_an_open_breaker_ends_and_leaves_the_row_alone(sender, settings):
+    """The row was re-published (fresh token) while this older job was out: during an outage
+    it ends instead of deferring the row and circulating beside the current job."""
+    route = respx.post(f"{URL}/send-email")
+    breaker = Breaker(settings)
+    open_breaker(until=NOW + timedelta(seconds=10))
+    message_id = ada(token=uuid.uuid4())
+    outcome = go(message_id, sender, breaker, settings, token=uuid.uuid4())
+    assert (outcome.action, outcome.reason) == (Action.DONE, "superseded job")
+    assert (row(message_id)["deferrals"], row(message_id)["next_attempt_at"]) == (0, None)
+    current = go(message_id, sender, breaker, settings, token=row(message_id)["dispatch_token"])
+    assert current.action is Action.DEFER and row(message_id)["deferrals"] == 1
+    assert route.call_count == 0
+
+
+@respx.mock
 def test_a_failed_probe_defers_the_message_without_spending_a_retry(sender, settings):
     respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(503))
     breaker = Breaker(load_settings(EMAIL_SERVICE_URL=URL, BREAKER_IDLE=30, BREAKER_COOLDOWN=5))
