@@ -570,21 +570,31 @@ def _defer_for_pace(
     """Not this send's turn yet: wait for `slot` (a new one is recorded on the row)."""
     wait_s = max(0.0, slot.at - now.timestamp())
     if not held:
-        next_at = now + timedelta(seconds=wait_s)
-        if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
-            return _why_not_claimed(row_id, token_id, now)
-        metrics.record_deferred()
+        refused = _defer_row(row_id, token_id, now, wait_s)
+        if refused is not None:
+            return refused
     return Outcome(Action.DEFER, "paced", wait_s, slot)
 
 
 def _defer_for_breaker(
     row_id: uuid.UUID, token_id: uuid.UUID | None, permit: Permit, now: datetime
 ) -> Outcome:
-    next_at = now + timedelta(seconds=permit.retry_in_s)
+    refused = _defer_row(row_id, token_id, now, permit.retry_in_s)
+    if refused is not None:
+        return refused
+    return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
+
+
+def _defer_row(
+    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, wait_s: float
+) -> Outcome | None:
+    """Record on the row that it waits `wait_s`; None if it does, else why this job cannot
+    (the row is finished, or the job superseded)."""
+    next_at = now + timedelta(seconds=wait_s)
     if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
         return _why_not_claimed(row_id, token_id, now)
     metrics.record_deferred()
-    return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
+    return None
 
 
 def _why_not_claimed(row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime) -> Outcome:

@@ -507,13 +507,14 @@ def servers() -> dict[str, int]:
     """PostgreSQL's and RabbitMQ's server processes, where this machine runs them."""
     from urllib.parse import urlsplit
 
+    from bday.broker.urls import node_urls
     from bday.config import get_settings
 
     settings = get_settings()
     found = {}
     for name, url, default_port in (
         ("PostgreSQL", settings.database_url, 5432),
-        ("RabbitMQ", settings.rabbitmq_url.split(";")[0], 5672),
+        ("RabbitMQ", node_urls(settings.rabbitmq_url)[0], 5672),
     ):
         parts = urlsplit(url)
         pid = listening_pid(parts.hostname or "", parts.port or default_port)

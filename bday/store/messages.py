@@ -117,11 +117,11 @@ def live_id_by_key(session: Session, key: str) -> uuid.UUID | None:
     return found
 
 
-_FORGET_ANSWERS = text(
-    """UPDATE messages SET provider_response = NULL, last_error = NULL, updated_at = :now
-        WHERE user_id = :user_id
-          AND (provider_response IS NOT NULL OR last_error IS NOT NULL)"""
-)
+# Clear the stored service answers and errors (they may quote the address) on the rows the
+# WHERE clause's first condition names, whatever their status. Not a status change.
+_FORGET = """UPDATE messages SET provider_response = NULL, last_error = NULL, updated_at = :now
+              WHERE {rows} AND (provider_response IS NOT NULL OR last_error IS NOT NULL)"""
+_FORGET_ANSWERS = text(_FORGET.format(rows="user_id = :user_id"))
 
 
 def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
@@ -131,10 +131,7 @@ def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
 
 
 _FORGET_LATE_ANSWERS = text(
-    """UPDATE messages m SET provider_response = NULL, last_error = NULL, updated_at = :now
-         FROM users u
-        WHERE u.erased_at >= :since AND m.user_id = u.id
-          AND (m.provider_response IS NOT NULL OR m.last_error IS NOT NULL)"""
+    _FORGET.format(rows="user_id IN (SELECT id FROM users WHERE erased_at >= :since)")
 )
 
 

@@ -265,18 +265,17 @@ class _Batcher:
 
     def _start(self, batch: list[Any]) -> None:
         live = []
-        for request in batch:
+        for request in batch:  # the worker state is what `celery inspect` and Flower read
             if _stale(request):
                 worker_state.task_ready(request)
-            else:
-                live.append(request)
-        if not live:
-            return
-        batch = live
-        for request in batch:  # what `celery inspect active` and Flower's counts read
+                continue
             worker_state.task_accepted(request)
             if self.events:
                 request.send_event("task-started")
+            live.append(request)
+        if not live:
+            return
+        batch = live
         jobs = [
             Received(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries") or 0)
             for r in batch
