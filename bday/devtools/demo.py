@@ -151,12 +151,11 @@ def placement(
 
 def _user(index: int, zone_name: str, local_day: date, since: datetime) -> dict[str, Any]:
     first = FIRST_NAMES[index % len(FIRST_NAMES)]
-    leap_day = (local_day.month, local_day.day) == (2, 29)
     return factories.user_row(
         first,
         zone_name.rsplit("/", 1)[-1].replace("_", " "),
         email=f"{first.lower()}.{index}@example.com",
-        birthday=date(1992, 2, 29) if leap_day else local_day.replace(year=1990),
+        birthday=factories.born_on(local_day),
         timezone=zone_name,
         owed_from=since,
     )
@@ -233,9 +232,7 @@ class Demo:
             first_name="Newcomer",
             last_name="Tokyo",
             email="newcomer@example.com",
-            birthday=date(1992, 2, 29)
-            if (day.month, day.day) == (2, 29)
-            else day.replace(year=1991),
+            birthday=factories.born_on(day),
             timezone=name,
         )
 

@@ -22,6 +22,13 @@ from bday.store.models import Message, Status, User, idempotency_key
 
 LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)  # owed_from: the user existed before any occasion
 
+
+def born_on(day: date) -> date:
+    """A birth (or hire) date falling on `day`'s month and day, in 1992: a leap year, so any day
+    of the calendar has one (1990 has no Feb 29)."""
+    return day.replace(year=1992)
+
+
 USER_COLUMNS = (
     "id",
     "first_name",

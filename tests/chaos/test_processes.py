@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bday.devtools.factories import born_on
 from bday.scheduling import jobs
 from bday.store import db
 from tests.chaos.conftest import sends_summary
@@ -130,8 +131,7 @@ def test_two_beats_and_three_workers_at_once_send_each_greeting_once(stack, scal
     instant = (datetime.now(UTC) + timedelta(seconds=75)).replace(second=0, microsecond=0)
     env = {**FAST, "SEND_TIME": instant.strftime("%H:%M")}
     users = [
-        add_user(f"Crowd{i}", zone="UTC", birthday=instant.date().replace(year=1990))
-        for i in range(count)
+        add_user(f"Crowd{i}", zone="UTC", birthday=born_on(instant.date())) for i in range(count)
     ]
     for index in range(3):
         stack.start_worker(name=f"crowd{index}", concurrency=8, extra_env=env)

@@ -3,7 +3,7 @@ what they say (bench and demo seed through bday.devtools.factories like the test
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
@@ -37,3 +37,11 @@ def test_bench_loads_due_messages_and_users_through_the_builders():
     assert count("SELECT count(*) FROM messages WHERE status = 'PENDING'") == 3
     assert count("SELECT count(*) FROM users") == 8
     assert count("SELECT count(DISTINCT email) FROM users") == 8
+
+
+def test_born_on_gives_every_day_of_a_leap_year_a_birth_date_on_the_same_month_and_day():
+    day = date(2028, 1, 1)
+    while day.year == 2028:
+        born = factories.born_on(day)
+        assert (born.month, born.day) == (day.month, day.day) and born.year < 2000
+        day += timedelta(days=1)

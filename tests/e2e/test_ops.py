@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from bday.broker.app import app
 from bday.devtools import sandbox
+from bday.devtools.factories import born_on
 from bday.scheduling import jobs
 from bday.store import db
 from bday.users import hooks
@@ -203,7 +204,7 @@ def test_with_the_fallback_on_a_hook_sends_directly_when_rabbitmq_is_unreachable
     user_id = add_user(
         "Fallback",
         zone="UTC",
-        birthday=(datetime.now(UTC) - timedelta(hours=1)).date().replace(year=1990),
+        birthday=born_on((datetime.now(UTC) - timedelta(hours=1)).date()),
     )
     with monkeypatch.context() as broken:
         broken.setattr(app.conf, "broker_url", "amqp://guest:guest@127.0.0.1:1//")

@@ -17,6 +17,7 @@ from bday.broker.app import app
 from bday.broker.topology import SEND_ROUTING_KEY, topology
 from bday.config import get_settings
 from bday.core.occasions import message_text
+from bday.devtools.factories import born_on
 from bday.scheduling import jobs
 from bday.users import api as users
 from bday.users import hooks
@@ -40,7 +41,7 @@ def test_greetings_go_out_at_send_time_through_beat_and_never_early(stack):
     instant = (now + timedelta(seconds=80)).replace(second=0, microsecond=0)
     send_time = instant.strftime("%H:%M")
     owed = [
-        add_user(f"Owed{i}", zone="UTC", birthday=_local_date(instant, "UTC").replace(year=1990))
+        add_user(f"Owed{i}", zone="UTC", birthday=born_on(_local_date(instant, "UTC")))
         for i in range(5)
     ]
     # Etc/GMT-1 is UTC+1: SEND_TIME there came an hour before `instant`, before this user existed.
@@ -48,12 +49,12 @@ def test_greetings_go_out_at_send_time_through_beat_and_never_early(stack):
         "Late",
         zone="Etc/GMT-1",
         owed_from=now,
-        birthday=_local_date(instant - timedelta(hours=1), "Etc/GMT-1").replace(year=1990),
+        birthday=born_on(_local_date(instant - timedelta(hours=1), "Etc/GMT-1")),
     )
     tomorrow = add_user(
         "Tomorrow",
         zone="UTC",
-        birthday=(_local_date(instant, "UTC") + timedelta(days=1)).replace(year=1990),
+        birthday=born_on(_local_date(instant, "UTC") + timedelta(days=1)),
     )
     env = {"SEND_TIME": send_time}
     stack.start_worker(extra_env=env)
@@ -167,7 +168,7 @@ def test_the_same_hook_called_twice_sends_once(stack, settings_env):
     user_id = add_user(
         "Hooked",
         zone="UTC",
-        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+        birthday=born_on(_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC")),
     )
     stack.start_worker(extra_env={"SEND_TIME": send_time})
     first = hooks.on_birthday_hook(user_id)
@@ -215,7 +216,7 @@ def test_a_zone_change_after_publishing_turns_the_queued_job_into_a_no_op(stack,
     user_id = add_user(
         "Mover",
         zone="UTC",
-        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+        birthday=born_on(_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC")),
     )
     queued = hooks.on_birthday_hook(user_id)  # published; no worker is running yet
     users.update_user(user_id, timezone="Pacific/Kiritimati")
@@ -233,7 +234,7 @@ def test_a_hook_whose_publish_fails_leaves_the_row_for_enqueue(stack, monkeypatc
     user_id = add_user(
         "Offline",
         zone="UTC",
-        birthday=_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC").replace(year=1990),
+        birthday=born_on(_local_date(datetime.now(UTC) - timedelta(hours=1), "UTC")),
     )
     with monkeypatch.context() as broken:
         broken.setattr(app.conf, "broker_url", "amqp://guest:guest@127.0.0.1:1//")

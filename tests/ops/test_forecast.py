@@ -11,6 +11,7 @@ import pytest
 
 from bday.config import get_settings, load_settings
 from bday.delivery.pacing import State
+from bday.devtools.factories import born_on
 from bday.ops.forecast import forecast, lateness
 from bday.scheduling import jobs
 from bday.store.db import transaction
@@ -71,7 +72,7 @@ def _kolkata_users(count: int, birthday: date) -> None:
             "first_name": f"K{index}",
             "last_name": "Test",
             "email": f"k{index}@example.com",
-            "birthday": birthday.replace(year=1990),
+            "birthday": born_on(birthday),
             "timezone": "Asia/Kolkata",
             "birthday_owed_from": since,
             "anniversary_owed_from": since,
