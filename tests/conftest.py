@@ -17,9 +17,11 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
+import time_machine
 from hypothesis import settings as hypothesis_settings
 from sqlalchemy import text
 
@@ -50,9 +52,20 @@ def pytest_addoption(parser):
         default=False,
         help="chaos suite at full size (2,000 messages, 10 kills, 5-minute outage...)",
     )
+    parser.addoption(
+        "--clock",
+        metavar="ISO",
+        default=None,
+        help=(
+            "run with this process's clock starting at a UTC instant (e.g. 2028-02-29T23:55), "
+            "ticking from there; PostgreSQL's now() and other processes keep the real time "
+            "(docs/testing.md, 'Any date')"
+        ),
+    )
 
 
 def pytest_configure(config):
+    _travel_to(config.getoption("--clock"))
     # Decided before anything imports the Celery configuration (pytest's plugin scan can load
     # it early): every connection this run makes goes to its own database and vhost, and no
     # test can reach the real email service.
@@ -60,6 +73,18 @@ def pytest_configure(config):
     os.environ["RABBITMQ_URL"] = f"{AMQP_URL.rstrip('/')}/{NAME}"
     os.environ["EMAIL_SERVICE_URL"] = "http://127.0.0.1:9"
     get_settings.cache_clear()
+
+
+def _travel_to(clock: str | None) -> None:
+    """Start the whole run at `clock` (UTC), so date-dependent expectations meet that date."""
+    if not clock:
+        return
+    try:
+        instant = datetime.fromisoformat(clock)
+    except ValueError:
+        raise pytest.UsageError(f"--clock: not an ISO date-time: {clock!r}") from None
+    instant = instant if instant.tzinfo else instant.replace(tzinfo=UTC)
+    time_machine.travel(instant, tick=True).start()  # stopped when the process ends
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the markers set here must count
