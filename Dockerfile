@@ -15,7 +15,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY bday ./bday
 COPY migrations ./migrations
-RUN pip install . \
+# The fake extra (aiohttp) lets compose's fake-email profile run from this same image.
+RUN pip install .[fake] \
     && rm -rf /src
 
 # Run as an unprivileged user with a writable home as working directory.

@@ -200,6 +200,7 @@ class Demo:
             "fake-email",
             sandbox.bday_command(
                 "fake-email-service",
+                "--quiet",
                 "--port",
                 str(port),
                 "--failure-rate",

@@ -11,8 +11,9 @@ above it, with `Retry-After: 1` unless `retry_after` is off). Each request is re
 * `POST /control` with JSON `{"down": true, "failure_rate": 0.1, ...}` changes behaviour live
 * `POST /reset` forgets the record
 
-A small asyncio HTTP/1.1 server with keep-alive, so one core serves thousands of requests a
-second; it binds to 127.0.0.1 unless told otherwise.
+Served by aiohttp's low-level server (HTTP/1.1 with keep-alive), so one core serves thousands of
+requests a second; it binds to 127.0.0.1 unless told otherwise. Each /send-email request logs
+one line (outcome, key, the address masked) for a newcomer watching what a worker sends.
 """
 
 from __future__ import annotations
@@ -20,20 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    429: "Too Many Requests",
-    404: "Not Found",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
+from aiohttp import web
+
+from bday.telemetry.logs import mask_emails
+
+log = logging.getLogger("bday.fake_email")
 _TIMEOUT_HOLD_S = 120.0
 
 
@@ -73,6 +73,9 @@ class Record:
     outcome: str  # sent | failed | timeout | down | refused | bad_request | throttled
     arrived: float = 0.0  # when the request arrived (Unix seconds), before any latency
 
+    def summary(self) -> str:
+        return f"{self.outcome} key={self.key} to={mask_emails(self.email or '-')}"
+
 
 @dataclass
 class FakeEmailService:
@@ -81,6 +84,11 @@ class FakeEmailService:
     rng: random.Random = field(default_factory=random.Random)
     calls_per_key: Counter = field(default_factory=Counter)
     accepted_in_second: tuple[int, int] = (0, 0)  # (whole second, requests accepted in it)
+
+    def _record(self, record: Record) -> None:
+        self.records.append(record)
+        if log.isEnabledFor(logging.INFO):
+            log.info("POST /send-email: %s", record.summary())
 
     def _over_limit(self, arrived: float) -> bool:
         """Count this request against its whole second; True if that second is full."""
@@ -96,7 +104,7 @@ class FakeEmailService:
         return False
 
     async def handle_send(
-        self, headers: dict[str, str], body: bytes
+        self, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict] | tuple[int, dict, dict]:
         arrived = time.time()
         key = headers.get("idempotency-key")
@@ -104,17 +112,17 @@ class FakeEmailService:
             payload = json.loads(body)
             email, message = payload["email"], payload["message"]
         except (ValueError, KeyError, TypeError):
-            self.records.append(Record(time.time(), key, None, None, "bad_request"))
+            self._record(Record(time.time(), key, None, None, "bad_request"))
             return 400, {"error": "expected JSON {email, message}"}
         if self._over_limit(arrived):
-            self.records.append(Record(arrived, key, email, message, "throttled", arrived))
+            self._record(Record(arrived, key, email, message, "throttled", arrived))
             extra = {"Retry-After": "1"} if self.behaviour.retry_after else {}
             return 429, {"error": "rate limit exceeded"}, extra
         self.calls_per_key[key] += 1
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
         outcome = self._draw(key)
-        self.records.append(Record(time.time(), key, email, message, outcome, arrived))
+        self._record(Record(time.time(), key, email, message, outcome, arrived))
         if outcome == "timeout":
             await asyncio.sleep(_TIMEOUT_HOLD_S)
             return 504, {"error": "timeout"}
@@ -152,7 +160,7 @@ class FakeEmailService:
         }
 
     async def route(
-        self, method: str, target: str, headers: dict[str, str], body: bytes
+        self, method: str, target: str, headers: Mapping[str, str], body: bytes
     ) -> tuple[int, dict | list] | tuple[int, dict, dict]:
         path = urlsplit(target).path
         if method == "POST" and path == "/send-email":
@@ -177,67 +185,35 @@ class FakeEmailService:
             return 200, {"ok": True}
         return 404, {"error": f"no route {method} {path}"}
 
-    async def serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            while True:
-                request = await _read_request(reader)
-                if request is None:
-                    break
-                method, target, headers, body = request
-                status, payload, *extra = await self.route(method, target, headers, body)
-                _write_response(writer, status, payload, extra[0] if extra else {})
-                await writer.drain()
-                if headers.get("connection", "").lower() == "close":
-                    break
-        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
-            pass
-        finally:
-            if not writer.transport.is_closing():
-                writer.close()
-
-
-async def _read_request(reader: asyncio.StreamReader):
-    head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
-    if not head:
-        return None
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _version = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, value = line.split(":", 1)
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0") or 0)
-    body = await reader.readexactly(length) if length else b""
-    return method, target, headers, body
-
-
-def _write_response(
-    writer: asyncio.StreamWriter, status: int, payload, headers: dict | None = None
-) -> None:
-    body = json.dumps(payload).encode()
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-    writer.write(
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{extra}"
-        "Connection: keep-alive\r\n\r\n".encode()
-        + body
-    )
+    async def handle(self, request: web.BaseRequest) -> web.Response:
+        """One HTTP request: route it, answer JSON."""
+        body = await request.read() if request.can_read_body else b""
+        status, payload, *extra = await self.route(
+            request.method, request.path_qs, request.headers, body
+        )
+        return web.json_response(payload, status=status, headers=extra[0] if extra else None)
 
 
 async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> None:
-    server = await asyncio.start_server(service.serve_connection, host, port, backlog=1024)
+    """Serve `service` on aiohttp's low-level server (keep-alive, HTTP/1.1) until cancelled."""
+    runner = web.ServerRunner(web.Server(service.handle, access_log=None))
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
     if ready is not None:
-        ready(server.sockets[0].getsockname()[1])
-    async with server:
-        await server.serve_forever()
+        ready(runner.addresses[0][1])
+    try:
+        await asyncio.Future()  # until the task is cancelled
+    finally:
+        await runner.cleanup()
 
 
-def run(host: str = "127.0.0.1", port: int = 8025, **behaviour) -> None:
-    """Serve until interrupted (the `bday fake-email-service` command)."""
+def run(host: str = "127.0.0.1", port: int = 8025, quiet: bool = False, **behaviour) -> None:
+    """Serve until interrupted (the `bday fake-email-service` command); unless `quiet`, one
+    line per request on stderr."""
     service = FakeEmailService(Behaviour(**behaviour))
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             serve(
