@@ -282,7 +282,10 @@ def test_a_send_pool_yields_answers_as_they_arrive_grouping_those_that_land_toge
 ):
     from bday.delivery import sender as module
 
-    delays = {"a": 0.0, "b": 0.0, "c": 0.0, "slow": 0.3}
+    delays = {"a": 0.0, "b": 0.0, "c": 0.0, "slow": 0.6}
+    # A window wide enough that a busy machine's thread wake-ups still land inside it (at 2 ms a
+    # loaded CI split the three quick answers in two groups).
+    monkeypatch.setattr(module, "GATHER_S", 0.1)
     monkeypatch.setattr(
         module,
         "_send_here",
@@ -300,5 +303,5 @@ def test_a_send_pool_yields_answers_as_they_arrive_grouping_those_that_land_toge
     positions = [p for group, _ in groups for p in group]
     assert sorted(positions) == [0, 1, 2, 3]  # every answer once
     fast, at = groups[0]
-    assert sorted(fast) == [1, 2, 3] and at < 0.2  # the quick ones together, not after "slow"
+    assert sorted(fast) == [1, 2, 3] and at < 0.5  # the quick ones together, not after "slow"
     assert groups[-1][0] == [0]
