@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import text
 
+from bday.devtools.factories import born_on
 from bday.store.db import engine
 from bday.users import api as users
 from tests.conftest import TRUNCATE
@@ -142,7 +143,7 @@ def test_a_nightly_sync_creates_updates_and_deletes_exactly_and_then_changes_not
     today_local, zones = _due_later_today(now)
     people = [_person(i, rng, now.date()) for i in range(size)]
     for person in people[: sizes["due_today"]]:
-        person["birthday"], person["timezone"] = _in_year(today_local, 1985).isoformat(), zones[0]
+        person["birthday"], person["timezone"] = born_on(today_local).isoformat(), zones[0]
     first, final_file = tmp_path / "people.csv", tmp_path / "people-final.csv"
     _write(first, people)
     code, out, _ = bday(monkeypatch, capsys, "users", "import", str(first))
