@@ -74,7 +74,7 @@ class Record:
     arrived: float = 0.0  # when the request arrived (Unix seconds), before any latency
 
     def summary(self) -> str:
-        return f"{self.outcome} key={self.key} to={mask_emails(self.email or '-')}"
+        return f"{self.outcome} key={self.key} to {mask_emails(self.email or '-')}"
 
 
 @dataclass
