@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     message_retention_days: int = _env("MESSAGE_RETENTION_DAYS", 400, ge=1, le=36_500)
     retention_batch: int = _env("RETENTION_BATCH", 5000, ge=1, le=100_000)
     # Seconds between two retention batches: the job yields the database (and its CPU) to the
-    # hot path; measured in the README's Retention section.
+    # hot path; measured in docs/operations.md, Retention.
     retention_pause_s: float = _seconds("RETENTION_PAUSE", 0.5, ge=0)
     cron_timezone: str = _env("CRON_TIMEZONE", "UTC")
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
     breaker_cooldown_max_s: float = _seconds("BREAKER_COOLDOWN_MAX", 15.0, gt=0)
     breaker_idle_s: float = _seconds("BREAKER_IDLE", 30.0, ge=0)
     breaker_probe_wait_s: float = _seconds("BREAKER_PROBE_WAIT", 3.0, ge=0)
-    # Pacing (README "Pacing"): one send rate for every worker together; 0 = unlimited.
+    # Pacing (docs/pacing.md): one send rate for every worker together; 0 = unlimited.
     email_service_rate_limit: float = _env(
         "EMAIL_SERVICE_RATE_LIMIT", 0.0, ge=0, le=100_000, allow_inf_nan=False
     )

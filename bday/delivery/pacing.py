@@ -1,6 +1,6 @@
 """Pacing: one send rate for every worker on every host, adaptive to the provider's 429s.
 
-The state is one row, `send_rates['email-service']`, a token bucket (README, "Pacing"):
+The state is one row, `send_rates['email-service']`, a token bucket (docs/pacing.md):
 
 * `tokens` refill at the effective rate up to EMAIL_SERVICE_BURST. A send takes one; a process
   takes a small lease of them at a time (at most LEASE_MAX, at most LEASE_SPAN_S of the rate)

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from bday.devtools import sandbox
 
-# --- measured inputs (README Performance, docs/capacity.md; this machine: 2 cores, shared) -------
+# --- measured inputs (docs/performance.md, docs/capacity.md; this machine: 2 cores, shared) -------
 # Delivery figures: full `bday bench --only delivery`, batched delivery, 2026-11-29 (a slower day
 # than the rest: that run's no-op ceiling was 2,595 tasks/s against 4,822 below).
 WORKER_RATE_0MS = 598.0  # greetings/s, one worker process, 64 threads, service answering at once

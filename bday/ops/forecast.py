@@ -1,4 +1,4 @@
-"""How late the coming peaks will run at the current send rate (README, "Pacing").
+"""How late the coming peaks will run at the current send rate (docs/pacing.md).
 
 From the planned rows (PENDING/QUEUED, due within PLAN_AHEAD_HOURS) and the effective rate:
 the instants are drained in time order as a queue, starting with the backlog due now, so an

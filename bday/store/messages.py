@@ -20,9 +20,9 @@ means another worker, job or beat got there first, which is normal, never an err
 
 Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
 `current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
-statements (SQLAlchemy's execution layer cost three times the statement, see the README's
-Performance); everything else takes the caller's SQLAlchemy session, so it joins the caller's
-transaction.
+statements (SQLAlchemy's execution layer cost three times the statement, see
+docs/performance.md); everything else takes the caller's SQLAlchemy session, so it joins the
+caller's transaction.
 """
 
 from __future__ import annotations
