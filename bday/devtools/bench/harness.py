@@ -36,17 +36,16 @@ class Sizes:
     burst: int
     burst_small: int
     planning: tuple[int, int]
-    enqueue: int
     memory: tuple[int, int]
     retention: int = 1_000_000  # finished rows a year and more old, deleted during a delivery run
 
     @classmethod
     def full(cls) -> Sizes:
-        return cls(20_000, 10_000, 1_000, (100_000, 1_000_000), 10_000, (10_000, 100_000))
+        return cls(20_000, 10_000, 1_000, (100_000, 1_000_000), (10_000, 100_000))
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(2_000, 1_000, 300, (10_000, 100_000), 2_000, (1_000, 10_000), 100_000)
+        return cls(2_000, 1_000, 300, (10_000, 100_000), (1_000, 10_000), 100_000)
 
 
 @dataclass
