@@ -22,14 +22,14 @@ from datetime import UTC, datetime
 from bday.config import Settings
 from bday.store import messages
 from bday.store.db import transaction
-from bday.store.messages import Job
+from bday.store.messages import QueuedJob
 
 log = logging.getLogger(__name__)
 
 SEND_TASK = "bday.tasks.send_message"  # published by name: scheduling never imports the worker
 
 
-def publish(jobs: Sequence[Job]) -> list[Job]:
+def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Publish `send_message` for each job, timed for its eta. Returns the jobs not published.
 
     The broker holds each job until its eta (native delayed delivery), so publishing a minute
@@ -41,7 +41,7 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
 
     if not jobs:
         return []
-    failed: list[Job] = []
+    failed: list[QueuedJob] = []
     try:
         # Confirms: apply_async returns only once RabbitMQ has taken the job.
         connection = app.connection_for_write(transport_options={"confirm_publish": True})
@@ -98,7 +98,7 @@ def claim_and_publish(
     *,
     limit: int,
     user_ids: Sequence[uuid.UUID] | None = None,
-) -> tuple[int, list[Job]]:
+) -> tuple[int, list[QueuedJob]]:
     """Claim up to `limit` PENDING rows due within ENQUEUE_LEAD_SECONDS of `now` (of `user_ids`
     only, if given) and publish their jobs *inside* the claiming transaction. Returns (rows
     claimed, jobs not published); if any job was not published, the whole claim rolled back and
@@ -118,8 +118,8 @@ def claim_and_publish(
       the next enqueue run claimed the row first, the row's fresh token makes this job a no-op.
       Either way the greeting goes out once.
     """
-    jobs: list[Job] = []
-    unpublished: list[Job] = []
+    jobs: list[QueuedJob] = []
+    unpublished: list[QueuedJob] = []
     with suppress(_Unpublished), transaction() as session:
         jobs = messages.claim_due(
             session,
@@ -135,7 +135,7 @@ def claim_and_publish(
     return len(jobs), unpublished
 
 
-def publish_or_release(jobs: Sequence[Job]) -> list[Job]:
+def publish_or_release(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Publish committed claims; undo the claims of jobs that could not be published (they
     are PENDING again, for the next enqueue run). Returns those jobs."""
     failed = publish(jobs)

@@ -21,7 +21,7 @@ from bday.core.occasions import Kind, Occasion, occasions_between, zone
 from bday.scheduling import dispatch, planner
 from bday.store import messages
 from bday.store.db import transaction
-from bday.store.messages import Job
+from bday.store.messages import QueuedJob
 from bday.store.models import Status, User, idempotency_key
 
 log = logging.getLogger(__name__)
@@ -167,18 +167,18 @@ def next_owed_occasion(
     return None
 
 
-def _publish(jobs: list[Job], settings: Settings) -> None:
+def _publish(jobs: list[QueuedJob], settings: Settings) -> None:
     _fall_back(dispatch.publish_or_release(jobs), settings)
 
 
-def _fall_back(unpublished: list[Job], settings: Settings) -> None:
+def _fall_back(unpublished: list[QueuedJob], settings: Settings) -> None:
     """Jobs the broker did not take (their rows are PENDING again) are sent from here when
     DIRECT_SEND_FALLBACK is on; otherwise the next enqueue run publishes them."""
     if unpublished and settings.direct_send_fallback:
         _send_directly(unpublished)
 
 
-def _send_directly(jobs: list[Job]) -> None:
+def _send_directly(jobs: list[QueuedJob]) -> None:
     """DIRECT_SEND_FALLBACK: the broker is unreachable, so send what is due right here."""
     from bday.delivery.attempt import deliver
     from bday.delivery.sender import get_sender

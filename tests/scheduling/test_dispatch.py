@@ -17,7 +17,7 @@ from bday.scheduling import dispatch
 from bday.scheduling.dispatch import _timing
 from bday.store import messages
 from bday.store.db import engine, transaction
-from bday.store.messages import Job
+from bday.store.messages import QueuedJob
 from bday.store.models import Status
 
 NOW = datetime(2027, 3, 5, 9, 0, tzinfo=UTC)
@@ -60,7 +60,7 @@ def test_a_claim_whose_jobs_were_not_all_published_rolls_back_whole(monkeypatch)
     claims its row, now PENDING without a token, so the greeting goes out once."""
     now = datetime.now(UTC)
     _due_rows(2, now - timedelta(seconds=1))
-    published: list[Job] = []
+    published: list[QueuedJob] = []
 
     def publish_first_only(jobs):
         published.append(jobs[0])
