@@ -275,7 +275,7 @@ def metrics(port, address) -> None:
 
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.ops.exporter import StateCollector
 
     registry = CollectorRegistry()
