@@ -78,7 +78,9 @@ class Settings(BaseSettings):
     plan_ahead_hours: int = _env("PLAN_AHEAD_HOURS", 26, gt=0, le=24 * 31)
     queue_concurrency: int = _env("QUEUE_CONCURRENCY", 5, ge=1, le=1000)
     # A worker runs greetings in batches: one claim and one SENT statement per batch, the
-    # sends concurrent (docs/architecture.md, "Batched delivery"). 1 turns batching off.
+    # sends concurrent (docs/architecture.md, "Batched delivery"). 1 starts each job as its
+    # own batch the moment it arrives (no wait; still through the batcher, with one claim and
+    # one SENT statement per greeting).
     send_batch_size: int = _env("SEND_BATCH_SIZE", 32, ge=1, le=1000)
     # How long the first job of a batch waits for others before the batch starts anyway.
     send_batch_wait_s: float = _env("SEND_BATCH_WAIT", 0.05, allow_inf_nan=False, ge=0, le=5)

@@ -1,20 +1,36 @@
 """The one place where a failure the operator can cause becomes one line and an exit code.
 
-`explain(exc)` answers `(message, exit code)` for every error that means "fix your input or your
-setup" (exit 2), or "a service is down" (exit 1); anything else is a bug and keeps its
-traceback. Each message names the problem and, where there is one, the fix.
+`Failure` is the one-line error a command raises. `explain(exc)` answers `(message, exit code)`
+for every error that means "fix your input or your setup" (exit 2), or "a service is down"
+(exit 1); anything else is a bug and keeps its traceback. Each message names the problem and,
+where there is one, the fix.
 """
 
 from __future__ import annotations
 
 import socket
 
+import click
 import psycopg
 from psycopg import errors as pg
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 1
+
+
+class Failure(click.ClickException):
+    """A one-line error: printed as `bday: <message>` on stderr, exit code 2. The commands
+    raise it; `bday.cli.main.run` prints it."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str):
+        super().__init__(message)
+
+    def show(self, file=None) -> None:
+        click.echo(f"bday: {self.format_message()}", err=True, file=file)
+
 
 NOT_MIGRATED = "the database at DATABASE_URL has no bday tables: run `bday db upgrade`"
 BEHIND = "the database at DATABASE_URL is behind this version of bday: run `bday db upgrade`"

@@ -6,19 +6,7 @@ import sys
 
 import click
 
-from bday.cli.errors import EXIT_USAGE, explain
-
-
-class Failure(click.ClickException):
-    """A one-line error: printed as `bday: <message>` on stderr, exit code 2."""
-
-    exit_code = EXIT_USAGE
-
-    def __init__(self, message: str):
-        super().__init__(message)
-
-    def show(self, file=None) -> None:
-        click.echo(f"bday: {self.format_message()}", err=True, file=file)
+from bday.cli.errors import EXIT_USAGE, Failure, explain
 
 
 @click.group()

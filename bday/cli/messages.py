@@ -54,7 +54,7 @@ def list_(user, status, since, limit, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(message_id: str, as_json: bool) -> None:
     """Every field of one message: counters, timestamps, the service's answer, the path."""
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.ops import history
 
     try:

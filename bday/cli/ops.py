@@ -275,7 +275,7 @@ def metrics(port, address) -> None:
 
     from prometheus_client import CollectorRegistry, start_http_server
 
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.ops.exporter import StateCollector
 
     registry = CollectorRegistry()
@@ -351,8 +351,8 @@ def bench(
     quick, concurrency, pool, processes, repeat, only, model_sizes, provider_limit, plan_users
 ) -> None:
     """Measure capacity on this machine, each figure beside a baseline from the same run."""
-    from bday.devtools import bench as benchmark
     from bday.devtools import capacity
+    from bday.devtools.bench import figures, report
 
     if model_sizes is not None:
         try:
@@ -365,7 +365,7 @@ def bench(
         click.echo(capacity.planning_report(capacity.planning_run(plan_users)))
         return
 
-    rows = benchmark.run(
+    rows = figures.run(
         quick=quick,
         concurrency=concurrency,
         pool=pool,
@@ -373,4 +373,4 @@ def bench(
         only=only,
         processes=processes,
     )
-    click.echo(benchmark.table(rows))
+    click.echo(report.table(rows))

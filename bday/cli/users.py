@@ -75,7 +75,7 @@ def delete(user: str) -> None:
 def erase(user: str, yes: bool) -> None:
     """Forget user USER (an id or email): name and email removed from every table, unsent
     greetings cancelled, anonymous counts kept. Cannot be undone."""
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
 
     found = users_api.find_user(user, include_deleted=True)
     if not yes:
@@ -130,7 +130,7 @@ def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, ma
     [,anniversary][,opt_out]), one user per line. Valid rows are kept; bad rows are listed
     with their line numbers (exit 1 if any); an unusable file is refused whole (exit 2).
     With --update or --sync, users are matched by email and the file is the source of truth."""
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.users import importer
 
     try:
@@ -157,7 +157,7 @@ def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, ma
 def _sync(
     path: Path, rows, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int
 ):
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.users import importer
     from bday.users import sync as syncing
 
@@ -213,7 +213,7 @@ def export(path: str) -> None:
     """Write live users as CSV (the import's format, opt_out included) to PATH or stdout."""
     import csv
 
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.users import sync as syncing
 
     try:

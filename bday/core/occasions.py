@@ -45,8 +45,6 @@ TEXTS = {
     Kind.ANNIVERSARY: "Hey, {first_name} {last_name} it's your work anniversary",
 }
 
-FEB29_POLICIES = ("feb28", "mar1")
-
 
 @dataclass(frozen=True, slots=True)
 class Occasion:

@@ -62,8 +62,9 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """One greeting's job as a worker received it (`send_message(message_id, token, slot=)`)."""
+class SendJob:
+    """One `send_message` job as a worker received it (`send_message(message_id, token,
+    slot=)`): the ids as the message carried them, text, checked when the batch is claimed."""
 
     message_id: str
     token: str | None = None
@@ -101,7 +102,7 @@ def deliver(
     before the send.
     """
     [outcome] = deliver_many(
-        [Job(message_id, token, slot)],
+        [SendJob(message_id, token, slot)],
         sender=sender,
         breaker=breaker,
         settings=settings,
@@ -142,7 +143,7 @@ class _Ledger:
 
 
 def deliver_many(
-    jobs: Sequence[Job],
+    jobs: Sequence[SendJob],
     *,
     sender: Sends,
     breaker: Breaker,
@@ -169,7 +170,7 @@ def deliver_many(
     given_now = now
     one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
 
-    def finish(index: int, outcome: Outcome, started: float, job: Job) -> Outcome:
+    def finish(index: int, outcome: Outcome, started: float, job: SendJob) -> Outcome:
         """The job's outcome after at most one short in-place wait; then tell it."""
         if outcome.action is Action.DEFER and outcome.delay_s < 1:
             time.sleep(max(0.0, started + outcome.delay_s - time.monotonic()))
@@ -182,7 +183,7 @@ def deliver_many(
     started = time.monotonic()
     if len(jobs) > 1 and _paced(pacer, given_now or datetime.now(UTC)):
 
-        def alone(item: tuple[int, Job]) -> Outcome:
+        def alone(item: tuple[int, SendJob]) -> Outcome:
             index, job = item
             began = time.monotonic()
             [outcome] = one([job], pacer=pacer, now=given_now)
@@ -217,7 +218,7 @@ def _paced(pacer: Pacer | None, now: datetime) -> bool:
 
 
 def _deliver_all(
-    jobs: Sequence[Job],
+    jobs: Sequence[SendJob],
     *,
     sender: Sends,
     breaker: Breaker,
@@ -287,7 +288,7 @@ class _Asked:
 
 
 def _admit(
-    jobs: Sequence[Job],
+    jobs: Sequence[SendJob],
     outcomes: _Ledger,
     later: list[int],
     breaker: Breaker,

@@ -150,7 +150,9 @@ def planning_run(users: int, now: datetime | None = None) -> PlanningRun:
     """Load `users` users by COPY into a sandbox database, plan once (the window around `now`,
     default the present), measure rows and bytes. Bytes per row are pages over rows: a few
     thousand users plan a few dozen rows, where empty index pages dominate the figure."""
-    from bday.devtools.bench import _reload_settings, _scalar, copy_users
+    from bday.devtools.bench.harness import reload_settings
+    from bday.devtools.bench.probes import scalar
+    from bday.devtools.bench.seeding import copy_users
     from bday.scheduling import jobs
 
     sandbox.exit_cleanly_on_sigterm()
@@ -158,7 +160,7 @@ def planning_run(users: int, now: datetime | None = None) -> PlanningRun:
     saved = {name: os.environ.get(name) for name in box.env}
     try:
         os.environ.update(box.env)
-        _reload_settings()
+        reload_settings()
         started = time.perf_counter()
         copy_users(users)
         load_s = time.perf_counter() - started
@@ -171,8 +173,8 @@ def planning_run(users: int, now: datetime | None = None) -> PlanningRun:
             load_s,
             plan_s,
             planned,
-            _scalar(size.format("users", "users")),
-            _scalar(size.format("messages", "messages")),
+            scalar(size.format("users", "users")),
+            scalar(size.format("messages", "messages")),
         )
     finally:
         box.destroy()
@@ -181,7 +183,7 @@ def planning_run(users: int, now: datetime | None = None) -> PlanningRun:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-        _reload_settings()
+        reload_settings()
 
 
 def planning_report(run: PlanningRun) -> str:

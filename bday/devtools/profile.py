@@ -22,7 +22,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bday.devtools import bench as b
+from bday.devtools.bench import harness, probes, seeding
 
 # Frames every sample shares (thread start-up, Celery's trace wrapper, the worker's CLI).
 _COMMON = re.compile(
@@ -59,7 +59,7 @@ def main() -> None:
     py_spy = shutil.which("py-spy", path=_path()) or sys.exit(
         "bday: py-spy is not installed (pip install py-spy)"
     )
-    bench = b.Bench(b.Sizes.quick(), 64, "threads", 1)
+    bench = harness.Bench(harness.Sizes.quick(), 64, "threads", 1)
     bench.setup()
     try:
         raw, cpu_ms = _sample(bench, py_spy, args.greetings, args.seconds)
@@ -70,23 +70,23 @@ def main() -> None:
         print(f"{share:5.1f}%  {frame[:120]}")
 
 
-def _sample(bench: b.Bench, py_spy: str, greetings: int, seconds: int) -> tuple[str, float]:
+def _sample(bench: harness.Bench, py_spy: str, greetings: int, seconds: int) -> tuple[str, float]:
     from bday.scheduling import jobs
 
     bench.reset()
     bench.control(latency_ms=0, failure_rate=0, down=False)
-    b.insert_due(greetings, datetime.now(UTC) - timedelta(seconds=1))
+    seeding.insert_due(greetings, datetime.now(UTC) - timedelta(seconds=1))
     jobs.enqueue_job()
     spawned = time.time()
     worker = bench.worker("profile")
-    cpu_before, sent_before = b.after_startup_plan(worker, spawned)
+    cpu_before, sent_before = harness.after_startup_plan(worker, spawned)
     out = Path(tempfile.mkdtemp(prefix="bday-profile-")) / "stacks.txt"
     pid = str(worker.processes[0].popen.pid)
     command = [py_spy, "record", "-p", pid, "-d", str(seconds), "-r", "200", "-f", "raw"]
     subprocess.run(
         [*command, "-o", str(out), "--nonblocking", "--gil"], check=True, capture_output=True
     )
-    sent = int(b._scalar("SELECT count(*) FROM messages WHERE status = 'SENT'")) - sent_before
+    sent = int(probes.scalar("SELECT count(*) FROM messages WHERE status = 'SENT'")) - sent_before
     cpu_ms = (worker.cpu_s() - cpu_before) / max(1, sent) * 1000
     worker.stop()
     return out.read_text(), cpu_ms

@@ -2,29 +2,34 @@
 
 A row is claimed (PENDING -> QUEUED, with a fresh `dispatch_token`, by `bday.store.messages`)
 and its job carries the token; a job whose token no longer matches its row (it was superseded
-by a re-publish) is a no-op, so re-publishing is always safe. The minute enqueue publishes
-inside the claiming transaction (see `jobs.enqueue_job`); hooks and recovery claim, commit,
-then publish, and undo the claim if publishing fails (QUEUED -> PENDING for that token). A
-process that dies between their commit and publish leaves a QUEUED row without a job, which
-recovery re-publishes.
+by a re-publish) is a no-op, so re-publishing is always safe. Due rows are claimed and their
+jobs published in one transaction (`claim_and_publish`: the minute enqueue and the user hooks),
+so a claim commits only once the broker holds its job. Re-issued rows (recovery, the deferral
+drain, the occasion hooks, replay, the DLQ) are claimed and committed first, then published,
+and the claim is undone if publishing fails (`publish_or_release`: QUEUED -> PENDING for that
+token); a process that dies between that commit and the publish leaves a QUEUED row without a
+job, which recovery re-publishes after RECOVERY_GRACE_SECONDS.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 
+from bday.config import Settings
 from bday.store import messages
 from bday.store.db import transaction
-from bday.store.messages import Job
+from bday.store.messages import QueuedJob
 
 log = logging.getLogger(__name__)
 
 SEND_TASK = "bday.tasks.send_message"  # published by name: scheduling never imports the worker
 
 
-def publish(jobs: Sequence[Job]) -> list[Job]:
+def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Publish `send_message` for each job, timed for its eta. Returns the jobs not published.
 
     The broker holds each job until its eta (native delayed delivery), so publishing a minute
@@ -36,7 +41,7 @@ def publish(jobs: Sequence[Job]) -> list[Job]:
 
     if not jobs:
         return []
-    failed: list[Job] = []
+    failed: list[QueuedJob] = []
     try:
         # Confirms: apply_async returns only once RabbitMQ has taken the job.
         connection = app.connection_for_write(transport_options={"confirm_publish": True})
@@ -83,7 +88,54 @@ def _timing(eta: datetime, now: datetime | None = None) -> dict:
     return {"countdown": countdown}
 
 
-def publish_or_release(jobs: Sequence[Job]) -> list[Job]:
+class _Unpublished(Exception):
+    """Raised inside the claiming transaction to roll the claim back."""
+
+
+def claim_and_publish(
+    now: datetime,
+    settings: Settings,
+    *,
+    limit: int,
+    user_ids: Sequence[uuid.UUID] | None = None,
+) -> tuple[int, list[QueuedJob]]:
+    """Claim up to `limit` PENDING rows due within ENQUEUE_LEAD_SECONDS of `now` (of `user_ids`
+    only, if given) and publish their jobs *inside* the claiming transaction. Returns (rows
+    claimed, jobs not published); if any job was not published, the whole claim rolled back and
+    every row claimed is PENDING again, for the next enqueue run.
+
+    What guarantees what:
+
+    * A committed QUEUED row has its job on the broker: the claim commits only after RabbitMQ
+      confirmed every job of the batch. If publishing fails or this process dies before the
+      commit, the claim rolls back, so no row is left QUEUED without a job. (A job the broker
+      loses after confirming it is recovery's to re-publish.)
+    * The broker does see jobs whose claim has not committed yet, on purpose; only the claim is
+      uncommitted: the rows themselves were committed before (by the plan), so a job never
+      names a row that is not there. A worker that receives such a job waits on the row lock
+      in its own claim until this transaction ends, at most one batch's publishing. If the
+      claim rolled back, the job finds its row PENDING without a token, which it may claim; if
+      the next enqueue run claimed the row first, the row's fresh token makes this job a no-op.
+      Either way the greeting goes out once.
+    """
+    jobs: list[QueuedJob] = []
+    unpublished: list[QueuedJob] = []
+    with suppress(_Unpublished), transaction() as session:
+        jobs = messages.claim_due(
+            session,
+            now,
+            lead_s=settings.enqueue_lead_s,
+            catch_up_hours=settings.catch_up_hours,
+            limit=limit,
+            user_ids=user_ids,
+        )
+        unpublished = publish(jobs)
+        if unpublished:
+            raise _Unpublished
+    return len(jobs), unpublished
+
+
+def publish_or_release(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Publish committed claims; undo the claims of jobs that could not be published (they
     are PENDING again, for the next enqueue run). Returns those jobs."""
     failed = publish(jobs)

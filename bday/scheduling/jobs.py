@@ -55,9 +55,10 @@ def enqueue_job(now: datetime | None = None) -> dict:
     expired = expire_overdue(now, settings)
     published = 0
     while True:
-        try:
-            claimed = _claim_and_publish(now, settings)
-        except _PublishFailed:
+        claimed, unpublished = dispatch.claim_and_publish(
+            now, settings, limit=settings.enqueue_batch
+        )
+        if unpublished:
             break  # the batch rolled back to PENDING; the next run tries again
         published += claimed
         if claimed < settings.enqueue_batch:
@@ -67,32 +68,6 @@ def enqueue_job(now: datetime | None = None) -> dict:
     if published or expired:
         log.info("enqueue: %d published, %d expired", published, expired)
     return result
-
-
-class _PublishFailed(Exception):
-    pass
-
-
-def _claim_and_publish(now: datetime, settings: Settings) -> int:
-    """Claim one batch and publish its jobs *inside* the claiming transaction.
-
-    If this process dies anywhere in between, the claim rolls back and the rows are PENDING
-    again: no row is ever QUEUED without a job (the broker confirmed each one before the
-    commit). A job published for a batch that then rolls back still finds its row claimable
-    (PENDING, no token), and the copy published by the next run becomes a no-op. A worker that
-    receives a job before the commit waits on the row lock, at most one batch's publishing.
-    """
-    with transaction() as session:
-        jobs = messages.claim_due(
-            session,
-            now,
-            lead_s=settings.enqueue_lead_s,
-            catch_up_hours=settings.catch_up_hours,
-            limit=settings.enqueue_batch,
-        )
-        if dispatch.publish(jobs):
-            raise _PublishFailed
-    return len(jobs)
 
 
 def expire_overdue(now: datetime, settings: Settings) -> int:

@@ -58,8 +58,9 @@ def _rowcount(result: Any) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Job:
-    """One `send_message` job: the row, its fencing token, and when it may run."""
+class QueuedJob:
+    """The job to publish for a row claimed QUEUED: the row, its fencing token, and when it
+    may run (`bday.scheduling.dispatch` turns it into a `send_message` message)."""
 
     message_id: uuid.UUID
     token: uuid.UUID
@@ -180,7 +181,7 @@ def claim_due(
     catch_up_hours: int,
     limit: int,
     user_ids: Sequence[uuid.UUID] | None = None,
-) -> list[Job]:
+) -> list[QueuedJob]:
     """PENDING -> QUEUED for rows due by `now + lead_s` and not past their deadline, oldest
     first, each with a fresh dispatch token.
 
@@ -197,7 +198,7 @@ def claim_due(
             "user_ids": list(user_ids) if user_ids is not None else None,
         },
     )
-    return [Job(*row) for row in rows]
+    return [QueuedJob(*row) for row in rows]
 
 
 _REISSUE = text(
@@ -214,10 +215,10 @@ _REISSUE = text(
 
 def reissue(
     session: Session, ids: Iterable[uuid.UUID], statuses: Iterable[Status], now: datetime
-) -> list[Job]:
+) -> list[QueuedJob]:
     """`statuses` -> QUEUED with new tokens; the rows' old jobs become no-ops."""
     params = {"ids": list(ids), "statuses": [Status(s).value for s in statuses], "now": now}
-    return [Job(*row) for row in session.execute(_REISSUE, params)]
+    return [QueuedJob(*row) for row in session.execute(_REISSUE, params)]
 
 
 _RELEASE = text(
@@ -226,7 +227,7 @@ _RELEASE = text(
 )
 
 
-def release(session: Session, jobs: Iterable[Job]) -> None:
+def release(session: Session, jobs: Iterable[QueuedJob]) -> None:
     """QUEUED -> PENDING for claims whose job could not be published (token must match)."""
     for job in jobs:
         session.execute(_RELEASE, {"id": job.message_id, "token": job.token})

@@ -2,7 +2,7 @@
 
 Bad input raises `UserInputError(field, problem)` before anything is written; its message is
 one line naming the field. Each write commits, then calls the matching hook in `bday.users.hooks`
-(hooks publish to the broker, which must only ever see committed rows).
+(hooks publish jobs only for rows already committed: a job never names a row not there yet).
 """
 
 from __future__ import annotations

@@ -1,9 +1,13 @@
 """Hooks: what happens to a user's greetings when the user changes or an occasion is announced.
 
-Each hook writes message rows and commits before it publishes anything, so a job can never
-reference a row that is not there yet, and it never calls the email service itself (unless
-DIRECT_SEND_FALLBACK is on and RabbitMQ is unreachable: the seed's Step 11). A failed publish
-never raises into the caller: the row stays PENDING and the minute enqueue job delivers it.
+Each hook commits the message rows it writes before it publishes a job for them, so a job
+never names a row that is not there yet. Rows due now are then claimed and published as the
+minute enqueue does (`dispatch.claim_and_publish`: the claim commits only once the broker holds
+every job); an occasion hook's row is inserted and claimed in one transaction, so it is
+published after that commit (`dispatch.publish_or_release`). A hook never calls the email
+service itself (unless DIRECT_SEND_FALLBACK is on and RabbitMQ is unreachable: the seed's Step
+11). A failed publish never raises into the caller: the row stays PENDING and the minute
+enqueue job delivers it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from bday.core.occasions import Kind, Occasion, occasions_between, zone
 from bday.scheduling import dispatch, planner
 from bday.store import messages
 from bday.store.db import transaction
-from bday.store.messages import Job
+from bday.store.messages import QueuedJob
 from bday.store.models import Status, User, idempotency_key
 
 log = logging.getLogger(__name__)
@@ -52,7 +56,7 @@ def on_users_imported(user_ids: list[uuid.UUID]) -> int:
         chunk = user_ids[start : start + _BULK]
         with transaction() as session:
             planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
-        _claim_and_publish(chunk, now, settings)
+        _queue_due(chunk, now, settings)
     return planned
 
 
@@ -68,7 +72,7 @@ def on_users_updated(user_ids: list[uuid.UUID]) -> tuple[int, int]:
             for user_id in chunk:
                 cancelled += planner.cancel_stale(session, user_id, now, settings)
             planned += planner.plan(session, planner.Window.around(now, settings), settings, chunk)
-        _claim_and_publish(chunk, now, settings)
+        _queue_due(chunk, now, settings)
     return cancelled, planned
 
 
@@ -83,20 +87,15 @@ def on_users_deleted(user_ids: list[uuid.UUID]) -> int:
     return cancelled
 
 
-def _claim_and_publish(user_ids: list[uuid.UUID], now: datetime, settings: Settings) -> int:
+def _queue_due(user_ids: list[uuid.UUID], now: datetime, settings: Settings) -> int:
     """Queue what these users are owed now (due within the enqueue lead), as the minute
-    enqueue would, without waiting for it. At most two rows a user are due (one per type)."""
-    with transaction() as session:
-        due = messages.claim_due(
-            session,
-            now,
-            lead_s=settings.enqueue_lead_s,
-            catch_up_hours=settings.catch_up_hours,
-            limit=max(100, 2 * len(user_ids)),
-            user_ids=user_ids,
-        )
-    _publish(due, settings)
-    return len(due)
+    enqueue would, without waiting for it; returns rows claimed. At most two rows a user are
+    due (one per type)."""
+    claimed, unpublished = dispatch.claim_and_publish(
+        now, settings, limit=max(100, 2 * len(user_ids)), user_ids=user_ids
+    )
+    _fall_back(unpublished, settings)
+    return claimed
 
 
 def on_birthday_hook(user_id: uuid.UUID | str) -> uuid.UUID | None:
@@ -114,7 +113,7 @@ def _replan_and_dispatch(user_id: uuid.UUID) -> int:
     with transaction() as session:
         cancelled = planner.cancel_stale(session, user_id, now, settings)
         planned = planner.plan(session, planner.Window.around(now, settings), settings, [user_id])
-    queued = _claim_and_publish([user_id], now, settings)
+    queued = _queue_due([user_id], now, settings)
     log.info(
         "user %s: %d greeting(s) planned, %d cancelled, %d queued",
         user_id,
@@ -168,13 +167,18 @@ def next_owed_occasion(
     return None
 
 
-def _publish(jobs: list[Job], settings: Settings) -> None:
-    failed = dispatch.publish_or_release(jobs)
-    if failed and settings.direct_send_fallback:
-        _send_directly(failed)
+def _publish(jobs: list[QueuedJob], settings: Settings) -> None:
+    _fall_back(dispatch.publish_or_release(jobs), settings)
 
 
-def _send_directly(jobs: list[Job]) -> None:
+def _fall_back(unpublished: list[QueuedJob], settings: Settings) -> None:
+    """Jobs the broker did not take (their rows are PENDING again) are sent from here when
+    DIRECT_SEND_FALLBACK is on; otherwise the next enqueue run publishes them."""
+    if unpublished and settings.direct_send_fallback:
+        _send_directly(unpublished)
+
+
+def _send_directly(jobs: list[QueuedJob]) -> None:
     """DIRECT_SEND_FALLBACK: the broker is unreachable, so send what is due right here."""
     from bday.delivery.attempt import deliver
     from bday.delivery.sender import get_sender

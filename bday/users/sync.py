@@ -40,8 +40,6 @@ from bday.users.api import (
 )
 from bday.users.importer import MAX_LISTED, clean_batches
 
-MAX_DELETE = 0.10  # the share of live users --sync may delete without --force
-
 
 class SyncRefused(ValueError):
     """--sync would delete too much, or cannot tell who is absent: one line, nothing written."""

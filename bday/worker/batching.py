@@ -83,10 +83,11 @@ class BatchTask(Task):
         return _Batcher(task, app, consumer).on_message
 
 
-def run_batch(
+def _run_in_pool(
     task: BatchTask, jobs: list[Received], settle: Settle | None = None
 ) -> list[str] | None:
-    """The pool's target: never raises (a raise would skip the callback that settles acks)."""
+    """The pool's target, around `task.run_batch`: never raises (a raise would skip the
+    callback that settles acks)."""
     try:
         return task.run_batch(jobs, settle)
     except Exception:
@@ -288,7 +289,7 @@ class _Batcher:
                 self._apply(batch[index], verdict, started)
 
         self.pool.apply_async(
-            run_batch,
+            _run_in_pool,
             (self.task, jobs, settle),
             callback=partial(self._settle_rest, batch, settle),
         )

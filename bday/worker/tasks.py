@@ -14,7 +14,7 @@ from celery.exceptions import Reject
 
 from bday.broker.app import app
 from bday.config import get_settings
-from bday.delivery.attempt import Action, Job, Notify, Outcome, deliver_many, record_delivered
+from bday.delivery.attempt import Action, Notify, Outcome, SendJob, deliver_many, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
 from bday.scheduling import jobs
@@ -52,7 +52,7 @@ class SendMessage(BatchTask):
             if settle is not None:  # this message's fate is known: settle it now
                 settle(index, verdict)
 
-        work: list[tuple[int, Job]] = []
+        work: list[tuple[int, SendJob]] = []
         for index, received in enumerate(jobs):
             fields = _fields(received)
             if fields is None:
@@ -62,7 +62,7 @@ class SendMessage(BatchTask):
                 decide(index, self._record(received, fields))
             else:
                 slot = Slot.from_json(fields.get("slot"))
-                work.append((index, Job(fields["message_id"], fields.get("token"), slot)))
+                work.append((index, SendJob(fields["message_id"], fields.get("token"), slot)))
 
         def done(k: int, outcome: Outcome) -> None:
             index, job = work[k]
@@ -71,7 +71,7 @@ class SendMessage(BatchTask):
         _deliver([job for _, job in work], done)
         return [verdict or REJECT for verdict in verdicts]
 
-    def _verdict(self, received: Received, job: Job, outcome: Outcome) -> str:
+    def _verdict(self, received: Received, job: SendJob, outcome: Outcome) -> str:
         action = outcome.action
         if action is Action.DONE:
             return ACK
@@ -97,7 +97,7 @@ class SendMessage(BatchTask):
         except (KeyError, TypeError, ValueError):
             log.warning("job %s: malformed delivery record, dead-lettered", received.id)
             return REJECT
-        return self._verdict(received, Job(fields["message_id"], fields.get("token")), outcome)
+        return self._verdict(received, SendJob(fields["message_id"], fields.get("token")), outcome)
 
     def _again(self, received: Received, countdown: float, kwargs: dict[str, Any]) -> str:
         """Publish the job again (after `countdown` s), then ack this copy. If the broker
@@ -131,7 +131,7 @@ def _fields(received: Received) -> dict[str, Any] | None:
     return fields
 
 
-def _deliver(jobs: list[Job], notify: Notify) -> None:
+def _deliver(jobs: list[SendJob], notify: Notify) -> None:
     if jobs:
         deliver_many(
             jobs,

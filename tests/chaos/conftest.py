@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import stack  # noqa: F401 - the fixture, shared with the e2e tests
+from tests.harness.stack import Stack, running_stack
 
 RESULTS = Path(__file__).resolve().parents[2] / ".chaos-results.json"
+
+
+@pytest.fixture
+def stack(database_url, tmp_path, monkeypatch) -> Iterator[Stack]:
+    """The same stack of real processes as the end-to-end tests' (tests/harness/stack.py)."""
+    yield from running_stack(database_url, tmp_path, monkeypatch)
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ import pytest
 
 from bday.config import get_settings
 from tests.chaos.conftest import sends_summary
-from tests.e2e.conftest import add_due_messages
-from tests.e2e.stack import statuses, wait_until
 from tests.harness import rabbit_cluster
+from tests.harness.queues import statuses
+from tests.harness.rows import add_due_messages
+from tests.harness.stack import wait_until
 
 pytestmark = [
     pytest.mark.e2e,

@@ -20,8 +20,9 @@ from bday.devtools import sandbox
 from bday.scheduling import jobs
 from bday.users import api as users
 from bday.users.api import UserInputError
-from tests.e2e.conftest import add_due_messages
-from tests.e2e.stack import queue_counts, statuses, wait_until
+from tests.harness.queues import queue_counts, statuses
+from tests.harness.rows import add_due_messages
+from tests.harness.stack import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = dict(

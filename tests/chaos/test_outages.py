@@ -10,8 +10,9 @@ import pytest
 
 from bday.scheduling import jobs
 from tests.chaos.conftest import sends_summary
-from tests.e2e.conftest import add_due_messages, add_user, rows
-from tests.e2e.stack import statuses, wait_until
+from tests.harness.queues import statuses
+from tests.harness.rows import add_due_messages, add_user, rows
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,9 @@ from sqlalchemy import text
 from bday.scheduling import jobs
 from bday.store.db import engine
 from tests.chaos.conftest import sends_summary
-from tests.e2e.conftest import add_due_messages, next_instant
-from tests.e2e.stack import statuses, wait_until
+from tests.harness.queues import statuses
+from tests.harness.rows import add_due_messages, next_instant
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import respx
 from sqlalchemy import text
 
 from bday.config import load_settings
-from bday.delivery.attempt import Action, Job, deliver, deliver_many
+from bday.delivery.attempt import Action, SendJob, deliver, deliver_many
 from bday.delivery.breaker import Breaker
 from bday.delivery.pacing import Pacer
 from bday.delivery.sender import EmailSender
@@ -395,7 +395,7 @@ def emails(count: int, scheduled: datetime = DUE) -> list[uuid.UUID]:
 
 def go_many(jobs, sender, breaker, settings, pacer=None, now=NOW):
     return deliver_many(
-        [Job(str(m), None) if not isinstance(m, Job) else m for m in jobs],
+        [SendJob(str(m), None) if not isinstance(m, SendJob) else m for m in jobs],
         sender=sender,
         breaker=breaker,
         settings=settings,
@@ -453,7 +453,7 @@ def test_a_rows_old_and_current_job_in_one_batch_send_it_once(
     route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, text="ok"))
     old, current = uuid.uuid4(), uuid.uuid4()
     message = ada(token=current)
-    jobs = [Job(str(message), str(old)), Job(str(message), str(current))]
+    jobs = [SendJob(str(message), str(old)), SendJob(str(message), str(current))]
     if current_first:
         jobs.reverse()
     reasons = [o.reason for o in go_many(jobs, sender, breaker, settings)]
@@ -586,7 +586,7 @@ def test_each_outcome_is_told_once_as_soon_as_it_is_known_not_at_the_end_of_the_
     respx.post(f"{URL}/send-email").mock(side_effect=answer)
     due = emails(3)
     outcomes = deliver_many(
-        [Job("not-a-uuid"), *(Job(str(m)) for m in due)],
+        [SendJob("not-a-uuid"), *(SendJob(str(m)) for m in due)],
         sender=sender,
         breaker=breaker,
         settings=settings,

@@ -8,7 +8,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from bday.devtools import bench, factories
+from bday.devtools import factories
+from bday.devtools.bench import seeding
 from bday.store.db import engine, transaction
 from bday.store.models import Status
 
@@ -32,8 +33,8 @@ def test_built_rows_insert_and_carry_the_application_key():
 
 
 def test_bench_loads_due_messages_and_users_through_the_builders():
-    bench.insert_due(3, AT)
-    bench.copy_users(5)
+    seeding.insert_due(3, AT)
+    seeding.copy_users(5)
     assert count("SELECT count(*) FROM messages WHERE status = 'PENDING'") == 3
     assert count("SELECT count(*) FROM users") == 8
     assert count("SELECT count(DISTINCT email) FROM users") == 8

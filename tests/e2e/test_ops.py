@@ -19,9 +19,10 @@ from bday.devtools.factories import born_on
 from bday.scheduling import jobs
 from bday.store import db
 from bday.users import hooks
-from tests.e2e.conftest import add_due_messages, add_user, rows
-from tests.e2e.stack import queue_counts, statuses, wait_until
 from tests.harness.cli import bday
+from tests.harness.queues import queue_counts, statuses
+from tests.harness.rows import add_due_messages, add_user, rows
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

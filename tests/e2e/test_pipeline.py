@@ -23,8 +23,9 @@ from bday.users import api as users
 from bday.users import hooks
 from bday.users.events import USER_BIRTHDAY, emit
 from bday.worker.tasks import send_message
-from tests.e2e.conftest import add_due_messages, add_user, next_instant, rows
-from tests.e2e.stack import queue_counts, statuses, wait_until
+from tests.harness.queues import queue_counts, statuses
+from tests.harness.rows import add_due_messages, add_user, enqueue_ran_after, next_instant, rows
+from tests.harness.stack import send_jobs_settled, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +66,11 @@ def test_greetings_go_out_at_send_time_through_beat_and_never_early(stack):
         (instant - datetime.now(UTC)).total_seconds() + 30,
         "five greetings sent",
     )
-    time.sleep(2)
+    # Nothing more goes out: not before beat's next enqueue run (which would publish anything
+    # else owed, or a row again) has run and every job published by then has been settled.
+    last_sent = max(row.sent_at for row in rows() if row.status == "SENT")
+    wait_until(lambda: enqueue_ran_after(last_sent), 75, "beat's next enqueue run")
+    wait_until(send_jobs_settled, 30, "every job settled", interval=0.5)
     records = stack.fake.records
     assert len(records) == 5
     assert all(r.at >= instant.timestamp() for r in records), "a greeting went out early"
@@ -176,7 +181,7 @@ def test_the_same_hook_called_twice_sends_once(stack, settings_env):
     third = emit(USER_BIRTHDAY, user_id)[0]
     assert first == second == third
     wait_until(lambda: statuses()["SENT"] == 1, 20, "sent")
-    time.sleep(2)
+    wait_until(send_jobs_settled, 20, "every job settled", interval=0.5)  # a second one too
     assert len(rows()) == 1 and len(stack.fake.records) == 1
     assert stack.fake.records[0].key == str(first)
 
@@ -194,7 +199,7 @@ def test_two_enqueue_runs_at_once_publish_each_row_once(stack):
     assert sum(r["published"] for r in results) == 300
     stack.start_worker(concurrency=16)  # after: its own start-up enqueue would find nothing to do
     wait_until(lambda: statuses()["SENT"] == 300, 60, "all sent")
-    time.sleep(2)
+    wait_until(send_jobs_settled, 20, "every job settled", interval=0.5)  # duplicates too
     assert len(stack.fake.records) == 300
     assert set(stack.fake.sent_per_key().values()) == {1}
 
@@ -222,8 +227,7 @@ def test_a_zone_change_after_publishing_turns_the_queued_job_into_a_no_op(stack,
     users.update_user(user_id, timezone="Pacific/Kiritimati")
     assert [row.status for row in rows() if row.id == queued] == ["CANCELLED"]
     stack.start_worker(extra_env={"SEND_TIME": send_time})
-    wait_until(lambda: queue_counts()["queue"] == 0, 20, "job consumed")
-    time.sleep(2)
+    wait_until(send_jobs_settled, 20, "the queued job consumed and settled", interval=0.5)
     assert stack.fake.records == []
     assert [row.status for row in rows() if row.id == queued] == ["CANCELLED"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bday.devtools import sandbox
-from tests.e2e.stack import wait_until
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -69,6 +69,25 @@ def queue_counts() -> dict[str, int]:
     return counts
 
 
+def ready_send_jobs() -> int:
+    """Send jobs waiting in the broker: ready in the send queue, or waiting out their delay
+    in a celery_delayed_* queue (passive declares, never creating a queue). Jobs a worker has
+    received and not yet settled are not counted here: the worker reports those."""
+    from kombu.transport.native_delayed_delivery import level_name
+
+    names = [topology(get_settings()).send_queue.name]
+    names += [level_name(level) for level in range(28)]
+    waiting = 0
+    with Connection(get_settings().rabbitmq_url) as connection:
+        for name in names:
+            channel = connection.channel()
+            try:
+                waiting += channel.queue_declare(name, passive=True).message_count
+            except Exception:  # not declared in this vhost: nothing waits there
+                pass
+    return waiting
+
+
 def purge_all() -> None:
     """Empty every bday and celery_delayed_* queue in this run's vhost."""
     from kombu.transport.native_delayed_delivery import level_name

@@ -2,23 +2,43 @@
 
 Workers and beat run as subprocesses with this run's database and vhost; the fake email service
 is a real HTTP server on a free loopback port (in a thread of the test process, so tests read its
-record directly). Everything is stopped, and every queue purged, when the test ends.
+record directly). Everything is stopped, and every queue purged, when the test ends. The `stack`
+fixtures of tests/e2e and tests/chaos are `running_stack`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
+from bday.broker.app import app
+from bday.config import get_settings
 from bday.devtools import sandbox
 from bday.devtools.fake_email import Behaviour, FakeEmailService, serve
 from bday.devtools.sandbox import Process
-from tests.harness.queues import left_over, purge_all, queue_counts, statuses
+from bday.store import db
+from tests.conftest import TRUNCATE
+from tests.harness.queues import left_over, purge_all, ready_send_jobs
+
+SEND = "bday.tasks.send_message"
+
+# Fast, deterministic defaults for the processes under test; a test may override any of them.
+STACK_ENV = {
+    "QUEUE_RETRY_DELAY": "1000",
+    "QUEUE_MAX_RETRIES": "3",
+    "RECOVERY_GRACE_SECONDS": "10",
+    "EMAIL_SERVICE_TIMEOUT": "2000",
+    "BREAKER_IDLE": "0",
+}
 
 
 class FakeEmail:
@@ -106,6 +126,51 @@ class Stack:
         self.fake.stop()
 
 
+def running_stack(
+    database_url: str, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Stack]:
+    """A stack on this run's database and vhost (no processes yet: a test starts what it
+    needs); afterwards every process stopped, the queues purged and the tables emptied."""
+    fake = FakeEmail()
+    env = {
+        **STACK_ENV,
+        "DATABASE_URL": database_url,
+        "RABBITMQ_URL": os.environ["RABBITMQ_URL"],
+        "EMAIL_SERVICE_URL": fake.url,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    purge_all()
+    running = Stack(workdir, fake, env)
+    yield running
+    running.stop()
+    purge_all()
+    with db.engine().begin() as connection:
+        connection.execute(text(TRUNCATE))
+    get_settings.cache_clear()
+
+
+def send_jobs_settled() -> bool:
+    """Has every send job published so far been settled (its send attempted, or found a
+    no-op, and acked or dead-lettered)? None waits in the broker (read first), and the worker
+    holds none: scheduled for an eta, reserved or active (its batcher keeps Celery's worker
+    state, `celery inspect` reads it). Only a new publish can reach the email service after
+    this: a test that asserts something never happened asserts it from here on.
+
+    One worker: its answer is all of it (no waiting out the timeout); no answer is no."""
+    if ready_send_jobs():
+        return False
+    inspect = app.control.inspect(timeout=2, limit=1)
+    held = []
+    for answer in (inspect.scheduled(), inspect.reserved(), inspect.active()):
+        if not answer:
+            return False
+        for job in (job for jobs in answer.values() for job in jobs):
+            held.append(job.get("request", job)["name"])
+    return SEND not in held
+
+
 def wait_until(
     predicate: Callable[[], object], timeout: float, what: str = "condition", interval: float = 0.1
 ):
@@ -113,6 +178,3 @@ def wait_until(
         return sandbox.wait_for(predicate, timeout, what, interval)
     except TimeoutError as exc:
         raise AssertionError(f"{exc}; left: {left_over()}") from None
-
-
-__all__ = ["FakeEmail", "Stack", "purge_all", "queue_counts", "statuses", "wait_until"]
