@@ -275,10 +275,12 @@ def dlq_list(limit, as_json) -> None:
             "task": j.task,
             "message_id": j.message_id,
             "death": j.death_reason,
-            "died_at": j.died_at.isoformat() if j.died_at else None,
+            "died_at": _iso(j.died_at),
             "status": j.row_status,
+            "sent_at": _iso(j.row_sent_at),
             "reason": j.row_reason,
             "error": j.row_error,
+            "earlier_failure": _iso_values(j.row_earlier_failure),
         }
         for j in jobs
     ]
@@ -287,15 +289,33 @@ def dlq_list(limit, as_json) -> None:
         return
     click.echo(f"{len(rows)} job(s) in the DLQ")
     for row in rows:
-        detail = (
-            f"{row['status']} ({row['reason'] or '-'}: {row['error'] or '-'})"
-            if row["status"]
-            else "no such message"
-        )
         click.echo(
             f"  {row['message_id'] or '<malformed>'}  {row['task'] or '<no task>'}  "
-            f"died: {row['death']}  row: {detail}"
+            f"died: {row['death']}  row: {_dead_row(row)}"
         )
+
+
+def _dead_row(row: dict) -> str:
+    """What the dead job's message row says now: its current state first, then history."""
+    from bday.ops.history import describe_earlier
+
+    if not row["status"]:
+        return "no such message"
+    if row["status"] == "FAILED":
+        return f"FAILED ({row['reason'] or '-'}: {row['error'] or '-'})"
+    now = f"SENT at {row['sent_at']}" if row["status"] == "SENT" else row["status"]
+    earlier = row["earlier_failure"]
+    return now + (f" (earlier failure: {describe_earlier(earlier)})" if earlier else "")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _iso_values(values: dict | None) -> dict | None:
+    if values is None:
+        return None
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
 
 
 @dlq.command("replay")

@@ -18,6 +18,11 @@ means another worker, job or beat got there first, which is normal, never an err
     any status, no change  forget_answers                 (erasure clears stored answers)
     any status, no change  forget_late_answers            (recovery: answers stored after it)
 
+`failed_at`, `failure_reason` and `last_error` hold a row's latest failure (or retried error)
+and are never cleared by a replay, a retry or a success: they are its history, why a
+greeting went late. They describe the row's current state only while it is FAILED; the views
+(`bday messages show`, `bday dlq list`) show them as "earlier failure" otherwise.
+
 Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
 `current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
 statements (SQLAlchemy's execution layer cost three times the statement, see the README's
@@ -319,7 +324,9 @@ def deferred(session: Session, now: datetime, *, limit: int) -> list[uuid.UUID]:
     return list(session.scalars(_DEFERRED, {"now": now, "limit": limit}))
 
 
-_RESET_RETRIES = f"""UPDATE messages SET retry_count = 0, failure_reason = NULL{{deadline}}
+# The failure's time, reason and error stay: they are the row's history (why it went late),
+# shown as such once the row is no longer FAILED; the next failure overwrites them.
+_RESET_RETRIES = f"""UPDATE messages SET retry_count = 0{{deadline}}
                      WHERE id = ANY(:ids) AND status = '{Status.FAILED}'"""
 _RESET_KEEPING_DEADLINE = text(_RESET_RETRIES.format(deadline=""))
 _RESET_WITH_DEADLINE = text(_RESET_RETRIES.format(deadline=", send_deadline = :deadline"))
@@ -389,11 +396,15 @@ def delete_finished(session: Session, keep_from: date, now: datetime, *, limit: 
 
 # --- reading -----------------------------------------------------------------------------------
 
-_SUMMARY = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
+_SUMMARY = text(
+    """SELECT id, status, sent_at, failed_at, failure_reason, last_error FROM messages
+        WHERE id = ANY(:ids)"""
+)
 
 
 def summaries(session: Session, ids: Sequence[uuid.UUID]) -> dict[str, Row[Any]]:
-    """id -> (id, status, failure_reason, last_error) for the rows that exist."""
+    """id -> (id, status, sent_at, failed_at, failure_reason, last_error) for the rows that
+    exist."""
     return {str(row.id): row for row in session.execute(_SUMMARY, {"ids": list(ids)})}
 
 
