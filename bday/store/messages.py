@@ -14,6 +14,8 @@ means another worker, job or beat got there first, which is normal, never an err
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
+    PENDING  -> PENDING    move_pending                  (SEND_TIME changed: the new instant)
+    PENDING  -> CANCELLED  cancel_pending                (not owed at the new SEND_TIME)
     SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
     any status, no change  forget_answers                 (erasure clears stored answers)
     any status, no change  forget_late_answers            (recovery: answers stored after it)
@@ -153,6 +155,85 @@ def cancel_unsent_of_users(session: Session, user_ids: Sequence[uuid.UUID], now:
     """PENDING/QUEUED -> CANCELLED for every row of these (deleted) users."""
     params = {"user_ids": list(user_ids), "now": now}
     return _rowcount(session.execute(_CANCEL_OF_USERS, params))
+
+
+# --- following a change of SEND_TIME --------------------------------------------------------------
+
+_PENDING_INSTANTS = text(
+    f"""SELECT u.timezone, m.scheduled_send_time, count(*) FROM messages m
+          JOIN users u ON u.id = m.user_id
+         WHERE m.status = '{PENDING}' AND u.deleted_at IS NULL
+         GROUP BY 1, 2"""
+)
+
+
+def pending_instants(session: Session) -> list[tuple[str, datetime, int]]:
+    """(zone, instant, rows) of the live users' PENDING rows: a few hundred groups however many
+    rows, so the planner can check each instant against SEND_TIME cheaply."""
+    return [(zone, at, int(n)) for zone, at, n in session.execute(_PENDING_INSTANTS)]
+
+
+_PENDING_AT = text(
+    f"""SELECT m.id, m.occasion_date, m.scheduled_send_time, u.timezone,
+               CASE m.message_type WHEN 'BIRTHDAY' THEN u.birthday_owed_from
+                                   ELSE u.anniversary_owed_from END AS owed_from
+          FROM messages m JOIN users u ON u.id = m.user_id
+          JOIN unnest(CAST(:zones AS text[]), CAST(:instants AS timestamptz[])) AS g(zone, at)
+            ON g.zone = u.timezone AND g.at = m.scheduled_send_time
+         WHERE m.status = '{PENDING}' AND u.deleted_at IS NULL"""
+)
+
+
+def pending_at(session: Session, groups: Sequence[tuple[str, datetime]]) -> Sequence[Row[Any]]:
+    """The PENDING rows of live users in `groups` of (zone, instant): id, occasion_date,
+    scheduled_send_time, timezone and the user's owed_from for the row's type."""
+    params = {"zones": [zone for zone, _ in groups], "instants": [at for _, at in groups]}
+    return session.execute(_PENDING_AT, params).all()
+
+
+# PENDING -> PENDING at a new instant: only a row nothing was published for (a QUEUED row has
+# a job on the broker already), and only from the instant it was read at.
+_MOVE_PENDING = text(
+    f"""UPDATE messages m SET scheduled_send_time = s.new_at, updated_at = :now
+          FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS timestamptz[]),
+                      CAST(:news AS timestamptz[])) AS s(id, old_at, new_at)
+         WHERE m.id = s.id AND m.status = '{PENDING}' AND m.scheduled_send_time = s.old_at"""
+)
+
+
+def move_pending(
+    session: Session, moves: Sequence[tuple[uuid.UUID, datetime, datetime]], now: datetime
+) -> int:
+    """PENDING rows (id, instant read, new instant) -> the new instant (SEND_TIME changed);
+    rows changed. A row claimed or cancelled since it was read is left alone."""
+    if not moves:
+        return 0
+    params = {
+        "ids": [row[0] for row in moves],
+        "olds": [row[1] for row in moves],
+        "news": [row[2] for row in moves],
+        "now": now,
+    }
+    return _rowcount(session.execute(_MOVE_PENDING, params))
+
+
+_CANCEL_PENDING = text(
+    f"""UPDATE messages m SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
+               updated_at = :now
+          FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS timestamptz[])) AS s(id, old_at)
+         WHERE m.id = s.id AND m.status = '{PENDING}' AND m.scheduled_send_time = s.old_at"""
+)
+
+
+def cancel_pending(
+    session: Session, rows: Sequence[tuple[uuid.UUID, datetime]], now: datetime
+) -> int:
+    """PENDING rows (id, instant read) -> CANCELLED: no longer owed at the new SEND_TIME (their
+    user came after its instant); rows changed."""
+    if not rows:
+        return 0
+    params = {"ids": [row[0] for row in rows], "olds": [row[1] for row in rows], "now": now}
+    return _rowcount(session.execute(_CANCEL_PENDING, params))
 
 
 # --- dispatch ----------------------------------------------------------------------------------
