@@ -47,11 +47,13 @@ import click
     is_flag=True,
     help="Send 429s without a Retry-After header (a provider that does not say how long).",
 )
+@click.option("--quiet", is_flag=True, help="No line per request on stderr (for benchmarks).")
 def fake_email_service(
-    host, port, failure_rate, timeout_rate, latency_ms, down, rate_limit, no_retry_after
+    host, port, failure_rate, timeout_rate, latency_ms, down, rate_limit, no_retry_after, quiet
 ) -> None:
     """Serve POST /send-email like the real service and record every request.
 
+    Each request is one line on stderr (answer, outcome, masked address, Idempotency-Key).
     GET /requests lists them, GET /stats counts them, POST /control changes behaviour live
     (JSON such as {"down": false, "failure_rate": 0.1}), POST /reset forgets them.
     """
@@ -60,6 +62,7 @@ def fake_email_service(
     fake_email.run(
         host,
         port,
+        quiet,
         failure_rate=failure_rate,
         timeout_rate=timeout_rate,
         latency_ms=latency_ms,

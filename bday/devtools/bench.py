@@ -112,7 +112,7 @@ class Bench:
         self.servers = servers()
         self.fake = sandbox.spawn(
             "fake-email",
-            sandbox.bday_command("fake-email-service", "--port", str(port)),
+            sandbox.bday_command("fake-email-service", "--port", str(port), "--quiet"),
             self.env,
             self.workdir,
         )

@@ -12,7 +12,10 @@ above it, with `Retry-After: 1` unless `retry_after` is off). Each request is re
 * `POST /reset` forgets the record
 
 A small asyncio HTTP/1.1 server with keep-alive, so one core serves thousands of requests a
-second; it binds to 127.0.0.1 unless told otherwise.
+second; it binds to 127.0.0.1 unless told otherwise. `bday fake-email-service` logs one line
+per POST /send-email (answer, outcome, masked address, Idempotency-Key, time taken) on stderr,
+so `bday fake-email-service 2>&1 | tee fake.log` shows what bday sends as it sends it;
+`--quiet` (used by `bday bench`) logs none.
 """
 
 from __future__ import annotations
@@ -20,11 +23,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from urllib.parse import parse_qs, urlsplit
+
+from bday.telemetry.logs import mask_emails
+
+# Quiet unless `run` (the command) turns it on: tests that serve in-process log nothing.
+log = logging.getLogger("bday.fake_email")
 
 _REASONS = {
     200: "OK",
@@ -104,19 +113,24 @@ class FakeEmailService:
             payload = json.loads(body)
             email, message = payload["email"], payload["message"]
         except (ValueError, KeyError, TypeError):
-            self.records.append(Record(time.time(), key, None, None, "bad_request"))
+            self._keep(Record(time.time(), key, None, None, "bad_request"), 400)
             return 400, {"error": "expected JSON {email, message}"}
         if self._over_limit(arrived):
-            self.records.append(Record(arrived, key, email, message, "throttled", arrived))
+            self._keep(Record(arrived, key, email, message, "throttled", arrived), 429)
             extra = {"Retry-After": "1"} if self.behaviour.retry_after else {}
             return 429, {"error": "rate limit exceeded"}, extra
         self.calls_per_key[key] += 1
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
         outcome = self._draw(key)
-        self.records.append(Record(time.time(), key, email, message, outcome, arrived))
+        status, answer = self._answer(outcome, email)
+        self._keep(Record(time.time(), key, email, message, outcome, arrived), status)
         if outcome == "timeout":
             await asyncio.sleep(_TIMEOUT_HOLD_S)
+        return status, answer
+
+    def _answer(self, outcome: str, email: str) -> tuple[int, dict]:
+        if outcome == "timeout":  # answered after any client has given up
             return 504, {"error": "timeout"}
         if outcome == "down":
             return self.behaviour.status_when_down, {"error": "service down"}
@@ -125,6 +139,12 @@ class FakeEmailService:
         if outcome == "refused":
             return self.behaviour.fixed_status, {"error": "refused"}
         return 200, {"status": "sent", "email": email}
+
+    def _keep(self, record: Record, status: int) -> None:
+        """Record a request and, under the command, log it: one line per request."""
+        self.records.append(record)
+        if log.isEnabledFor(logging.INFO):
+            _log_send(status, record)
 
     def _draw(self, key: str | None) -> str:
         if self.behaviour.down:
@@ -198,6 +218,20 @@ class FakeEmailService:
                 writer.close()
 
 
+def _log_send(status: int, record: Record) -> None:
+    """No message text (it names the person) and the address masked: a dev tool's log is
+    still a log."""
+    held = record.outcome == "timeout"
+    log.info(
+        "POST /send-email %s %s to %s key %s (%.0f ms)",
+        f"held {_TIMEOUT_HOLD_S:.0f} s, then {status}" if held else status,
+        record.outcome,
+        mask_emails(record.email or "-"),
+        record.key or "-",
+        (record.at - (record.arrived or record.at)) * 1000,
+    )
+
+
 async def _read_request(reader: asyncio.StreamReader):
     head = await reader.readuntil(b"\r\n\r\n") if not reader.at_eof() else b""
     if not head:
@@ -235,8 +269,15 @@ async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> 
         await server.serve_forever()
 
 
-def run(host: str = "127.0.0.1", port: int = 8025, **behaviour) -> None:
-    """Serve until interrupted (the `bday fake-email-service` command)."""
+def run(host: str = "127.0.0.1", port: int = 8025, quiet: bool = False, **behaviour) -> None:
+    """Serve until interrupted (the `bday fake-email-service` command), logging each request
+    on stderr unless `quiet`."""
+    if not quiet:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # the root handler's format is for errors
     service = FakeEmailService(Behaviour(**behaviour))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
