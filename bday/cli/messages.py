@@ -64,8 +64,14 @@ def show(message_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(row, indent=2))
         return
+    earlier = row.pop("earlier_failure")
+    failed = row["status"] == Status.FAILED
     for name, value in row.items():
-        click.echo(f"{name + ':':<21}{'-' if value is None else value}")
+        if failed or name not in history.FAILURE_FIELDS:
+            click.echo(f"{name + ':':<21}{'-' if value is None else value}")
+    if not failed:  # the row's latest failure is history now: shown as such, last
+        described = history.describe_earlier(earlier) if earlier else "none"
+        click.echo(f"{'earlier failure:':<21}{described}")
 
 
 @click.command("preview")

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from bday.cli.errors import EXIT_UNAVAILABLE
 from bday.cli.options import LIMIT
 from bday.config import get_settings
 from bday.core.occasions import Kind
@@ -18,12 +19,16 @@ from bday.core.occasions import Kind
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(as_json: bool) -> None:
     """Counts by status and type, queue and DLQ depth, consumers, oldest overdue, last runs,
-    the send rate and the forecast lateness of the coming peaks."""
+    the send rate and the forecast lateness of the coming peaks.
+
+    Exit 0 when every part was read; 1 when PostgreSQL or RabbitMQ could not be reached (the
+    parts that could be read are still printed, the others say why); 2 for a setup mistake."""
     from bday.ops import status as state
     from bday.ops.forecast import read_forecast
 
-    database = state.read_database()
-    ahead = read_forecast()
+    unreadable: dict[str, str] = {}
+    database = _read_part("database", state.read_database, unreadable)
+    ahead = _read_part("pacing", read_forecast, unreadable) if database else None
     try:
         broker = state.read_broker()
         broker_view: dict[str, Any] = {
@@ -33,11 +38,54 @@ def status(as_json: bool) -> None:
             "scheduler_depth": broker.scheduler_depth,
         }
     except Exception as exc:  # noqa: BLE001 - status must still show the database side
-        broker_view = {"error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        unreadable["broker"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        broker_view = {"error": unreadable["broker"]}
     report: dict[str, Any] = {
+        **(
+            _database_view(database)
+            if database
+            else {"database": {"error": unreadable["database"]}}
+        ),
+        "broker": broker_view,
+        "pacing": _pacing_view(ahead) if ahead else None,
+        "unreadable": unreadable,
+    }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_status(report)
+    if unreadable:
+        parts = " and ".join(_PART_NAMES[part] for part in unreadable)
+        click.echo(f"bday: status incomplete: could not read {parts}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+_PART_NAMES = {
+    "database": "PostgreSQL",
+    "pacing": "the forecast",
+    "broker": "RabbitMQ",
+}
+
+
+def _read_part(part: str, read: Any, unreadable: dict[str, str]) -> Any:
+    """`read()`, or None with the reason in `unreadable[part]` when its service is down. Any
+    other error (a setting, an unmigrated database) is the operator's to fix: it propagates."""
+    from bday.cli.errors import explain
+
+    try:
+        return read()
+    except Exception as exc:
+        answer = explain(exc)
+        if answer is None or answer[1] != EXIT_UNAVAILABLE:
+            raise
+        unreadable[part] = answer[0]
+        return None
+
+
+def _database_view(database: Any) -> dict[str, Any]:
+    return {
         "messages": dict(sorted(database.by_status.items())),
         "by_type": {f"{kind}/{st}": n for (kind, st), n in sorted(database.by_type_status.items())},
-        "broker": broker_view,
         "oldest_overdue": (
             {"id": database.oldest_overdue_id, "seconds": round(database.oldest_overdue_s, 1)}
             if database.oldest_overdue_id and database.oldest_overdue_s is not None
@@ -54,21 +102,18 @@ def status(as_json: bool) -> None:
             "open_seconds": round(database.breaker_open_s, 1),
             "trips": database.breaker_trips,
         },
-        "pacing": _pacing_view(ahead),
     }
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-        return
-    _print_status(report)
 
 
 def _print_status(report: dict) -> None:
-    now = datetime.now(UTC)
-    click.echo(
-        "messages:  " + ("  ".join(f"{k} {v}" for k, v in report["messages"].items()) or "none")
-    )
-    for key, count in report["by_type"].items():
-        click.echo(f"  {key:<22} {count}")
+    if "messages" in report:
+        click.echo(
+            "messages:  " + ("  ".join(f"{k} {v}" for k, v in report["messages"].items()) or "none")
+        )
+        for key, count in report["by_type"].items():
+            click.echo(f"  {key:<22} {count}")
+    else:
+        click.echo(f"database:  unreachable ({report['database']['error']})")
     broker = report["broker"]
     if "error" in broker:
         click.echo(f"broker:    unreachable ({broker['error']})")
@@ -77,6 +122,16 @@ def _print_status(report: dict) -> None:
             f"queue:     {broker['queue_depth']} ready, {broker['consumers']} consumer(s); "
             f"DLQ {broker['dlq_depth']}"
         )
+    if "messages" in report:
+        _print_database_side(report)
+    if report["pacing"]:
+        _print_pacing(report["pacing"])
+    elif "pacing" in report["unreadable"]:
+        click.echo(f"pacing:    unreadable ({report['unreadable']['pacing']})")
+
+
+def _print_database_side(report: dict) -> None:
+    now = datetime.now(UTC)
     overdue = report["oldest_overdue"]
     click.echo(
         "overdue:   "
@@ -99,7 +154,6 @@ def _print_status(report: dict) -> None:
         f"breaker:   {breaker['state']}"
         + (f" for {breaker['open_seconds']:.0f} s" if breaker["state"] != "closed" else "")
     )
-    _print_pacing(report["pacing"])
 
 
 def _pacing_view(ahead: Any) -> dict:
@@ -221,10 +275,12 @@ def dlq_list(limit, as_json) -> None:
             "task": j.task,
             "message_id": j.message_id,
             "death": j.death_reason,
-            "died_at": j.died_at.isoformat() if j.died_at else None,
+            "died_at": _iso(j.died_at),
             "status": j.row_status,
+            "sent_at": _iso(j.row_sent_at),
             "reason": j.row_reason,
             "error": j.row_error,
+            "earlier_failure": _iso_values(j.row_earlier_failure),
         }
         for j in jobs
     ]
@@ -233,15 +289,33 @@ def dlq_list(limit, as_json) -> None:
         return
     click.echo(f"{len(rows)} job(s) in the DLQ")
     for row in rows:
-        detail = (
-            f"{row['status']} ({row['reason'] or '-'}: {row['error'] or '-'})"
-            if row["status"]
-            else "no such message"
-        )
         click.echo(
             f"  {row['message_id'] or '<malformed>'}  {row['task'] or '<no task>'}  "
-            f"died: {row['death']}  row: {detail}"
+            f"died: {row['death']}  row: {_dead_row(row)}"
         )
+
+
+def _dead_row(row: dict) -> str:
+    """What the dead job's message row says now: its current state first, then history."""
+    from bday.ops.history import describe_earlier
+
+    if not row["status"]:
+        return "no such message"
+    if row["status"] == "FAILED":
+        return f"FAILED ({row['reason'] or '-'}: {row['error'] or '-'})"
+    now = f"SENT at {row['sent_at']}" if row["status"] == "SENT" else row["status"]
+    earlier = row["earlier_failure"]
+    return now + (f" (earlier failure: {describe_earlier(earlier)})" if earlier else "")
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at else None
+
+
+def _iso_values(values: dict | None) -> dict | None:
+    if values is None:
+        return None
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
 
 
 @dlq.command("replay")

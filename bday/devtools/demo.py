@@ -13,7 +13,8 @@ email service (with random failures), a worker and beat, and seeds users so that
 * one user created just now, after their SEND_TIME, is owed nothing.
 
 A table refreshes while sends happen (retries included); when every due greeting is sent it
-prints a summary, stops everything and drops the sandbox. Ctrl-C does the same at any time.
+prints a summary, stops everything and drops the sandbox: it ends by itself (or after
+`timeout_s`, exit 1). Ctrl-C does the same sooner.
 """
 
 from __future__ import annotations
@@ -384,7 +385,8 @@ def run(
     try:
         console.print(
             "[b]bday demo[/b]: creating a sandbox database and vhost, starting the fake "
-            "email service, a worker and beat ..."
+            "email service, a worker and beat ... It ends by itself once every greeting due "
+            f"is sent (a minute or two, at most {timeout_s:.0f} s); Ctrl-C ends it sooner."
         )
         plan, groups = demo.start()
         started = time.monotonic()

@@ -13,7 +13,10 @@ above it, with `Retry-After: 1` unless `retry_after` is off). Each request is re
 
 Served by aiohttp's low-level server (HTTP/1.1 with keep-alive), so one core serves thousands of
 requests a second; it binds to 127.0.0.1 unless told otherwise. Each /send-email request logs
-one line (outcome, key, the address masked) for a newcomer watching what a worker sends.
+one line on stderr under the command (answer, outcome, masked address, Idempotency-Key, time
+taken; never the text, which names the person), so `bday fake-email-service 2>&1 | tee
+fake.log` shows what bday sends as it sends it; `--quiet` (bench, demo) logs none, and a test
+serving it in-process logs nothing.
 """
 
 from __future__ import annotations
@@ -73,9 +76,6 @@ class Record:
     outcome: str  # sent | failed | timeout | down | refused | bad_request | throttled
     arrived: float = 0.0  # when the request arrived (Unix seconds), before any latency
 
-    def summary(self) -> str:
-        return f"{self.outcome} key={self.key} to {mask_emails(self.email or '-')}"
-
 
 @dataclass
 class FakeEmailService:
@@ -84,11 +84,6 @@ class FakeEmailService:
     rng: random.Random = field(default_factory=random.Random)
     calls_per_key: Counter = field(default_factory=Counter)
     accepted_in_second: tuple[int, int] = (0, 0)  # (whole second, requests accepted in it)
-
-    def _record(self, record: Record) -> None:
-        self.records.append(record)
-        if log.isEnabledFor(logging.INFO):
-            log.info("POST /send-email: %s", record.summary())
 
     def _over_limit(self, arrived: float) -> bool:
         """Count this request against its whole second; True if that second is full."""
@@ -112,19 +107,24 @@ class FakeEmailService:
             payload = json.loads(body)
             email, message = payload["email"], payload["message"]
         except (ValueError, KeyError, TypeError):
-            self._record(Record(time.time(), key, None, None, "bad_request"))
+            self._keep(Record(time.time(), key, None, None, "bad_request"), 400)
             return 400, {"error": "expected JSON {email, message}"}
         if self._over_limit(arrived):
-            self._record(Record(arrived, key, email, message, "throttled", arrived))
+            self._keep(Record(arrived, key, email, message, "throttled", arrived), 429)
             extra = {"Retry-After": "1"} if self.behaviour.retry_after else {}
             return 429, {"error": "rate limit exceeded"}, extra
         self.calls_per_key[key] += 1
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
         outcome = self._draw(key)
-        self._record(Record(time.time(), key, email, message, outcome, arrived))
+        status, answer = self._answer(outcome, email)
+        self._keep(Record(time.time(), key, email, message, outcome, arrived), status)
         if outcome == "timeout":
             await asyncio.sleep(_TIMEOUT_HOLD_S)
+        return status, answer
+
+    def _answer(self, outcome: str, email: str) -> tuple[int, dict]:
+        if outcome == "timeout":  # answered after any client has given up
             return 504, {"error": "timeout"}
         if outcome == "down":
             return self.behaviour.status_when_down, {"error": "service down"}
@@ -133,6 +133,12 @@ class FakeEmailService:
         if outcome == "refused":
             return self.behaviour.fixed_status, {"error": "refused"}
         return 200, {"status": "sent", "email": email}
+
+    def _keep(self, record: Record, status: int) -> None:
+        """Record a request and, under the command, log it: one line per request."""
+        self.records.append(record)
+        if log.isEnabledFor(logging.INFO):
+            _log_send(status, record)
 
     def _draw(self, key: str | None) -> str:
         if self.behaviour.down:
@@ -194,6 +200,20 @@ class FakeEmailService:
         return web.json_response(payload, status=status, headers=extra[0] if extra else None)
 
 
+def _log_send(status: int, record: Record) -> None:
+    """No message text (it names the person) and the address masked: a dev tool's log is
+    still a log."""
+    held = record.outcome == "timeout"
+    log.info(
+        "POST /send-email %s %s to %s key %s (%.0f ms)",
+        f"held {_TIMEOUT_HOLD_S:.0f} s, then {status}" if held else status,
+        record.outcome,
+        mask_emails(record.email or "-"),
+        record.key or "-",
+        (record.at - (record.arrived or record.at)) * 1000,
+    )
+
+
 async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> None:
     """Serve `service` on aiohttp's low-level server (keep-alive, HTTP/1.1) until cancelled."""
     runner = web.ServerRunner(web.Server(service.handle, access_log=None))
@@ -209,11 +229,15 @@ async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> 
 
 
 def run(host: str = "127.0.0.1", port: int = 8025, quiet: bool = False, **behaviour) -> None:
-    """Serve until interrupted (the `bday fake-email-service` command); unless `quiet`, one
-    line per request on stderr."""
+    """Serve until interrupted (the `bday fake-email-service` command), logging each request
+    on stderr unless `quiet`."""
+    if not quiet:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False  # the root handler's format is for errors
     service = FakeEmailService(Behaviour(**behaviour))
-    level = logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(
             serve(

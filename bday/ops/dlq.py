@@ -19,6 +19,7 @@ from kombu import Connection
 from bday.broker.topology import topology
 from bday.broker.urls import connect_attempts
 from bday.config import get_settings
+from bday.ops import history
 from bday.scheduling import dispatch
 from bday.scheduling.dispatch import SEND_TASK
 from bday.store import messages
@@ -39,8 +40,10 @@ class DeadJob:
     died_at: datetime | None
     source_queue: str | None
     row_status: str | None = None
-    row_reason: str | None = None
+    row_sent_at: datetime | None = None
+    row_reason: str | None = None  # the row's failure, while it is FAILED (else None)
     row_error: str | None = None
+    row_earlier_failure: dict[str, Any] | None = None  # a failure the row has moved on from
     raw: Any = None  # the kombu Message, acked or requeued by the caller
 
     @property
@@ -82,11 +85,12 @@ def _attach_rows(jobs: list[DeadJob]) -> None:
     for job in jobs:
         row = rows.get(job.message_id or "")
         if row is not None:
-            job.row_status, job.row_reason, job.row_error = (
-                row.status,
-                row.failure_reason,
-                row.last_error,
+            current, earlier = history.split_failure(
+                row.status, row.failed_at, row.failure_reason, row.last_error
             )
+            job.row_status, job.row_sent_at = row.status, row.sent_at
+            job.row_reason, job.row_error = current["failure_reason"], current["last_error"]
+            job.row_earlier_failure = earlier
 
 
 @contextmanager

@@ -13,12 +13,13 @@ from bday.store.models import Status
 from bday.users.api import find_user
 from bday.users.errors import UserInputError
 
-# What `show` prints, in order: every counter, timestamp and answer a row holds.
+# What `show` prints, in order: every counter, timestamp and answer a row holds, the status
+# (the current state) first.
 DETAIL = (
+    "status",
     "id",
     "user_id",
     "message_type",
-    "status",
     "occasion_date",
     "scheduled_send_time",
     "idempotency_key",
@@ -71,7 +72,41 @@ def show_message(message_id: str) -> dict[str, Any]:
         row = messages.one(session, parsed)
     if row is None:
         raise MessageNotFound(message_id)
-    return _plain(row, DETAIL)
+    detail = _plain(row, DETAIL)
+    current, earlier = split_failure(
+        detail["status"], detail["failed_at"], detail["failure_reason"], detail["last_error"]
+    )
+    return {**detail, **current, "earlier_failure": earlier}
+
+
+FAILURE_FIELDS = ("failed_at", "failure_reason", "last_error")
+
+
+def split_failure(
+    status: str, failed_at: Any, reason: str | None, error: str | None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the failure fields as the row's current state, the same as history).
+
+    The store keeps a row's latest failure (`failed_at`, `failure_reason`, `last_error`) after
+    a replay, a retry or a later success: it says why a greeting went late. It is the current
+    state only while the row is FAILED; otherwise it is history, and a view that showed it
+    beside SENT would call a delivered greeting failed."""
+    if status == Status.FAILED:
+        return {"failed_at": failed_at, "failure_reason": reason, "last_error": error}, None
+    cleared: dict[str, Any] = dict.fromkeys(FAILURE_FIELDS)
+    if failed_at is None and reason is None and error is None:
+        return cleared, None
+    return cleared, {"at": failed_at, "reason": reason, "error": error}
+
+
+def describe_earlier(earlier: dict[str, Any]) -> str:
+    """`permanent at 2026-12-04T13:32:10+00:00 (HTTP 400: ...)`; a row retried without ever
+    being FAILED has no time or reason, only the error it was retried after."""
+    failed = f"{earlier['reason'] or 'failed'} at {earlier['at']}" if earlier["at"] else ""
+    error = earlier["error"] or ""
+    if failed and error:
+        return f"{failed} ({error})"
+    return failed or f"retried after {error}"
 
 
 class MessageNotFound(LookupError):

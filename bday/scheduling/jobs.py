@@ -1,6 +1,7 @@
 """The periodic jobs beat runs: plan, enqueue, recover. Plain functions; tasks.py wraps them.
 
-* plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS).
+* plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS),
+  after moving PENDING rows planned at another SEND_TIME to the current one.
 * enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
   instant (the broker holds them until then), mark them QUEUED.
 * retention: delete finished rows older than MESSAGE_RETENTION_DAYS, in bounded batches.
@@ -16,10 +17,13 @@ updates, planning uses ON CONFLICT DO NOTHING, and re-published jobs carry fresh
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
 
 from bday.config import Settings, get_settings
@@ -38,15 +42,74 @@ log = logging.getLogger(__name__)
 ERASURE_RECHECK = timedelta(days=7)
 
 
-def plan_job(now: datetime | None = None) -> dict:
-    """Plan the window around `now`; returns {'planned': rows inserted}."""
+# A start-up catch-up is skipped when a plan with the same settings started this recently
+# before it was asked for: a worker and beat starting together each ask for one.
+CATCH_UP_FRESH = timedelta(seconds=60)
+
+
+def plan_job(now: datetime | None = None, *, requested_at: datetime | None = None) -> dict:
+    """Follow a change of SEND_TIME, then plan the window around `now`; returns
+    {'planned': rows inserted}, with 'moved' and 'cancelled' when PENDING rows were planned at
+    another SEND_TIME, or 'skipped' for a catch-up (`requested_at`: when a worker or beat
+    started) that a fresh plan already covers."""
     settings, now = get_settings(), now or datetime.now(UTC)
+    started: dict[str, Any] = {"started_at": now.isoformat(), "settings": _plan_settings(settings)}
+    if not _start_plan(now, started, requested_at):
+        log.debug("plan: skipped, a plan with these settings started since %s", requested_at)
+        return {"planned": 0, "skipped": True}
+    with transaction() as session:  # its own short transaction: moved rows may be due now
+        followed = planner.follow_send_time(session, now, settings)
     with transaction() as session:
         planned = planner.plan(session, planner.Window.around(now, settings), settings)
-    result = {"planned": planned}
-    heartbeat("plan", now, result)
+    result: dict = {"planned": planned}
+    if followed.moved or followed.cancelled:
+        result |= {"moved": followed.moved, "cancelled": followed.cancelled}
+        log.info(
+            "plan: SEND_TIME changed %s -> %s: %d pending row(s) moved%s",
+            "/".join(followed.planned_at),
+            f"{settings.send_time:%H:%M}",
+            followed.moved,
+            f", {followed.cancelled} no longer owed (cancelled)" if followed.cancelled else "",
+        )
+    heartbeat("plan", now, {**result, **started})
     log.info("plan: %d new row(s)", planned)
     return result
+
+
+def _plan_settings(settings: Settings) -> dict:
+    """The settings a plan's rows depend on: a catch-up after any of them changed must run."""
+    return {
+        "send_time": f"{settings.send_time:%H:%M}",
+        "feb29_policy": settings.feb29_policy,
+        "catch_up_hours": settings.catch_up_hours,
+        "plan_ahead_hours": settings.plan_ahead_hours,
+    }
+
+
+# Record that a plan starts (in the heartbeat's detail; `beat_at` stays the last plan that
+# ended), unless this is a catch-up and one with the same settings started since
+# :fresh_since. One conditional upsert: two catch-ups at once cannot both pass.
+_START_PLAN = text(
+    """
+    INSERT INTO heartbeats AS h (name, beat_at, detail)
+    VALUES ('plan', :now, CAST(:detail AS jsonb))
+    ON CONFLICT (name) DO UPDATE SET detail = h.detail || excluded.detail
+     WHERE CAST(:fresh_since AS timestamptz) IS NULL
+        OR h.detail -> 'settings' IS DISTINCT FROM excluded.detail -> 'settings'
+        OR coalesce(CAST(h.detail ->> 'started_at' AS timestamptz), '-infinity')
+           < CAST(:fresh_since AS timestamptz)
+    RETURNING h.name
+    """
+)
+
+
+def _start_plan(now: datetime, started: dict, requested_at: datetime | None) -> bool:
+    """False for a catch-up that a plan started since `requested_at - CATCH_UP_FRESH`, with
+    the same settings, already covers; otherwise record this plan's start and say True."""
+    fresh_since = requested_at - CATCH_UP_FRESH if requested_at is not None else None
+    params = {"now": now, "detail": json.dumps(started), "fresh_since": fresh_since}
+    with transaction() as session:
+        return session.execute(_START_PLAN, params).first() is not None
 
 
 def enqueue_job(now: datetime | None = None) -> dict:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from bday.core.occasions import (
     month_days_near,
     occasion_in_year,
     occasions_between,
+    send_instant,
     zone,
 )
 from bday.store import messages
@@ -108,6 +109,56 @@ def plan(
     """Plan every owed occasion in `window` (optionally only for `user_ids`); rows inserted."""
     settings = settings or get_settings()
     return insert_rows(session, owed_occasions(session, window, settings, user_ids))
+
+
+@dataclass(frozen=True, slots=True)
+class Followed:
+    """What `follow_send_time` did: rows moved to the current SEND_TIME, rows cancelled (not
+    owed at it), and the local times (HH:MM) the changed rows had been planned at."""
+
+    moved: int = 0
+    cancelled: int = 0
+    planned_at: tuple[str, ...] = ()
+
+
+def follow_send_time(session: Session, now: datetime, settings: Settings) -> Followed:
+    """Move PENDING rows planned at another SEND_TIME to the current one, on the same local date.
+
+    Only PENDING rows move: nothing was published for them (a QUEUED row's job is on the broker,
+    timed for the old instant, and stays). The claim checks the row's instant, so a moved row
+    is never sent before its new one. A row whose new instant is not after its user's
+    owed_from (the user came between the two) is owed nothing any more: cancelled.
+
+    Cheap when nothing changed: PENDING rows are read grouped by (zone, instant), a few hundred
+    groups, and only the rows of groups whose local time is not SEND_TIME are read one by one.
+    """
+    off = [
+        (zone_name, at)
+        for zone_name, at, _count in messages.pending_instants(session)
+        if not _at_send_time(zone_name, at, settings.send_time)
+    ]
+    if not off:
+        return Followed()
+    moves, not_owed, planned_at = [], [], set()
+    for row in messages.pending_at(session, off):
+        tz = zone(row.timezone)
+        planned_at.add(f"{row.scheduled_send_time.astimezone(tz):%H:%M}")
+        new_at = send_instant(row.occasion_date, tz, settings.send_time)
+        if new_at > row.owed_from:
+            moves.append((row.id, row.scheduled_send_time, new_at))
+        else:
+            not_owed.append((row.id, row.scheduled_send_time))
+    return Followed(
+        messages.move_pending(session, moves, now),
+        messages.cancel_pending(session, not_owed, now),
+        tuple(sorted(planned_at)),
+    )
+
+
+def _at_send_time(zone_name: str, at: datetime, send_time: time) -> bool:
+    """Is `at` SEND_TIME on its local date in the zone (the end of a DST gap included)?"""
+    tz = zone(zone_name)
+    return send_instant(at.astimezone(tz).date(), tz, send_time) == at
 
 
 def cancel_stale(

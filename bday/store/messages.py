@@ -14,9 +14,16 @@ means another worker, job or beat got there first, which is normal, never an err
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
+    PENDING  -> PENDING    move_pending                  (SEND_TIME changed: the new instant)
+    PENDING  -> CANCELLED  cancel_pending                (not owed at the new SEND_TIME)
     SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
     any status, no change  forget_answers                 (erasure clears stored answers)
     any status, no change  forget_late_answers            (recovery: answers stored after it)
+
+`failed_at`, `failure_reason` and `last_error` hold a row's latest failure (or retried error)
+and are never cleared by a replay, a retry or a success: they are its history, why a
+greeting went late. They describe the row's current state only while it is FAILED; the views
+(`bday messages show`, `bday dlq list`) show them as "earlier failure" otherwise.
 
 Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
 `current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
@@ -149,6 +156,85 @@ def cancel_unsent_of_users(session: Session, user_ids: Sequence[uuid.UUID], now:
     """PENDING/QUEUED -> CANCELLED for every row of these (deleted) users."""
     params = {"user_ids": list(user_ids), "now": now}
     return _rowcount(session.execute(_CANCEL_OF_USERS, params))
+
+
+# --- following a change of SEND_TIME --------------------------------------------------------------
+
+_PENDING_INSTANTS = text(
+    f"""SELECT u.timezone, m.scheduled_send_time, count(*) FROM messages m
+          JOIN users u ON u.id = m.user_id
+         WHERE m.status = '{PENDING}' AND u.deleted_at IS NULL
+         GROUP BY 1, 2"""
+)
+
+
+def pending_instants(session: Session) -> list[tuple[str, datetime, int]]:
+    """(zone, instant, rows) of the live users' PENDING rows: a few hundred groups however many
+    rows, so the planner can check each instant against SEND_TIME cheaply."""
+    return [(zone, at, int(n)) for zone, at, n in session.execute(_PENDING_INSTANTS)]
+
+
+_PENDING_AT = text(
+    f"""SELECT m.id, m.occasion_date, m.scheduled_send_time, u.timezone,
+               CASE m.message_type WHEN 'BIRTHDAY' THEN u.birthday_owed_from
+                                   ELSE u.anniversary_owed_from END AS owed_from
+          FROM messages m JOIN users u ON u.id = m.user_id
+          JOIN unnest(CAST(:zones AS text[]), CAST(:instants AS timestamptz[])) AS g(zone, at)
+            ON g.zone = u.timezone AND g.at = m.scheduled_send_time
+         WHERE m.status = '{PENDING}' AND u.deleted_at IS NULL"""
+)
+
+
+def pending_at(session: Session, groups: Sequence[tuple[str, datetime]]) -> Sequence[Row[Any]]:
+    """The PENDING rows of live users in `groups` of (zone, instant): id, occasion_date,
+    scheduled_send_time, timezone and the user's owed_from for the row's type."""
+    params = {"zones": [zone for zone, _ in groups], "instants": [at for _, at in groups]}
+    return session.execute(_PENDING_AT, params).all()
+
+
+# PENDING -> PENDING at a new instant: only a row nothing was published for (a QUEUED row has
+# a job on the broker already), and only from the instant it was read at.
+_MOVE_PENDING = text(
+    f"""UPDATE messages m SET scheduled_send_time = s.new_at, updated_at = :now
+          FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS timestamptz[]),
+                      CAST(:news AS timestamptz[])) AS s(id, old_at, new_at)
+         WHERE m.id = s.id AND m.status = '{PENDING}' AND m.scheduled_send_time = s.old_at"""
+)
+
+
+def move_pending(
+    session: Session, moves: Sequence[tuple[uuid.UUID, datetime, datetime]], now: datetime
+) -> int:
+    """PENDING rows (id, instant read, new instant) -> the new instant (SEND_TIME changed);
+    rows changed. A row claimed or cancelled since it was read is left alone."""
+    if not moves:
+        return 0
+    params = {
+        "ids": [row[0] for row in moves],
+        "olds": [row[1] for row in moves],
+        "news": [row[2] for row in moves],
+        "now": now,
+    }
+    return _rowcount(session.execute(_MOVE_PENDING, params))
+
+
+_CANCEL_PENDING = text(
+    f"""UPDATE messages m SET status = '{Status.CANCELLED.value}', cancelled_at = :now,
+               updated_at = :now
+          FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS timestamptz[])) AS s(id, old_at)
+         WHERE m.id = s.id AND m.status = '{PENDING}' AND m.scheduled_send_time = s.old_at"""
+)
+
+
+def cancel_pending(
+    session: Session, rows: Sequence[tuple[uuid.UUID, datetime]], now: datetime
+) -> int:
+    """PENDING rows (id, instant read) -> CANCELLED: no longer owed at the new SEND_TIME (their
+    user came after its instant); rows changed."""
+    if not rows:
+        return 0
+    params = {"ids": [row[0] for row in rows], "olds": [row[1] for row in rows], "now": now}
+    return _rowcount(session.execute(_CANCEL_PENDING, params))
 
 
 # --- dispatch ----------------------------------------------------------------------------------
@@ -320,7 +406,9 @@ def deferred(session: Session, now: datetime, *, limit: int) -> list[uuid.UUID]:
     return list(session.scalars(_DEFERRED, {"now": now, "limit": limit}))
 
 
-_RESET_RETRIES = f"""UPDATE messages SET retry_count = 0, failure_reason = NULL{{deadline}}
+# The failure's time, reason and error stay: they are the row's history (why it went late),
+# shown as such once the row is no longer FAILED; the next failure overwrites them.
+_RESET_RETRIES = f"""UPDATE messages SET retry_count = 0{{deadline}}
                      WHERE id = ANY(:ids) AND status = '{Status.FAILED}'"""
 _RESET_KEEPING_DEADLINE = text(_RESET_RETRIES.format(deadline=""))
 _RESET_WITH_DEADLINE = text(_RESET_RETRIES.format(deadline=", send_deadline = :deadline"))
@@ -390,11 +478,15 @@ def delete_finished(session: Session, keep_from: date, now: datetime, *, limit: 
 
 # --- reading -----------------------------------------------------------------------------------
 
-_SUMMARY = text("SELECT id, status, failure_reason, last_error FROM messages WHERE id = ANY(:ids)")
+_SUMMARY = text(
+    """SELECT id, status, sent_at, failed_at, failure_reason, last_error FROM messages
+        WHERE id = ANY(:ids)"""
+)
 
 
 def summaries(session: Session, ids: Sequence[uuid.UUID]) -> dict[str, Row[Any]]:
-    """id -> (id, status, failure_reason, last_error) for the rows that exist."""
+    """id -> (id, status, sent_at, failed_at, failure_reason, last_error) for the rows that
+    exist."""
     return {str(row.id): row for row in session.execute(_SUMMARY, {"ids": list(ids)})}
 
 

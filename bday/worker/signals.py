@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import chain, signals
@@ -37,9 +38,14 @@ def _plan_when_beat_starts(sender: Any = None, **_: Any) -> None:
 
 def catch_up() -> None:
     """Plan, then enqueue (a chain, so in that order): whatever fell due while nothing ran goes
-    out now rather than at the next hourly plan and minute tick."""
+    out now rather than at the next hourly plan and minute tick.
+
+    A worker and beat started together both ask: the plan carries when it was asked for, and
+    the second one finds a fresh plan with the same settings and skips (jobs.plan_job), so a
+    start logs one `plan:` line."""
+    requested_at = datetime.now(UTC).isoformat()
     chain(
-        app.signature("bday.tasks.plan", immutable=True),
+        app.signature("bday.tasks.plan", kwargs={"requested_at": requested_at}, immutable=True),
         app.signature("bday.tasks.enqueue", immutable=True),
     ).delay()
 

@@ -8,6 +8,7 @@ jobs in batches (`SendMessage`, bday.worker.batching). The periodic tasks (`plan
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from celery.exceptions import Reject
@@ -182,9 +183,12 @@ def _db_backoff(retries: int) -> int:
 
 
 @app.task(name="bday.tasks.plan", acks_on_failure=True)
-def plan() -> dict:
-    """Plan owed occasions in the window around now (hourly, and when beat or a worker starts)."""
-    return jobs.plan_job()
+def plan(requested_at: str | None = None) -> dict:
+    """Plan owed occasions in the window around now (hourly, and when beat or a worker starts:
+    then `requested_at`, the ISO instant of the start, lets one plan serve both)."""
+    return jobs.plan_job(
+        requested_at=datetime.fromisoformat(requested_at) if requested_at else None
+    )
 
 
 @app.task(name="bday.tasks.enqueue", acks_on_failure=True)

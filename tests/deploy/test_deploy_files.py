@@ -216,6 +216,7 @@ def every_command_line() -> list[tuple[str, list[str]]]:
     """(where, argv) for every command that Procfile, compose and k8s run in bday's image."""
     found = []
     for name, line in procfile_processes().items():
+        line = _ENV_DEFAULT.sub(lambda match: match[2], line)  # as the shell expands an unset one
         found += [(f"Procfile:{name}", argv) for argv in simple_commands(line)]
     compose_file = load_yaml(COMPOSE)
     for name, service in bday_services(compose_file).items():
@@ -554,7 +555,7 @@ def test_procfile_runs_every_process_and_says_to_migrate_first() -> None:
     flower = simple_commands(processes["flower"])[0]
     assert flower[:4] == ["celery", "-A", "bday", "flower"] and "--address=127.0.0.1" in flower
     metrics = simple_commands(processes["metrics"])[0]
-    assert metrics[:2] == ["bday", "metrics"] and metrics[metrics.index("--port") + 1] == "9750"
+    assert metrics[:2] == ["bday", "metrics"] and "--address" in metrics
     comments = [
         line for line in PROCFILE.read_text(encoding="utf-8").splitlines() if line.startswith("#")
     ]
@@ -575,10 +576,55 @@ def test_procfile_celery_exporter_runs_the_pypi_exporter_against_the_broker() ->
     exporter = next(argv for argv in argvs if "from src.cli import cli; cli()" in argv)
     assert exporter[1:3] == ["-c", "from src.cli import cli; cli()"], exporter
     assert any(arg.startswith("--broker-url=") and "RABBITMQ_URL" in arg for arg in exporter)
-    assert exporter[exporter.index("--port") + 1] == "9808"
+    assert env_default(exporter[exporter.index("--port") + 1]) == ("TASK_EXPORTER_PORT", "9808")
     assert any("prometheus-exporter-celery" in " ".join(argv) for argv in argvs), (
         "the line installs the exporter it runs"
     )
+
+
+_ENV_DEFAULT = re.compile(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}")
+
+
+def env_default(word: str) -> tuple[str, str] | None:
+    """(NAME, default) of a word that is exactly `${NAME:-default}` (or `--opt=${...}`)."""
+    match = _ENV_DEFAULT.fullmatch(word.split("=", 1)[-1] if word.startswith("--") else word)
+    return (match[1], match[2]) if match else None
+
+
+def _option(argv: list[str], name: str) -> str:
+    """The value of `--name V` or `--name=V` in argv."""
+    for index, word in enumerate(argv):
+        if word == name:
+            return argv[index + 1]
+        if word.startswith(f"{name}="):
+            return word.split("=", 1)[1]
+    raise AssertionError(f"no {name} in {argv}")
+
+
+def test_procfile_ports_come_from_the_environment_with_the_defaults_deployed_elsewhere(
+    compose, k8s_objects
+) -> None:
+    processes = procfile_processes()
+    flower = simple_commands(processes["flower"])[0]
+    metrics = simple_commands(processes["metrics"])[0]
+    assert env_default(_option(flower, "--port")) == ("FLOWER_PORT", "5555")
+    assert env_default(_option(metrics, "--port")) == ("METRICS_PORT", "9750")
+    comments = "\n".join(line for line in PROCFILE.read_text().splitlines() if line.startswith("#"))
+    for name in ("FLOWER_PORT", "METRICS_PORT", "TASK_EXPORTER_PORT", "WORKER_METRICS_PORT"):
+        assert name in comments, f"the Procfile's comments name {name}"
+    # compose and k8s serve the same defaults inside; compose publishes Flower on FLOWER_PORT
+    services = compose["services"]
+    assert _option(argvs_of(services["flower"]["command"])[0], "--port") == "5555"
+    assert services["flower"]["ports"] == ["127.0.0.1:${FLOWER_PORT:-5555}:5555"]
+    assert _option(argvs_of(services["metrics"]["command"])[0], "--port") == "9750"
+    assert "9808" in services["celery-exporter"]["expose"]
+    ports = {
+        obj["metadata"]["name"]: {p["port"] for p in obj["spec"]["ports"]}
+        for _, obj in k8s_objects
+        if obj["kind"] == "Service"
+    }
+    assert {"bday-flower": {5555}, "bday-metrics": {9750}}.items() <= ports.items()
+    assert 9808 in set().union(*ports.values())
 
 
 def test_simple_commands_understands_the_shell_used_in_these_files() -> None:

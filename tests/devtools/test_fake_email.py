@@ -99,4 +99,5 @@ def test_each_send_logs_one_line_with_its_outcome_and_the_address_masked(caplog)
     with caplog.at_level(logging.INFO, logger="bday.fake_email"):
         _talk(service, conversation)
     lines = [r.getMessage() for r in caplog.records if r.name == "bday.fake_email"]
-    assert lines == ["POST /send-email: sent key=key-1 to g***@example.com"]
+    [line] = lines
+    assert line.startswith("POST /send-email 200 sent to g***@example.com key key-1 (")

@@ -44,6 +44,24 @@ def test_two_workers_under_honcho_both_serve_metrics(stack, tmp_path):
     assert all("bday_messages_sent_total" in body for body in bodies)
 
 
+def test_the_procfile_takes_the_metrics_port_from_metrics_port(stack, tmp_path):
+    port = sandbox.free_port()
+    env = {"PATH": f"{Path(HONCHO).parent}:{os.environ['PATH']}", "METRICS_PORT": str(port)}
+    args = [HONCHO, "-f", str(ROOT / "Procfile"), "-d", str(tmp_path)]
+    honcho = sandbox.spawn("honcho", [*args, "start", "metrics"], {**stack.env, **env}, tmp_path)
+    try:
+        wait_until(
+            lambda: f"bday metrics on http://127.0.0.1:{port}/metrics" in honcho.output(),
+            60,
+            "the metrics exporter on METRICS_PORT",
+        )
+        body = _scrape(port)
+    finally:
+        honcho.stop()
+        _kill_group(honcho.popen.pid)
+    assert "bday_queue_depth" in body
+
+
 def _served_ports(output: str) -> list[int] | None:
     ports = [int(port) for port in re.findall(r"worker metrics on port (\d+)", output)]
     return ports if len(ports) == 2 else None

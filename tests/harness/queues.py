@@ -102,3 +102,11 @@ def purge_all() -> None:
                 channel.queue_purge(name)
             except Exception:  # not declared yet in this vhost
                 pass
+
+
+def declare_topology() -> None:
+    """Declare bday's exchanges and queues in this run's vhost (what a worker does at start)."""
+    from bday.broker.topology import declare_all
+
+    with Connection(get_settings().rabbitmq_url) as connection:
+        declare_all(connection)

@@ -17,6 +17,7 @@ from bday.scheduling import jobs
 from bday.store.db import transaction
 from bday.store.models import User
 from tests.harness.cli import bday
+from tests.harness.queues import declare_topology
 
 NOW = datetime(2027, 3, 5, 12, 0, tzinfo=UTC)
 KOLKATA = ZoneInfo("Asia/Kolkata")
@@ -83,6 +84,7 @@ def _kolkata_users(count: int, birthday: date) -> None:
         session.execute(User.__table__.insert(), rows)
 
 
+@pytest.mark.broker  # status exits 1 when it cannot read the queues
 @pytest.mark.usefixtures("database")
 def test_status_forecasts_a_planted_peak_of_5000_in_kolkata_at_14_per_second(monkeypatch, capsys):
     monkeypatch.setenv("EMAIL_SERVICE_RATE_LIMIT", "14")
@@ -90,6 +92,7 @@ def test_status_forecasts_a_planted_peak_of_5000_in_kolkata_at_14_per_second(mon
     instant = _next_nine_in_kolkata(datetime.now(UTC))
     _kolkata_users(5000, instant.date())
     assert jobs.plan_job()["planned"] == 5000
+    declare_topology()
     code, out, _ = bday(monkeypatch, capsys, "status", "--json")
     pacing = json.loads(out)["pacing"]
     assert code == 0 and pacing["rate_per_s"] == 14 and pacing["backlog"] == 0

@@ -91,7 +91,8 @@ def test_messages_show_prints_every_counter_timestamp_and_answer(monkeypatch, ca
     assert lines["attempts"].strip() == "3" and lines["retry_count"].strip() == "2"
     assert lines["deferrals"].strip() == "1" and lines["sent_via"].strip() == "queue"
     assert lines["provider_response"].strip() == '{"ok": true}'
-    assert lines["last_error"].strip() == "HTTP 503" and lines["failure_reason"].strip() == "-"
+    assert "last_error" not in lines and "failure_reason" not in lines  # SENT: history only
+    assert lines["earlier failure"].strip() == "retried after HTTP 503"
     assert lines["sent_at"].strip() == now.isoformat()
     code, out, _ = bday(monkeypatch, capsys, "messages", "show", str(message_id), "--json")
     assert json.loads(out)["provider_status"] == 200
