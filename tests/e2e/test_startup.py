@@ -8,9 +8,9 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.e2e.stack import wait_until
 
-from tests.e2e.conftest import add_user, rows
+from tests.harness.rows import add_user, rows
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -78,7 +78,9 @@ TRANSITIONS: dict[str, tuple[Callable[[uuid.UUID], object], set[Status], Status]
         Status.QUEUED,
     ),
     "release": (
-        _in_session(lambda s, row_id: messages.release(s, [messages.Job(row_id, TOKEN, NOW)])),
+        _in_session(
+            lambda s, row_id: messages.release(s, [messages.QueuedJob(row_id, TOKEN, NOW)])
+        ),
         {Status.QUEUED},
         Status.PENDING,
     ),
