@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import time
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -34,6 +35,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bday.core.occasions import is_known_zone
+from bday.core.templates import BUILT_IN, Catalogue, TemplateError, parse_catalogue
 
 
 class SettingsError(Exception):
@@ -129,6 +131,8 @@ class Settings(BaseSettings):
     )
     email_service_burst: int = _env("EMAIL_SERVICE_BURST", 5, ge=1, le=100_000)
     lateness_budget_s: float = _seconds("LATENESS_BUDGET", 3600.0, gt=0)
+    # The greetings' words (bday.core.templates); unset: the built-in texts.
+    templates_dir: Path | None = _env("TEMPLATES_DIR", None)
 
     @field_validator("send_time", mode="before")
     @classmethod
@@ -158,6 +162,20 @@ class Settings(BaseSettings):
     @classmethod
     def _check_http_url(cls, value: str) -> str:
         return _check_url(value, ("http", "https")).rstrip("/")
+
+    @field_validator("templates_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _check_templates(cls, value: Path | None) -> Path | None:
+        # Checked with the settings, so the worker, beat and every command refuse a bad
+        # template at start (one line naming the file), never at the first send.
+        if value is not None:
+            load_catalogue(value)
+        return value
 
     @field_validator(
         "cron_minute_schedule",
@@ -214,6 +232,11 @@ class Settings(BaseSettings):
     def cron_zone(self) -> ZoneInfo:
         return ZoneInfo(self.cron_timezone)
 
+    @property
+    def catalogue(self) -> Catalogue:
+        """The greetings' templates: TEMPLATES_DIR's, or the built-in ones."""
+        return load_catalogue(self.templates_dir) if self.templates_dir else BUILT_IN
+
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     try:
@@ -236,6 +259,30 @@ def _check_libpq_options(value: str) -> str:
     except ProgrammingError as exc:
         raise ValueError(str(exc).strip().splitlines()[0]) from None
     return value
+
+
+# Names an editor or a file manager leaves beside the files (`.birthday.body.txt.swp`).
+_HIDDEN = "."
+
+
+@functools.cache
+def load_catalogue(directory: Path) -> Catalogue:
+    """The templates in `directory` (layout: docs/contract.md, "Templates"), read once per
+    process. Raises `TemplateError` (one line naming the file)."""
+    if not directory.is_dir():
+        raise TemplateError(f"{directory}: not a directory")
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_dir() or any(part.startswith(_HIDDEN) for part in relative.parts):
+            continue
+        try:
+            files[relative.as_posix()] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not valid UTF-8 (byte at offset {exc.start})") from None
+        except OSError as exc:
+            raise TemplateError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_catalogue(files, str(directory))
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")

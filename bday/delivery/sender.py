@@ -39,15 +39,23 @@ class SendError(Exception):
     """Base of the two outcomes that are not success."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        throttled: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+        # The provider says we go too fast (HTTP 429, an SMTP throttling answer): pacing,
+        # not a failure (no retry spent, the shared rate lowered).
+        self.throttled = throttled
 
 
 class TransientSendError(SendError):
-    """Worth trying again later: timeout, connection error, 429 or 5xx."""
+    """Worth trying again later: timeout, connection error, 429 or 5xx (for SMTP: 4xx)."""
 
 
 class PermanentSendError(SendError):
@@ -56,11 +64,16 @@ class PermanentSendError(SendError):
 
 @dataclass(frozen=True, slots=True)
 class Email:
-    """One greeting to send: what `EmailSender.send` takes."""
+    """One greeting to send: what a sender's `send_email` takes. The HTTP service gets the
+    address and the plain-text `message`; mail also carries the subject, the HTML part and
+    the recipient's display name."""
 
     email: str
     message: str
     idempotency_key: str
+    subject: str = ""
+    html: str | None = None
+    name: str = ""
 
 
 T = TypeVar("T")
@@ -142,11 +155,13 @@ class EmailSender:
         metrics.record_email_call(receipt.elapsed_s, None)
         return receipt
 
+    def send_email(self, email: Email) -> Receipt:
+        return self.send(
+            email=email.email, message=email.message, idempotency_key=email.idempotency_key
+        )
+
     def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:
-        """Each greeting in turn, each answer yielded on its own; a failure is yielded in its
-        place, not raised."""
-        for position, email in enumerate(emails):
-            yield [(position, _sent_or_error(self, email))]
+        return send_in_turn(self, emails)
 
     def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return [job(item) for item in items]
@@ -155,11 +170,24 @@ class EmailSender:
         self._transport.close()
 
 
-def _sent_or_error(sender: EmailSender, email: Email) -> Receipt | SendError:
+class OneSender(Protocol):
+    """A provider's client: one greeting, a Receipt or a raised SendError."""
+
+    def send_email(self, email: Email) -> Receipt: ...
+
+    def close(self) -> None: ...
+
+
+def send_in_turn(sender: OneSender, emails: Sequence[Email]) -> Iterator[list[Answer]]:
+    """Each greeting in turn, each answer yielded on its own; a failure is yielded in its
+    place, not raised."""
+    for position, email in enumerate(emails):
+        yield [(position, _sent_or_error(sender, email))]
+
+
+def _sent_or_error(sender: OneSender, email: Email) -> Receipt | SendError:
     try:
-        return sender.send(
-            email=email.email, message=email.message, idempotency_key=email.idempotency_key
-        )
+        return sender.send_email(email)
     except SendError as exc:
         return exc
 
@@ -178,7 +206,7 @@ class SendPool:
         caller records a 200 while the slower requests are still out (a crash between a 200
         and its record is what sends a greeting twice)."""
         if len(emails) <= 1:
-            yield from EmailSender.send_many(get_sender(), emails)
+            yield from send_in_turn(get_sender(), emails)
             return
         arrived: queue.SimpleQueue[tuple[int, Future[Receipt | SendError]]] = queue.SimpleQueue()
         for position, email in enumerate(emails):
@@ -256,6 +284,7 @@ def classify(response: httpx.Response, elapsed_s: float = 0.0) -> Receipt:
             detail,
             status=status,
             retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
+            throttled=status == 429,
         )
     raise PermanentSendError(detail, status=status)
 
