@@ -65,7 +65,13 @@ def show(message_id: str, as_json: bool) -> None:
         click.echo(json.dumps(row, indent=2))
         return
     for name, value in row.items():
-        click.echo(f"{name + ':':<21}{'-' if value is None else value}")
+        shown = "-" if value is None else str(value)
+        click.echo(f"{name + ':':<21}{_indented(shown, 21)}")
+
+
+def _indented(text: str, width: int) -> str:
+    """A many-line value (a greeting's body) with its later lines under its first."""
+    return text.replace("\n", "\n" + " " * width)
 
 
 @click.command("preview")
@@ -79,7 +85,8 @@ def show(message_id: str, as_json: bool) -> None:
 @click.option("--zone", "zone_name", default=None, help="Only users in this IANA zone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def preview(day, zone_name, as_json) -> None:
-    """Who is owed a greeting on a date, at which instant (UTC and local); writes nothing."""
+    """Who is owed a greeting on a date, at which instant (UTC and local), and the words it
+    will carry; writes nothing."""
     from bday.ops.preview import preview as owed_on
 
     result = owed_on((day or datetime.now(UTC)).date(), zone_name)
@@ -93,6 +100,8 @@ def preview(day, zone_name, as_json) -> None:
             f"{item.timezone:<24} {item.message_type:<11} {item.user_id}  {item.name}"
             f"  [{item.planned or 'not planned yet'}]"
         )
+        click.echo(f"      subject: {item.subject}")
+        click.echo(f"      body:    {_indented(item.text, 15)}")
     click.echo("by instant (UTC):")
     for at, count in result.by_instant():
         click.echo(f"  {at:%Y-%m-%d %H:%M}Z  {count}")
