@@ -28,12 +28,14 @@ from zoneinfo import ZoneInfo
 from pydantic import (
     AliasChoices,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bday.core.mail import sender_address, starttls_wanted
 from bday.core.occasions import is_known_zone
 from bday.core.templates import BUILT_IN, Catalogue, TemplateError, parse_catalogue
 
@@ -74,6 +76,10 @@ class Settings(BaseSettings):
         "EMAIL_SERVICE_URL", "https://email-service.digitalenvision.com.au"
     )
     email_service_timeout_ms: int = _env("EMAIL_SERVICE_TIMEOUT", 10_000, gt=0, le=600_000)
+    # Mail through SMTP (EMAIL_SERVICE_URL=smtp://... or smtps://...): the sender, and the
+    # password when it is not in the URL (never shown: SecretStr).
+    email_from: str | None = _env("EMAIL_FROM", None)
+    email_service_password: SecretStr | None = _env("EMAIL_SERVICE_PASSWORD", None)
     send_time: time = _env("SEND_TIME", time(9, 0))
     feb29_policy: Literal["feb28", "mar1"] = _env("FEB29_POLICY", "feb28")
     catch_up_hours: int = _env("CATCH_UP_HOURS", 48, gt=0, le=24 * 366)
@@ -160,8 +166,24 @@ class Settings(BaseSettings):
 
     @field_validator("email_service_url")
     @classmethod
-    def _check_http_url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https")).rstrip("/")
+    def _check_service_url(cls, value: str) -> str:
+        _check_url(value, ("http", "https", "smtp", "smtps"))
+        parts = urlsplit(value)
+        if parts.scheme.startswith("smtp"):
+            if parts.path not in ("", "/"):
+                raise ValueError("an SMTP URL has no path (smtp://user:password@host:port)")
+            if parts.scheme == "smtps" and parts.query:
+                raise ValueError("smtps:// takes no options (TLS from the start)")
+            starttls_wanted(parts.query)
+        return value.rstrip("/")
+
+    @field_validator("email_from")
+    @classmethod
+    def _check_email_from(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        sender_address(value.strip())
+        return value.strip()
 
     @field_validator("templates_dir", mode="before")
     @classmethod
@@ -202,6 +224,15 @@ class Settings(BaseSettings):
         if not is_known_zone(value):
             raise ValueError("unknown IANA time zone")
         return value
+
+    @model_validator(mode="after")
+    def _smtp_needs_a_sender(self) -> Settings:
+        if self.email_service_url.startswith("smtp") and self.email_from is None:
+            raise ValueError(
+                "EMAIL_FROM is required with an smtp:// or smtps:// EMAIL_SERVICE_URL "
+                "(e.g. 'Greetings <hello@example.com>')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _max_delay_covers_first_delay(self) -> Settings:

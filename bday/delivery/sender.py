@@ -335,24 +335,48 @@ def _shared_sender(key: tuple[Any, ...], settings: Settings) -> EmailSender:
     return _shared[key]
 
 
-def get_sender() -> EmailSender:
-    """This thread's sender for the current settings (rebuilt after fork).
+class Provider(OneSender, Sends, Protocol):
+    """A sender the batch can use directly (one greeting at a time)."""
+
+
+def get_sender() -> Provider:
+    """This thread's sender for the current settings (rebuilt after fork): the HTTP client,
+    or an SMTP session for an smtp:// or smtps:// EMAIL_SERVICE_URL (the provider's seam).
 
     One keep-alive client per worker thread rather than one shared pool: with 64 threads on
     one httpx pool, py-spy showed most worker time waiting on httpcore's pool lock (its
-    request-to-connection assignment runs under one lock), and throughput fell with it.
+    request-to-connection assignment runs under one lock), and throughput fell with it. For
+    SMTP a session is one conversation at a time anyway: the process holds at most one per
+    sending thread (`send_pool_size`), each kept open across greetings.
     """
     settings = get_settings()
-    key = (os.getpid(), settings.email_service_url, settings.email_service_timeout_ms)
-    if _green():
+    key = (
+        os.getpid(),
+        settings.email_service_url,
+        settings.email_service_timeout_ms,
+        settings.email_from,
+        settings.email_service_password,
+    )
+    smtp = settings.email_service_url.startswith("smtp")
+    if _green() and not smtp:
         return _shared_sender(key, settings)
-    sender: EmailSender | None = getattr(_local, "sender", None)
+    sender: Provider | None = getattr(_local, "sender", None)
     if sender is None or _local.key != key:
-        sender = EmailSender(
-            settings.email_service_url, settings.email_service_timeout_s, max_connections=1
-        )
+        if sender is not None:
+            sender.close()
+        sender = _new_sender(settings, smtp)
         _local.sender, _local.key = sender, key
     return sender
+
+
+def _new_sender(settings: Settings, smtp: bool) -> Provider:
+    if smtp:
+        from bday.delivery.smtp import SmtpSender, SmtpTarget  # smtp imports this module
+
+        return SmtpSender(SmtpTarget.from_settings(settings))
+    return EmailSender(
+        settings.email_service_url, settings.email_service_timeout_s, max_connections=1
+    )
 
 
 _pools: dict[tuple[int, int], SendPool] = {}
