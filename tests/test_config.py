@@ -58,8 +58,8 @@ BAD = [
     ("FEB29_POLICY", "feb30", "feb28"),
     ("CATCH_UP_HOURS", "0", "greater than 0"),
     ("EMAIL_SERVICE_TIMEOUT", "-5", "greater than 0"),
-    ("EMAIL_SERVICE_URL", "not a url", "http/https URL"),
-    ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https URL"),
+    ("EMAIL_SERVICE_URL", "not a url", "http/https/smtp/smtps URL"),
+    ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https/smtp/smtps URL"),
     ("RABBITMQ_URL", "localhost:5672", "amqp"),
     ("RABBITMQ_URL", "amqp://guest@host:notaport//", "not a URL"),
     ("RABBITMQ_URL", "amqp://guest@n1:5672//;n2:5672", "amqp"),  # each node of a failover list
