@@ -175,9 +175,10 @@ def describe(received: Received) -> str:
     )
 
 
-def run(host: str, port: int) -> None:
+def run(host: str, port: int, refuse: dict[str, str] | None = None) -> None:
     """Serve until interrupted, printing one line per message received."""
     fake = FakeSmtp(host, port, on_message=lambda r: print(describe(r), flush=True))
+    fake.refuse.update(refuse or {})
     with fake:
         print(f"fake SMTP service on {fake.url}", flush=True)
         try:
