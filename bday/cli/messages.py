@@ -70,8 +70,10 @@ def show(message_id: str, as_json: bool) -> None:
 
 
 def _indented(text: str, width: int) -> str:
-    """A many-line value (a greeting's body) with its later lines under its first."""
-    return text.replace("\n", "\n" + " " * width)
+    """A many-line value (a greeting's body) with its later lines under its first (blank
+    lines stay blank)."""
+    first, *rest = text.split("\n")
+    return "\n".join([first, *(f"{' ' * width}{line}" if line else "" for line in rest)])
 
 
 @click.command("preview")
