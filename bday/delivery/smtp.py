@@ -120,13 +120,24 @@ def message_id(key: str, domain: str) -> str:
 
 
 def _one_line(text: str) -> str:
-    return "".join(
-        " " if unicodedata.category(char) in ("Cc", "Zl", "Zp") else char for char in text
-    )
+    """`text` safe as a header value: line breaks and other controls become spaces, a lone
+    surrogate (not encodable) U+FFFD."""
+    return "".join(_SAFE.get(unicodedata.category(char), char) for char in text)
+
+
+_SAFE = {"Cc": " ", "Zl": " ", "Zp": " ", "Cs": "\ufffd"}
 
 
 def _wire(message: EmailMessage, utf8: bool) -> bytes:
-    return message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+    return message.as_bytes(policy=_UTF8_WIRE if utf8 else _WIRE)
+
+
+# Lines up to RFC 5322's hard limit, 998: the email package's folding of a long quoted display
+# name drops its quotes (`"aaa...@example.com" <ada@...>` came out as an unquoted name that
+# reads as a second address; found by the hostile-name property test). A name is at most 100
+# characters, so its header is never folded; a longer Subject still is (unstructured: safe).
+_WIRE = policy.SMTP.clone(max_line_length=998)
+_UTF8_WIRE = policy.SMTPUTF8.clone(max_line_length=998)
 
 
 # --- replies -----------------------------------------------------------------------------------

@@ -8,11 +8,14 @@ import time
 from email.headerregistry import Address
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from bday.config import SettingsError, load_settings
 from bday.delivery.sender import Email, PermanentSendError, TransientSendError
-from bday.delivery.smtp import SmtpSender, SmtpTarget, build_message, classify_reply
-from bday.devtools.fake_smtp import DROP, DROP_AFTER_ACCEPT, FakeSmtp
+from bday.delivery.smtp import SmtpSender, SmtpTarget, _wire, build_message, classify_reply
+from bday.devtools.fake_smtp import DROP, DROP_AFTER_ACCEPT, FakeSmtp, Received
+from tests.users.test_bad_input_properties import hostile_text
 
 FROM = "Greetings Team <hello@greetings.example>"
 
@@ -109,6 +112,33 @@ def test_a_hostile_name_or_subject_cannot_add_a_header(server, sender, hostile):
     assert message["To"].addresses[0].addr_spec == "ada@example.com"
     header_block = received.data.split(b"\r\n\r\n", 1)[0]
     assert all(line[:1] in b" \t" or b":" in line for line in header_block.split(b"\r\n"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=hostile_text, subject=hostile_text, body=st.text(max_size=200))
+@example(name="a" * 65 + "@example.com", subject="", body="")  # lost its quotes when folded
+@example(name="Bob <evil@example.com>, eve@example.com", subject="x" * 300, body="")
+def test_no_name_subject_or_body_from_the_bad_input_suite_can_add_or_break_a_header(
+    name, subject, body
+):
+    sender = Address("G", "hello", "greetings.example")
+    wire = _wire(build_message(greeting(name=name, subject=subject, message=body), sender), False)
+    message = Received("hello@greetings.example", ("ada@example.com",), wire, 1).message
+    names = [key.lower() for key in message]  # the header names
+    assert sorted(names) == sorted(
+        [
+            "from",
+            "to",
+            "subject",
+            "date",
+            "message-id",
+            "content-type",
+            "content-transfer-encoding",
+            "mime-version",
+        ]
+    )
+    assert message["To"].addresses[0].addr_spec == "ada@example.com"
+    assert message["Message-ID"] == "<6f1c2c9e-0000-4000-8000-000000000001@greetings.example>"
 
 
 def test_the_message_id_is_the_same_on_every_attempt_of_one_greeting():
