@@ -102,7 +102,8 @@ def build_message(email: Email, sender: Address, *, date: str | None = None) -> 
     replaced, so no value can end a header or start another."""
     message = EmailMessage(policy=_BUILD)
     message["From"] = sender
-    message["To"] = Address(display_name=_one_line(email.name), addr_spec=email.email)
+    name = _one_line(email.name)[:_NAME_MAX]
+    message["To"] = Address(display_name=name, addr_spec=email.email)
     message["Subject"] = _one_line(email.subject)
     message["Date"] = date or formatdate(usegmt=True)
     message["Message-ID"] = message_id(email.idempotency_key, sender.domain)
@@ -129,15 +130,31 @@ _SAFE = {"Cc": " ", "Zl": " ", "Zp": " ", "Cs": "\ufffd"}
 
 
 def _wire(message: EmailMessage, utf8: bool) -> bytes:
-    return message.as_bytes(policy=_UTF8_WIRE if utf8 else _WIRE)
+    wire = policy.SMTPUTF8 if utf8 else policy.SMTP
+    if _quoted_and_long(message):
+        wire = wire.clone(max_line_length=998)
+    return message.as_bytes(policy=wire)
 
 
-# Lines up to RFC 5322's hard limit, 998: the email package's folding of a long quoted display
-# name drops its quotes (`"aaa...@example.com" <ada@...>` came out as an unquoted name that
-# reads as a second address; found by the hostile-name property test). A name is at most 100
-# characters, so its header is never folded; a longer Subject still is (unstructured: safe).
-_WIRE = policy.SMTP.clone(max_line_length=998)
-_UTF8_WIRE = policy.SMTPUTF8.clone(max_line_length=998)
+# The email package's folding of a long quoted display name drops its quotes:
+# `"aaa...@example.com" <ada@...>` came out as an unquoted name that reads as another address
+# (found by the hostile-name property test). Such a To header is written unfolded, on one
+# line of at most 998 characters (RFC 5322's limit; a name is at most 100 characters). Other
+# headers keep the usual 78, so encoded words stay within RFC 2047's 75.
+# Names are at most 100 characters (bday.users.api); a longer one (never stored) is cut, so a
+# To header always fits one line.
+_NAME_MAX = 200
+_SPECIALS = frozenset('()<>[]:;@\\,."')
+
+
+def _quoted_and_long(message: EmailMessage) -> bool:
+    to = message["To"].addresses[0]
+    name = to.display_name
+    return (
+        name.isascii()
+        and any(char in _SPECIALS for char in name)
+        and len(name) + len(to.addr_spec) > 60
+    )
 
 
 # --- replies -----------------------------------------------------------------------------------

@@ -141,6 +141,18 @@ def test_no_name_subject_or_body_from_the_bad_input_suite_can_add_or_break_a_hea
     assert message["Message-ID"] == "<6f1c2c9e-0000-4000-8000-000000000001@greetings.example>"
 
 
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(st.sampled_from('aZë山 @<>",.;:\\()[]x'), min_size=1, max_size=100))
+def test_a_name_of_specials_in_any_script_and_length_stays_a_display_name(name):
+    sender = Address("G", "hello", "greetings.example")
+    wire = _wire(build_message(greeting(name=name), sender), False)
+    [to] = (
+        Received("hello@greetings.example", ("ada@example.com",), wire, 1).message["To"].addresses
+    )
+    assert to.addr_spec == "ada@example.com"
+    assert all(len(line) <= 998 for line in wire.split(b"\r\n"))
+
+
 def test_the_message_id_is_the_same_on_every_attempt_of_one_greeting():
     sender = Address("G", "hello", "greetings.example")
     first = build_message(greeting(key="abc-1"), sender)
