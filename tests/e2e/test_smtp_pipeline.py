@@ -8,10 +8,11 @@ import time
 import pytest
 
 from bday.devtools import factories
-from bday.devtools.fake_smtp import FakeSmtp
+from bday.devtools.fake_smtp import FakeSmtp, _free_port
+from bday.ops.status import read_database
 from bday.scheduling import jobs
 from bday.store.db import transaction
-from tests.e2e.conftest import next_instant, rows
+from tests.e2e.conftest import add_due_messages, next_instant, rows
 from tests.e2e.stack import queue_counts, statuses, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -106,3 +107,26 @@ def test_a_worker_with_a_bad_template_refuses_to_start_with_one_line(stack, tmp_
         f"bday: invalid setting TEMPLATES_DIR='{directory}': {directory}/birthday.body.txt: "
         "unknown placeholder $fullname (a birthday knows $first_name, $last_name, $full_name, $age)"
     )
+
+
+def test_a_mail_server_down_then_back_costs_probes_and_loses_nothing(stack):
+    port = _free_port("127.0.0.1")
+    server = FakeSmtp(port=port)  # not listening yet: the server is down
+    ids = add_due_messages(12, next_instant(2))
+    env = {
+        "EMAIL_SERVICE_URL": f"smtp://127.0.0.1:{port}?starttls=off",
+        "EMAIL_FROM": "hello@greetings.example",
+        "BREAKER_COOLDOWN": "1",
+        "BREAKER_COOLDOWN_MAX": "2",
+    }
+    stack.start_worker(extra_env=env)
+    jobs.enqueue_job()
+    wait_until(lambda: read_database().breaker_state == "open", 30, "the breaker open")
+    time.sleep(3)  # a few probes meet the closed port
+    assert statuses()["SENT"] == 0 and statuses()["FAILED"] == 0
+    with server:
+        wait_until(lambda: statuses()["SENT"] == 12, 60, "all sent once the server is back")
+        received = server.wait_for(12)
+    assert statuses()["FAILED"] == 0 and len(received) == 12
+    sent_ids = sorted(r.message["Message-ID"] for r in received)
+    assert sent_ids == sorted(f"<{message_id}@greetings.example>" for message_id in ids)
