@@ -327,8 +327,8 @@ def test_the_url_forms_and_the_password_setting():
     submission = target("smtp://user%40corp:p%40ss@smtp.example.com")
     assert (submission.port, submission.starttls, submission.username) == (587, True, "user@corp")
     assert submission.password == "p@ss"
-    implicit = target("smtps://user@smtp.example.com", EMAIL_SERVICE_PASSWORD="from-setting")
-    assert (implicit.port, implicit.implicit_tls, implicit.password) == (465, True, "from-setting")
+    implicit = target("smtps://user@smtp.example.com", EMAIL_SERVICE_PASSWORD="pw-set")
+    assert (implicit.port, implicit.implicit_tls, implicit.password) == (465, True, "pw-set")
     settings = load_settings(
         EMAIL_SERVICE_URL="smtps://u@h.example.com",
         EMAIL_FROM=FROM,
