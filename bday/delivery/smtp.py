@@ -255,15 +255,18 @@ class SmtpSender:
     def _deliver(self, email: Email) -> tuple[int, str]:
         reused = self._session is not None
         try:
-            return self._transaction(self._open(), email)
-        except _Stale:
+            return self._transaction(self._open(), email, reused=reused)
+        except _Stale as stale:
             if not reused:
-                raise _connection_error(smtplib.SMTPServerDisconnected("closed")) from None
-            # The server closed the idle session before this greeting said anything: nothing
-            # was sent, so one fresh session is safe.
-            return self._transaction(self._open(), email)
+                raise stale.error from None
+        # The server closed the idle session before this greeting said anything: nothing was
+        # sent, so one fresh session is safe (and costs the greeting no retry).
+        try:
+            return self._transaction(self._open(), email, reused=False)
+        except _Stale as stale:
+            raise stale.error from None
 
-    def _transaction(self, session: smtplib.SMTP, email: Email) -> tuple[int, str]:
+    def _transaction(self, session: smtplib.SMTP, email: Email, *, reused: bool) -> tuple[int, str]:
         message = build_message(email, self.target.sender)
         utf8 = not (email.email.isascii() and str(self.target.sender).isascii())
         options = ["SMTPUTF8"] if utf8 else []
@@ -273,7 +276,11 @@ class SmtpSender:
                 code, reply = session.mail(sender, options)
             except (OSError, smtplib.SMTPServerDisconnected) as exc:
                 self._drop()
-                raise _Stale() from exc
+                raise _Stale(_connection_error(exc)) from exc
+            if code == 421 and reused and not _error(code, _text(reply)).throttled:
+                # What a server says when it closes a session that sat idle too long.
+                self._drop()
+                raise _Stale(_error(code, _text(reply)))
             if code != 250:
                 raise _Refused(code, reply)
             code, reply = session.rcpt(email.email)
@@ -345,7 +352,12 @@ class SmtpSender:
 
 
 class _Stale(Exception):
-    """A kept session turned out to be closed at the first command of a greeting."""
+    """A kept session turned out to be closed at the first command of a greeting; `error` is
+    what the greeting meets if a fresh session cannot be had either."""
+
+    def __init__(self, error: SendError):
+        super().__init__(str(error))
+        self.error = error
 
 
 @functools.cache

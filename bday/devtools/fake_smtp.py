@@ -51,6 +51,7 @@ class FakeSmtp:
         self.received: list[Received] = []
         self.refuse: dict[str, str] = {}
         self.sessions = 0
+        self.idle_before = 0  # sessions up to this number are told they sat idle too long
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
         self._on_message = on_message
@@ -64,6 +65,12 @@ class FakeSmtp:
         """What the next DATA commands meet, in order (then 250 again)."""
         with self._lock:
             self._script.extend(answers)
+
+    def close_idle_sessions(self) -> None:
+        """The next MAIL on a session opened before now meets the 421 a server sends when it
+        closes a session that sat idle too long."""
+        with self._lock:
+            self.idle_before = self.sessions
 
     def start(self) -> FakeSmtp:
         from aiosmtpd.controller import Controller
@@ -130,7 +137,10 @@ class _Handler:
         self.fake = fake
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        self.fake._session_number(session)
+        number = self.fake._session_number(session)
+        if number <= self.fake.idle_before:
+            server.loop.call_later(_CLOSE_AFTER_S, server.transport.close)
+            return "421 4.4.2 idle timeout, closing connection"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"

@@ -229,6 +229,21 @@ def test_a_session_the_server_closed_while_idle_is_reopened_without_a_retry_spen
     assert len(server.wait_for(2)) == 2 and server.sessions == 2
 
 
+def test_a_421_for_a_session_that_sat_idle_opens_a_new_one_without_a_retry_spent(server, sender):
+    sender.send_email(greeting(key="k1"))
+    server.close_idle_sessions()
+    sender.send_email(greeting(key="k2"))
+    assert [r.session for r in server.wait_for(2)] == [1, 2]
+
+
+def test_a_fresh_session_that_fails_too_is_a_transient_error(server, sender):
+    sender.send_email(greeting(key="k1"))
+    server.close_idle_sessions()
+    server.stop()  # the kept session is gone and no new one can be had
+    with pytest.raises(TransientSendError, match="connection error"):
+        sender.send_email(greeting(key="k2"))
+
+
 def test_a_server_that_is_down_is_a_transient_connection_error():
     sender = SmtpSender(target("smtp://127.0.0.1:9?starttls=off"))
     with pytest.raises(TransientSendError, match="connection error") as caught:
