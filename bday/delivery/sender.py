@@ -312,7 +312,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 _local = threading.local()
-_shared: dict[tuple[Any, ...], EmailSender] = {}
+_shared: dict[tuple[Any, ...], Provider] = {}
 
 
 def _green() -> bool:
@@ -325,13 +325,19 @@ def _green() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def _shared_sender(key: tuple[Any, ...], settings: Settings) -> EmailSender:
+def _shared_sender(key: tuple[Any, ...], settings: Settings, smtp: bool) -> Provider:
     if key not in _shared:
-        _shared[key] = EmailSender(
-            settings.email_service_url,
-            settings.email_service_timeout_s,
-            max_connections=settings.queue_concurrency + 2,
-        )
+        if smtp:
+            from bday.delivery.smtp import SmtpPool, SmtpTarget  # smtp imports this module
+
+            target = SmtpTarget.from_settings(settings)
+            _shared[key] = SmtpPool(target, settings.queue_concurrency + 2)
+        else:
+            _shared[key] = EmailSender(
+                settings.email_service_url,
+                settings.email_service_timeout_s,
+                max_connections=settings.queue_concurrency + 2,
+            )
     return _shared[key]
 
 
@@ -358,8 +364,8 @@ def get_sender() -> Provider:
         settings.email_service_password,
     )
     smtp = settings.email_service_url.startswith("smtp")
-    if _green() and not smtp:
-        return _shared_sender(key, settings)
+    if _green():
+        return _shared_sender(key, settings, smtp)
     sender: Provider | None = getattr(_local, "sender", None)
     if sender is None or _local.key != key:
         if sender is not None:

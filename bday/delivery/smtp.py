@@ -18,6 +18,7 @@ Replies, in one place (`classify_reply`):
 from __future__ import annotations
 
 import functools
+import queue
 import re
 import smtplib
 import ssl
@@ -349,6 +350,34 @@ class SmtpSender:
         session, self._session = self._session, None
         if session is not None:
             session.close()
+
+
+class SmtpPool:
+    """Up to `size` sessions shared by many callers, each greeting on a session no one else is
+    using (SMTP is one conversation at a time per connection). For Celery's gevent pool, where
+    a greenlet per task would otherwise open a session per greeting and leave it open."""
+
+    def __init__(self, target: SmtpTarget, size: int):
+        self._idle: queue.LifoQueue[SmtpSender] = queue.LifoQueue()
+        for _ in range(size):
+            self._idle.put(SmtpSender(target))
+
+    def send_email(self, email: Email) -> Receipt:
+        sender = self._idle.get()  # the most recently used: its session is the likeliest open
+        try:
+            return sender.send_email(email)
+        finally:
+            self._idle.put(sender)
+
+    def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:
+        return send_in_turn(self, emails)
+
+    def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        return [job(item) for item in items]
+
+    def close(self) -> None:
+        while not self._idle.empty():
+            self._idle.get_nowait().close()
 
 
 class _Stale(Exception):

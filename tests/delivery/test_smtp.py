@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from bday.config import SettingsError, load_settings
 from bday.delivery.sender import Email, PermanentSendError, TransientSendError
-from bday.delivery.smtp import SmtpSender, SmtpTarget, _wire, build_message, classify_reply
+from bday.delivery.smtp import (
+    SmtpPool,
+    SmtpSender,
+    SmtpTarget,
+    _wire,
+    build_message,
+    classify_reply,
+)
 from bday.devtools.fake_smtp import DROP, DROP_AFTER_ACCEPT, FakeSmtp, Received
 from tests.users.test_bad_input_properties import hostile_text
 
@@ -257,6 +264,16 @@ def test_starttls_is_required_unless_turned_off(server):
     with pytest.raises(TransientSendError, match="offers no STARTTLS"):
         sender.send_email(greeting())
     assert server.received == []
+
+
+def test_a_shared_pool_never_holds_more_sessions_than_its_size(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = SmtpPool(target(server.url), size=3)
+    with ThreadPoolExecutor(12) as callers:
+        list(callers.map(lambda n: pool.send_email(greeting(key=f"k{n}")), range(30)))
+    pool.close()
+    assert len(server.wait_for(30)) == 30 and server.sessions <= 3
 
 
 def test_the_probe_says_noop(server, sender):
