@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 from datetime import time
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -27,13 +28,16 @@ from zoneinfo import ZoneInfo
 from pydantic import (
     AliasChoices,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from bday.core.mail import sender_address, starttls_wanted
 from bday.core.occasions import is_known_zone
+from bday.core.templates import BUILT_IN, Catalogue, TemplateError, parse_catalogue
 
 
 class SettingsError(Exception):
@@ -72,6 +76,10 @@ class Settings(BaseSettings):
         "EMAIL_SERVICE_URL", "https://email-service.digitalenvision.com.au"
     )
     email_service_timeout_ms: int = _env("EMAIL_SERVICE_TIMEOUT", 10_000, gt=0, le=600_000)
+    # Mail through SMTP (EMAIL_SERVICE_URL=smtp://... or smtps://...): the sender, and the
+    # password when it is not in the URL (never shown: SecretStr).
+    email_from: str | None = _env("EMAIL_FROM", None)
+    email_service_password: SecretStr | None = _env("EMAIL_SERVICE_PASSWORD", None)
     send_time: time = _env("SEND_TIME", time(9, 0))
     feb29_policy: Literal["feb28", "mar1"] = _env("FEB29_POLICY", "feb28")
     catch_up_hours: int = _env("CATCH_UP_HOURS", 48, gt=0, le=24 * 366)
@@ -131,6 +139,8 @@ class Settings(BaseSettings):
     )
     email_service_burst: int = _env("EMAIL_SERVICE_BURST", 5, ge=1, le=100_000)
     lateness_budget_s: float = _seconds("LATENESS_BUDGET", 3600.0, gt=0)
+    # The greetings' words (bday.core.templates); unset: the built-in texts.
+    templates_dir: Path | None = _env("TEMPLATES_DIR", None)
 
     @field_validator("send_time", mode="before")
     @classmethod
@@ -158,8 +168,38 @@ class Settings(BaseSettings):
 
     @field_validator("email_service_url")
     @classmethod
-    def _check_http_url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https")).rstrip("/")
+    def _check_service_url(cls, value: str) -> str:
+        _check_url(value, ("http", "https", "smtp", "smtps"))
+        parts = urlsplit(value)
+        if parts.scheme.startswith("smtp"):
+            if parts.path not in ("", "/"):
+                raise ValueError("an SMTP URL has no path (smtp://user:password@host:port)")
+            if parts.scheme == "smtps" and parts.query:
+                raise ValueError("smtps:// takes no options (TLS from the start)")
+            starttls_wanted(parts.query)
+        return value.rstrip("/")
+
+    @field_validator("email_from")
+    @classmethod
+    def _check_email_from(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        sender_address(value.strip())
+        return value.strip()
+
+    @field_validator("templates_dir", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _check_templates(cls, value: Path | None) -> Path | None:
+        # Checked with the settings, so the worker, beat and every command refuse a bad
+        # template at start (one line naming the file), never at the first send.
+        if value is not None:
+            load_catalogue(value)
+        return value
 
     @field_validator(
         "cron_minute_schedule",
@@ -186,6 +226,15 @@ class Settings(BaseSettings):
         if not is_known_zone(value):
             raise ValueError("unknown IANA time zone")
         return value
+
+    @model_validator(mode="after")
+    def _smtp_needs_a_sender(self) -> Settings:
+        if self.email_service_url.startswith("smtp") and self.email_from is None:
+            raise ValueError(
+                "EMAIL_FROM is required with an smtp:// or smtps:// EMAIL_SERVICE_URL "
+                "(e.g. 'Greetings <hello@example.com>')"
+            )
+        return self
 
     @model_validator(mode="after")
     def _max_delay_covers_first_delay(self) -> Settings:
@@ -216,6 +265,11 @@ class Settings(BaseSettings):
     def cron_zone(self) -> ZoneInfo:
         return ZoneInfo(self.cron_timezone)
 
+    @property
+    def catalogue(self) -> Catalogue:
+        """The greetings' templates: TEMPLATES_DIR's, or the built-in ones."""
+        return load_catalogue(self.templates_dir) if self.templates_dir else BUILT_IN
+
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
     try:
@@ -238,6 +292,30 @@ def _check_libpq_options(value: str) -> str:
     except ProgrammingError as exc:
         raise ValueError(str(exc).strip().splitlines()[0]) from None
     return value
+
+
+# Names an editor or a file manager leaves beside the files (`.birthday.body.txt.swp`).
+_HIDDEN = "."
+
+
+@functools.cache
+def load_catalogue(directory: Path) -> Catalogue:
+    """The templates in `directory` (layout: docs/contract.md, "Templates"), read once per
+    process. Raises `TemplateError` (one line naming the file)."""
+    if not directory.is_dir():
+        raise TemplateError(f"{directory}: not a directory")
+    files = {}
+    for path in sorted(directory.rglob("*")):
+        relative = path.relative_to(directory)
+        if path.is_dir() or any(part.startswith(_HIDDEN) for part in relative.parts):
+            continue
+        try:
+            files[relative.as_posix()] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise TemplateError(f"{path}: not valid UTF-8 (byte at offset {exc.start})") from None
+        except OSError as exc:
+            raise TemplateError(f"{path}: cannot read ({exc.strerror})") from None
+    return parse_catalogue(files, str(directory))
 
 
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")

@@ -58,8 +58,8 @@ BAD = [
     ("FEB29_POLICY", "feb30", "feb28"),
     ("CATCH_UP_HOURS", "0", "greater than 0"),
     ("EMAIL_SERVICE_TIMEOUT", "-5", "greater than 0"),
-    ("EMAIL_SERVICE_URL", "not a url", "http/https URL"),
-    ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https URL"),
+    ("EMAIL_SERVICE_URL", "not a url", "http/https/smtp/smtps URL"),
+    ("EMAIL_SERVICE_URL", "ftp://example.com", "http/https/smtp/smtps URL"),
     ("RABBITMQ_URL", "localhost:5672", "amqp"),
     ("RABBITMQ_URL", "amqp://guest@host:notaport//", "not a URL"),
     ("RABBITMQ_URL", "amqp://guest@n1:5672//;n2:5672", "amqp"),  # each node of a failover list
@@ -124,3 +124,54 @@ def test_a_failover_list_of_cluster_nodes_is_a_valid_rabbitmq_url(monkeypatch):
     monkeypatch.setenv("DATABASE_POOLER", "transaction")
     settings = load_settings()
     assert settings.rabbitmq_url == urls and settings.database_pooler == "transaction"
+
+
+def _templates(directory, **overrides):
+    files = {
+        "birthday.subject.txt": "Happy birthday, $first_name",
+        "birthday.body.txt": "Dear $full_name",
+        "anniversary.subject.txt": "$years years",
+        "anniversary.body.txt": "Thanks, $first_name",
+        **overrides,
+    }
+    for name, text in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        (directory / name).write_text(text, encoding="utf-8")
+    return directory
+
+
+def test_templates_dir_is_read_and_checked_with_the_settings(monkeypatch, tmp_path):
+    from bday.core.occasions import Kind
+
+    monkeypatch.setenv("TEMPLATES_DIR", str(_templates(tmp_path, **{"de/.x.swp": "junk"})))
+    assert load_settings().catalogue.pick(Kind.BIRTHDAY, "de").text == "Dear $full_name"
+    monkeypatch.setenv("TEMPLATES_DIR", "")
+    assert load_settings().templates_dir is None
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ({"birthday.body.txt": "Dear $nmae"}, "birthday.body.txt: unknown placeholder $nmae"),
+        ({"de/birthday.body.txt": "Hallo"}, "de/birthday.subject.txt: missing"),
+        ({"birthday.body.txt": b"\xff"}, "birthday.body.txt: not valid UTF-8"),
+    ],
+)
+def test_a_bad_template_stops_start_up_with_one_line_naming_the_file(
+    monkeypatch, tmp_path, files, problem
+):
+    directory = _templates(tmp_path, **{k: v for k, v in files.items() if isinstance(v, str)})
+    for name, raw in files.items():
+        if isinstance(raw, bytes):
+            (directory / name).write_bytes(raw)
+    monkeypatch.setenv("TEMPLATES_DIR", str(directory))
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert str(caught.value).startswith(f"invalid setting TEMPLATES_DIR='{directory}': ")
+    assert f"{directory}/{problem}" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_templates_dir_that_is_not_a_directory_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("TEMPLATES_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(SettingsError, match="nowhere: not a directory"):
+        load_settings()

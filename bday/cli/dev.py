@@ -1,4 +1,5 @@
-"""`bday fake-email-service`: the local stand-in for the email service."""
+"""`bday fake-email-service` and `bday fake-smtp-service`: local stand-ins for the email
+service (HTTP) and a mail server (SMTP)."""
 
 from __future__ import annotations
 
@@ -79,6 +80,35 @@ def fake_email_service(
         rate_limit=rate_limit,
         retry_after=not no_retry_after,
     )
+
+
+@click.command("fake-smtp-service")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; loopback unless you mean to expose it.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=2525, show_default=True)
+@click.option(
+    "--refuse",
+    multiple=True,
+    metavar="ADDRESS",
+    help="Answer RCPT for this address with 550 (a mailbox that does not exist); repeatable.",
+)
+def fake_smtp_service(host, port, refuse) -> None:
+    """Serve SMTP (no TLS, no AUTH) and print one line per message received: point
+    EMAIL_SERVICE_URL=smtp://127.0.0.1:2525?starttls=off at it. Needs the dev extra
+    (aiosmtpd)."""
+    from bday.cli.main import Failure
+    from bday.devtools import fake_smtp
+
+    try:
+        import aiosmtpd  # noqa: F401
+    except ImportError:
+        raise Failure("fake-smtp-service needs aiosmtpd: pip install 'bday[dev]'") from None
+    refused = {address.lower(): "550 5.1.1 no such mailbox" for address in refuse}
+    fake_smtp.run(host, port, refused)
 
 
 @click.command("demo")

@@ -53,13 +53,14 @@ def db_current() -> None:
 
 def _register_subcommands() -> None:
     from bday.cli import ops as cli_ops
-    from bday.cli.dev import demo, fake_email_service
+    from bday.cli.dev import demo, fake_email_service, fake_smtp_service
     from bday.cli.messages import messages, preview
     from bday.cli.users import users
 
     for command in (
         users,
         fake_email_service,
+        fake_smtp_service,
         cli_ops.status,
         cli_ops.health,
         cli_ops.replay,

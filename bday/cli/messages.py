@@ -68,10 +68,18 @@ def show(message_id: str, as_json: bool) -> None:
     failed = row["status"] == Status.FAILED
     for name, value in row.items():
         if failed or name not in history.FAILURE_FIELDS:
-            click.echo(f"{name + ':':<21}{'-' if value is None else value}")
+            shown = "-" if value is None else str(value)
+            click.echo(f"{name + ':':<21}{_indented(shown, 21)}")
     if not failed:  # the row's latest failure is history now: shown as such, last
         described = history.describe_earlier(earlier) if earlier else "none"
         click.echo(f"{'earlier failure:':<21}{described}")
+
+
+def _indented(text: str, width: int) -> str:
+    """A many-line value (a greeting's body) with its later lines under its first (blank
+    lines stay blank)."""
+    first, *rest = text.split("\n")
+    return "\n".join([first, *(f"{' ' * width}{line}" if line else "" for line in rest)])
 
 
 @click.command("preview")
@@ -85,7 +93,8 @@ def show(message_id: str, as_json: bool) -> None:
 @click.option("--zone", "zone_name", default=None, help="Only users in this IANA zone.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def preview(day, zone_name, as_json) -> None:
-    """Who is owed a greeting on a date, at which instant (UTC and local); writes nothing."""
+    """Who is owed a greeting on a date, at which instant (UTC and local), and the words it
+    will carry; writes nothing."""
     from bday.ops.preview import preview as owed_on
 
     result = owed_on((day or datetime.now(UTC)).date(), zone_name)
@@ -99,6 +108,8 @@ def preview(day, zone_name, as_json) -> None:
             f"{item.timezone:<24} {item.message_type:<11} {item.user_id}  {item.name}"
             f"  [{item.planned or 'not planned yet'}]"
         )
+        click.echo(f"      subject: {item.subject}")
+        click.echo(f"      body:    {_indented(item.text, 15)}")
     click.echo("by instant (UTC):")
     for at, count in result.by_instant():
         click.echo(f"  {at:%Y-%m-%d %H:%M}Z  {count}")

@@ -26,6 +26,10 @@ def _user_options(required: bool):
                 "--opt-out",
                 help="No greetings of these types: all, birthday, anniversary (none: all on).",
             ),
+            click.option(
+                "--locale",
+                help="Language of the greetings, BCP 47 (de, de-AT; '' for the default).",
+            ),
         ]
         for option in reversed(options):
             command = option(command)
@@ -127,7 +131,7 @@ def list_(limit: int | None, no_header: bool) -> None:
 )
 def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, max_delete: int):
     """Import users from a CSV file (header: first_name,last_name,email,birthday,timezone
-    [,anniversary][,opt_out]), one user per line. Valid rows are kept; bad rows are listed
+    [,anniversary][,opt_out][,locale]), one user per line. Valid rows are kept; bad rows are listed
     with their line numbers (exit 1 if any); an unusable file is refused whole (exit 2).
     With --update or --sync, users are matched by email and the file is the source of truth."""
     from bday.cli.errors import Failure

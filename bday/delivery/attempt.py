@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bday.config import Settings, get_settings
 from bday.core import retries
-from bday.core.occasions import message_text
+from bday.core.templates import Catalogue, placeholder_values, render
 from bday.delivery.breaker import Breaker, Permit
 from bday.delivery.pacing import Pacer, Slot
 from bday.delivery.sender import (
@@ -238,8 +238,9 @@ def _deliver_all(
     except _DB_ERRORS as exc:
         return outcomes.results(_away(exc))
     services = Services(breaker, pacer)
-    for answers in sender.send_many([_email(row) for row, _, _ in claimed]):
-        sent: list[tuple[Claimed, Receipt, int]] = []
+    emails = [_email(row, settings.catalogue) for row, _, _ in claimed]
+    for answers in sender.send_many(emails):
+        sent: list[tuple[Claimed, Receipt, int, Email]] = []
         for position, answer in answers:
             row, permit, index = claimed[position]
             try:
@@ -248,7 +249,7 @@ def _deliver_all(
                     breaker.record_success(permit, answered)
                     if pacer is not None:
                         pacer.note_sent(answered)
-                    sent.append((row, answer, index))
+                    sent.append((row, answer, index, emails[position]))
                 else:
                     outcomes[index] = _after_failed_send(row, permit, answer, services, settings)
             except _DB_ERRORS as exc:
@@ -386,6 +387,8 @@ def record_delivered(delivered: dict[str, Any]) -> Outcome:
             status=delivered["status"],
             response=delivered["response"],
             via=delivered["via"],
+            subject=delivered.get("subject"),
+            body=delivered.get("body"),
         )
     except _DB_ERRORS as exc:
         return _away(exc)
@@ -393,22 +396,38 @@ def record_delivered(delivered: dict[str, Any]) -> Outcome:
     return Outcome(Action.DONE, "sent")
 
 
-def _email(claimed: Claimed) -> Email:
+def _email(claimed: Claimed, catalogue: Catalogue) -> Email:
+    """The greeting in the words of the user's language (its template's fallback chain)."""
+    values = placeholder_values(
+        claimed.message_type,
+        claimed.first_name,
+        claimed.last_name,
+        claimed.occasion_date,
+        claimed.original_date,
+    )
+    words = render(catalogue.pick(claimed.message_type, claimed.locale), values)
     return Email(
         claimed.email,
-        message_text(claimed.message_type, claimed.first_name, claimed.last_name),
+        words.text,
         str(claimed.id),
+        subject=words.subject,
+        html=words.html,
+        name=values["full_name"],
     )
 
 
-def _record_sent(sent: list[tuple[Claimed, Receipt, int]], via: str) -> list[tuple[int, Outcome]]:
-    """Write SENT for every accepted greeting in one statement; if the database is away, each
-    becomes RECORD (its job comes back only to write SENT, never to send again)."""
+def _record_sent(
+    sent: list[tuple[Claimed, Receipt, int, Email]], via: str
+) -> list[tuple[int, Outcome]]:
+    """Write SENT for every accepted greeting in one statement, with the words it carried; if
+    the database is away, each becomes RECORD (its job comes back only to write SENT, never to
+    send again)."""
     if not sent:
         return []
     done = datetime.now(UTC)
+    rows = [(c.id, r.status, r.body, e.subject, e.message) for c, r, _, e in sent]
     try:
-        messages.record_sent([(c.id, r.status, r.body) for c, r, _ in sent], done, via)
+        messages.record_sent(rows, done, via)
     except _DB_ERRORS:
         at = done.isoformat()
         return [
@@ -423,12 +442,14 @@ def _record_sent(sent: list[tuple[Claimed, Receipt, int]], via: str) -> list[tup
                         "status": r.status,
                         "response": r.body,
                         "via": via,
+                        "subject": e.subject,
+                        "body": e.message,
                     },
                 ),
             )
-            for c, r, index in sent
+            for c, r, index, e in sent
         ]
-    for claimed, receipt, _ in sent:
+    for claimed, receipt, _, _ in sent:
         metrics.record_sent(
             claimed.message_type, (done - claimed.scheduled_send_time).total_seconds()
         )
@@ -438,14 +459,14 @@ def _record_sent(sent: list[tuple[Claimed, Receipt, int]], via: str) -> list[tup
             claimed.message_type,
             receipt.elapsed_s * 1000,
         )
-    slowest = max(receipt.elapsed_s for _, receipt, _ in sent)
+    slowest = max(receipt.elapsed_s for _, receipt, _, _ in sent)
     log.info(
         "sent %d (slowest %.0f ms): %s",
         len(sent),
         slowest * 1000,
-        " ".join(str(claimed.id) for claimed, _, _ in sent),
+        " ".join(str(claimed.id) for claimed, _, _, _ in sent),
     )
-    return [(index, _SENT) for _, _, index in sent]
+    return [(index, _SENT) for _, _, index, _ in sent]
 
 
 _SENT = Outcome(Action.DONE, "sent")
@@ -459,7 +480,7 @@ def _after_failed_send(
         breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
         return _after_permanent(claimed, exc)
     assert isinstance(exc, TransientSendError)
-    if exc.status == 429:  # pacing, not an outage: the service answered, so it is up
+    if exc.throttled:  # pacing, not an outage: the service answered, so it is up
         breaker.record_success(permit, datetime.now(UTC))
         return _after_throttled(claimed, exc, services.pacer)
     breaker.record_failure(permit, datetime.now(UTC), exc)
@@ -561,7 +582,7 @@ def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | N
     wait_s = (slot.at - now.timestamp()) if slot else (exc.retry_after_s or 1.0)
     wait_s = max(wait_s, exc.retry_after_s or 0.0)
     _back_to_queue("throttled", claimed, exc, now, wait_s)
-    log.info("message %s: throttled (429), again in %.1f s", claimed.id, wait_s)
+    log.info("message %s: throttled (%s), again in %.1f s", claimed.id, exc.status, wait_s)
     return Outcome(Action.DEFER, "throttled", wait_s, slot)
 
 

@@ -39,15 +39,23 @@ class SendError(Exception):
     """Base of the two outcomes that are not success."""
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after_s: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+        throttled: bool = False,
     ):
         super().__init__(message)
         self.status = status
         self.retry_after_s = retry_after_s
+        # The provider says we go too fast (HTTP 429, an SMTP throttling answer): pacing,
+        # not a failure (no retry spent, the shared rate lowered).
+        self.throttled = throttled
 
 
 class TransientSendError(SendError):
-    """Worth trying again later: timeout, connection error, 429 or 5xx."""
+    """Worth trying again later: timeout, connection error, 429 or 5xx (for SMTP: 4xx)."""
 
 
 class PermanentSendError(SendError):
@@ -56,11 +64,16 @@ class PermanentSendError(SendError):
 
 @dataclass(frozen=True, slots=True)
 class Email:
-    """One greeting to send: what `EmailSender.send` takes."""
+    """One greeting to send: what a sender's `send_email` takes. The HTTP service gets the
+    address and the plain-text `message`; mail also carries the subject, the HTML part and
+    the recipient's display name."""
 
     email: str
     message: str
     idempotency_key: str
+    subject: str = ""
+    html: str | None = None
+    name: str = ""
 
 
 T = TypeVar("T")
@@ -142,11 +155,13 @@ class EmailSender:
         metrics.record_email_call(receipt.elapsed_s, None)
         return receipt
 
+    def send_email(self, email: Email) -> Receipt:
+        return self.send(
+            email=email.email, message=email.message, idempotency_key=email.idempotency_key
+        )
+
     def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:
-        """Each greeting in turn, each answer yielded on its own; a failure is yielded in its
-        place, not raised."""
-        for position, email in enumerate(emails):
-            yield [(position, _sent_or_error(self, email))]
+        return send_in_turn(self, emails)
 
     def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]:
         return [job(item) for item in items]
@@ -155,11 +170,24 @@ class EmailSender:
         self._transport.close()
 
 
-def _sent_or_error(sender: EmailSender, email: Email) -> Receipt | SendError:
+class OneSender(Protocol):
+    """A provider's client: one greeting, a Receipt or a raised SendError."""
+
+    def send_email(self, email: Email) -> Receipt: ...
+
+    def close(self) -> None: ...
+
+
+def send_in_turn(sender: OneSender, emails: Sequence[Email]) -> Iterator[list[Answer]]:
+    """Each greeting in turn, each answer yielded on its own; a failure is yielded in its
+    place, not raised."""
+    for position, email in enumerate(emails):
+        yield [(position, _sent_or_error(sender, email))]
+
+
+def _sent_or_error(sender: OneSender, email: Email) -> Receipt | SendError:
     try:
-        return sender.send(
-            email=email.email, message=email.message, idempotency_key=email.idempotency_key
-        )
+        return sender.send_email(email)
     except SendError as exc:
         return exc
 
@@ -178,7 +206,7 @@ class SendPool:
         caller records a 200 while the slower requests are still out (a crash between a 200
         and its record is what sends a greeting twice)."""
         if len(emails) <= 1:
-            yield from EmailSender.send_many(get_sender(), emails)
+            yield from send_in_turn(get_sender(), emails)
             return
         arrived: queue.SimpleQueue[tuple[int, Future[Receipt | SendError]]] = queue.SimpleQueue()
         for position, email in enumerate(emails):
@@ -256,6 +284,7 @@ def classify(response: httpx.Response, elapsed_s: float = 0.0) -> Receipt:
             detail,
             status=status,
             retry_after_s=retry_after_seconds(response.headers.get("Retry-After")),
+            throttled=status == 429,
         )
     raise PermanentSendError(detail, status=status)
 
@@ -283,7 +312,7 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 _local = threading.local()
-_shared: dict[tuple[Any, ...], EmailSender] = {}
+_shared: dict[tuple[Any, ...], Provider] = {}
 
 
 def _green() -> bool:
@@ -296,34 +325,64 @@ def _green() -> bool:
     return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def _shared_sender(key: tuple[Any, ...], settings: Settings) -> EmailSender:
+def _shared_sender(key: tuple[Any, ...], settings: Settings, smtp: bool) -> Provider:
     if key not in _shared:
-        _shared[key] = EmailSender(
-            settings.email_service_url,
-            settings.email_service_timeout_s,
-            max_connections=settings.queue_concurrency + 2,
-        )
+        if smtp:
+            from bday.delivery.smtp import SmtpPool, SmtpTarget  # smtp imports this module
+
+            target = SmtpTarget.from_settings(settings)
+            _shared[key] = SmtpPool(target, settings.queue_concurrency + 2)
+        else:
+            _shared[key] = EmailSender(
+                settings.email_service_url,
+                settings.email_service_timeout_s,
+                max_connections=settings.queue_concurrency + 2,
+            )
     return _shared[key]
 
 
-def get_sender() -> EmailSender:
-    """This thread's sender for the current settings (rebuilt after fork).
+class Provider(OneSender, Sends, Protocol):
+    """A sender the batch can use directly (one greeting at a time)."""
+
+
+def get_sender() -> Provider:
+    """This thread's sender for the current settings (rebuilt after fork): the HTTP client,
+    or an SMTP session for an smtp:// or smtps:// EMAIL_SERVICE_URL (the provider's seam).
 
     One keep-alive client per worker thread rather than one shared pool: with 64 threads on
     one httpx pool, py-spy showed most worker time waiting on httpcore's pool lock (its
-    request-to-connection assignment runs under one lock), and throughput fell with it.
+    request-to-connection assignment runs under one lock), and throughput fell with it. For
+    SMTP a session is one conversation at a time anyway: the process holds at most one per
+    sending thread (`send_pool_size`), each kept open across greetings.
     """
     settings = get_settings()
-    key = (os.getpid(), settings.email_service_url, settings.email_service_timeout_ms)
+    key = (
+        os.getpid(),
+        settings.email_service_url,
+        settings.email_service_timeout_ms,
+        settings.email_from,
+        settings.email_service_password,
+    )
+    smtp = settings.email_service_url.startswith("smtp")
     if _green():
-        return _shared_sender(key, settings)
-    sender: EmailSender | None = getattr(_local, "sender", None)
+        return _shared_sender(key, settings, smtp)
+    sender: Provider | None = getattr(_local, "sender", None)
     if sender is None or _local.key != key:
-        sender = EmailSender(
-            settings.email_service_url, settings.email_service_timeout_s, max_connections=1
-        )
+        if sender is not None:
+            sender.close()
+        sender = _new_sender(settings, smtp)
         _local.sender, _local.key = sender, key
     return sender
+
+
+def _new_sender(settings: Settings, smtp: bool) -> Provider:
+    if smtp:
+        from bday.delivery.smtp import SmtpSender, SmtpTarget  # smtp imports this module
+
+        return SmtpSender(SmtpTarget.from_settings(settings))
+    return EmailSender(
+        settings.email_service_url, settings.email_service_timeout_s, max_connections=1
+    )
 
 
 _pools: dict[tuple[int, int], SendPool] = {}

@@ -3,6 +3,7 @@
 Checks: RabbitMQ reachable with the queues declared; PostgreSQL reachable and migrated to head;
 at least one worker answering a ping; beat ticked within two enqueue intervals (+30 s). An
 open email-service breaker is reported as degraded: the system is alive and will catch up.
+With an SMTP provider the email-service check also opens a session and asks NOOP.
 """
 
 from __future__ import annotations
@@ -101,15 +102,41 @@ def check_email_service(now: datetime | None = None) -> Check:
         state = status.read_database(now)
     except Exception as exc:  # noqa: BLE001
         return Check("email-service", False, f"cannot read breaker ({_short(exc)})")
+    probed = _smtp_probe()
+    if probed is not None and not probed.ok:
+        return probed
+    said = f"; {probed.detail}" if probed is not None else ""
     if state.breaker_state == "closed":
-        return Check("email-service", True, "breaker closed")
+        return Check("email-service", True, f"breaker closed{said}")
     return Check(
         "email-service",
         True,
         f"breaker {state.breaker_state} for {state.breaker_open_s:.0f} s "
-        f"({state.breaker_last_error or 'no error recorded'}); sends are deferred",
+        f"({state.breaker_last_error or 'no error recorded'}); sends are deferred{said}",
         degraded=True,
     )
+
+
+def _smtp_probe() -> Check | None:
+    """For an SMTP provider, a session of its own (EHLO, STARTTLS, AUTH as configured) and a
+    NOOP: a wrong host, port, certificate or password fails here before any greeting does.
+    None for the HTTP provider (its health is the breaker's)."""
+    from bday.delivery.sender import SendError
+    from bday.delivery.smtp import SmtpSender, SmtpTarget, is_smtp
+
+    settings = get_settings()
+    if not is_smtp(settings.email_service_url):
+        return None
+    target = SmtpTarget.from_settings(settings)
+    where = f"SMTP {target.host}:{target.port}"
+    sender = SmtpSender(target)
+    try:
+        answer = sender.probe()
+    except SendError as exc:
+        return Check("email-service", False, f"{where}: {exc}")
+    finally:
+        sender.close()
+    return Check("email-service", True, f"{where} answers NOOP with {answer}")
 
 
 def enqueue_interval(now: datetime, expression: str | None = None) -> timedelta:

@@ -36,6 +36,8 @@ DETAIL = (
     "cancelled_at",
     "updated_at",
     "sent_via",
+    "subject",
+    "body",
     "provider_status",
     "provider_response",
     "failure_reason",

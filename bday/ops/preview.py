@@ -15,7 +15,8 @@ from typing import Any
 from sqlalchemy import select
 
 from bday.config import get_settings
-from bday.core.occasions import zone
+from bday.core.occasions import Kind, zone
+from bday.core.templates import placeholder_values, render
 from bday.scheduling import planner
 from bday.store import messages
 from bday.store.db import transaction
@@ -35,6 +36,8 @@ class Owed:
     send_at_utc: datetime
     send_at_local: datetime
     planned: str | None  # the status of its row, if planned already
+    subject: str = ""  # the words the greeting will carry (the user's language's template)
+    text: str = ""
 
 
 @dataclass
@@ -83,6 +86,11 @@ def preview(day: date, zone_name: str | None = None) -> Preview:
         user = users[user_id]
         if wanted_zone is not None and user.timezone != wanted_zone:
             continue
+        original = user.birthday if occasion.kind is Kind.BIRTHDAY else user.anniversary
+        values = placeholder_values(
+            occasion.kind, user.first_name, user.last_name, occasion.local_date, original
+        )
+        words = render(settings.catalogue.pick(occasion.kind, user.locale), values)
         result.owed.append(
             Owed(
                 str(user_id),
@@ -92,6 +100,8 @@ def preview(day: date, zone_name: str | None = None) -> Preview:
                 occasion.send_at,
                 occasion.send_at.astimezone(zone(user.timezone)),
                 planned.get(key),
+                words.subject,
+                words.text,
             )
         )
     result.owed.sort(key=lambda item: (item.send_at_utc, item.message_type, item.user_id))

@@ -125,16 +125,19 @@ def live_id_by_key(session: Session, key: str) -> uuid.UUID | None:
     return found
 
 
-# Clear the stored service answers and errors (they may quote the address) on the rows the
-# WHERE clause's first condition names, whatever their status. Not a status change.
-_FORGET = """UPDATE messages SET provider_response = NULL, last_error = NULL, updated_at = :now
-              WHERE {rows} AND (provider_response IS NOT NULL OR last_error IS NOT NULL)"""
+# Clear the stored service answers and errors (they may quote the address) and the words
+# sent (they name the person) on the rows the WHERE clause's first condition names, whatever
+# their status. Not a status change.
+_FORGET = """UPDATE messages SET provider_response = NULL, last_error = NULL, subject = NULL,
+                                 body = NULL, updated_at = :now
+              WHERE {rows} AND (provider_response IS NOT NULL OR last_error IS NOT NULL
+                                OR subject IS NOT NULL OR body IS NOT NULL)"""
 _FORGET_ANSWERS = text(_FORGET.format(rows="user_id = :user_id"))
 
 
 def forget_answers(session: Session, user_id: uuid.UUID, now: datetime) -> int:
-    """Erasure: clear the stored service answers and errors (they may quote the address) on
-    every row of the user, whatever its status. Not a status change."""
+    """Erasure: clear the stored service answers and errors (they may quote the address) and
+    the words sent on every row of the user, whatever its status. Not a status change."""
     return _rowcount(session.execute(_FORGET_ANSWERS, {"user_id": user_id, "now": now}))
 
 
@@ -614,6 +617,9 @@ class Claimed:
     last_name: str
     user_deleted: bool
     send_deadline: datetime | None
+    occasion_date: date
+    original_date: date | None  # the birthday or first working day the occasion marks
+    locale: str | None
 
 
 _CLAIM_MANY = f"""
@@ -627,7 +633,10 @@ _CLAIM_MANY = f"""
        AND (j.token IS NULL OR m.dispatch_token IS NULL OR m.dispatch_token = j.token)
        AND m.scheduled_send_time <= %(now)s
     RETURNING m.id, m.message_type, m.scheduled_send_time, m.retry_count,
-              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline
+              u.email, u.first_name, u.last_name, u.deleted_at IS NOT NULL, m.send_deadline,
+              m.occasion_date,
+              CASE m.message_type WHEN 'BIRTHDAY' THEN u.birthday ELSE u.anniversary END,
+              u.locale
     """
 
 
@@ -657,25 +666,30 @@ _RECORD_SENT = f"""
     UPDATE messages m
        SET status = '{Status.SENT}', sent_at = %(now)s, updated_at = %(now)s,
            lease_expires_at = NULL, provider_status = s.status, provider_response = s.response,
-           sent_via = %(via)s
+           sent_via = %(via)s, subject = s.subject, body = s.body
       FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(statuses)s AS integer[]),
-                  CAST(%(responses)s AS text[])) AS s(id, status, response)
+                  CAST(%(responses)s AS text[]), CAST(%(subjects)s AS text[]),
+                  CAST(%(bodies)s AS text[])) AS s(id, status, response, subject, body)
      WHERE m.id = s.id AND m.status = '{SENDING}'
     """
 
+# (id, the service's status, its answer, the subject sent, the body sent)
+Sent = tuple[uuid.UUID, int, str, str | None, str | None]
 
-def record_sent(
-    sent: Sequence[tuple[uuid.UUID, int, str]], now: datetime, via: str = "queue"
-) -> int:
-    """SENDING -> SENT for each (id, HTTP status, response) the service accepted, in one
-    statement; returns rows changed (a row recovery took back meanwhile is left alone)."""
+
+def record_sent(sent: Sequence[Sent], now: datetime, via: str = "queue") -> int:
+    """SENDING -> SENT for each greeting the service accepted, in one statement, with the
+    words it carried; returns rows changed (a row recovery took back meanwhile is left
+    alone)."""
     if not sent:
         return 0
-    ordered = sorted(sent)
+    ordered = sorted(sent, key=lambda row: row[0])
     params = {
         "ids": [row[0] for row in ordered],
         "statuses": [row[1] for row in ordered],
         "responses": [row[2] for row in ordered],
+        "subjects": [row[3] for row in ordered],
+        "bodies": [row[4] for row in ordered],
         "now": now,
         "via": via,
     }
@@ -686,7 +700,7 @@ def record_sent(
 _MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s,
                         updated_at = %(now)s, lease_expires_at = NULL,
                         provider_status = %(status)s, provider_response = %(response)s,
-                        sent_via = %(via)s
+                        sent_via = %(via)s, subject = %(subject)s, body = %(body)s
                   WHERE id = %(id)s"""
 
 _FINISH = {
@@ -740,6 +754,8 @@ def finish(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> in
         "next_at": None,
         "token": None,
         "via": "queue",
+        "subject": None,
+        "body": None,
         **values,
     }
     with fast_autocommit() as connection:

@@ -75,6 +75,8 @@ class User(Base):
     birthday: Mapped[date] = mapped_column(Date)
     anniversary: Mapped[date | None] = mapped_column(Date)
     timezone: Mapped[str] = mapped_column(String(64))
+    # A BCP 47 tag (`de-AT`) choosing the greeting's template; NULL: the default one.
+    locale: Mapped[str | None] = mapped_column(String(35))
     # Greetings are owed only for instants after the user held their current date and zone
     # (docs/contract.md, behaviour 2); these record since when each combination has held.
     birthday_owed_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -142,6 +144,9 @@ class Message(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(32))
     provider_status: Mapped[int | None] = mapped_column(Integer)
     provider_response: Mapped[str | None] = mapped_column(Text)
+    # The words a sent greeting carried (personal data: erasure clears them).
+    subject: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
     sent_via: Mapped[str | None] = mapped_column(String(16))
     send_deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

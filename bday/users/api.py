@@ -21,6 +21,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from bday.core.locales import canonical_locale
 from bday.core.occasions import Kind, is_known_zone, zone
 from bday.delivery import breaker
 from bday.store import messages
@@ -34,7 +35,16 @@ EMAIL_MAX = 320
 LOCAL_PART_MAX = 64
 log = logging.getLogger(__name__)
 EARLIEST_YEAR = 1900
-FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary", "opt_out")
+FIELDS = (
+    "first_name",
+    "last_name",
+    "email",
+    "birthday",
+    "timezone",
+    "anniversary",
+    "opt_out",
+    "locale",
+)
 # The opt-out column of the CSV and the --opt-out option: a word for each set of types.
 OPT_OUT_WORDS = {
     "": frozenset(),
@@ -54,12 +64,14 @@ def create_user(
     timezone: str,
     anniversary: date | str | None = None,
     opt_out: Any = None,
+    locale: str | None = None,
 ) -> uuid.UUID:
     """Validate and store a new user, plan their greetings, and return the new id.
 
     `opt_out`: greeting types the user does not want ("birthday", "anniversary", "all", or a
-    set of `Kind`). Raises `UserInputError` for any invalid field, including an email already
-    used by a live user. Nothing is written when it raises.
+    set of `Kind`). `locale`: a BCP 47 tag (`de-AT`) choosing the greeting's language (None:
+    the default templates). Raises `UserInputError` for any invalid field, including an
+    email already used by a live user. Nothing is written when it raises.
     """
     values = clean_user_fields(
         dict(
@@ -70,6 +82,7 @@ def create_user(
             timezone=timezone,
             anniversary=anniversary,
             opt_out=opt_out,
+            locale=locale,
         ),
     )
     user = new_user(values, _now())
@@ -198,8 +211,9 @@ def clean_user_fields(values: dict[str, Any], today: date | None = None) -> dict
     """Validated, normalised copies of all user fields. Raises `UserInputError`.
 
     The one validation of a user: `create_user`, `update_user`, the CLI and the CSV import all
-    come through here, so a value refused by one is refused by all. `opt_out` is in the result
-    only when it is in `values` (an import file without the column leaves it as it is).
+    come through here, so a value refused by one is refused by all. `opt_out` and `locale` are
+    in the result only when they are in `values` (an import file without the column leaves
+    them as they are).
     """
     tz = clean_timezone(values.get("timezone"))
     today = today or datetime.now(zone(tz)).date()
@@ -215,7 +229,22 @@ def clean_user_fields(values: dict[str, Any], today: date | None = None) -> dict
     }
     if "opt_out" in values:
         cleaned["opt_out"] = clean_opt_out(values["opt_out"])
+    if "locale" in values:
+        cleaned["locale"] = clean_locale(values["locale"])
     return cleaned
+
+
+def clean_locale(value: Any) -> str | None:
+    """None (the default templates) for None or blank; else a BCP 47 tag in canonical case."""
+    if value is None:
+        return None
+    tag = _text("locale", value, "a language tag such as de-AT").strip()
+    if not tag:
+        return None
+    try:
+        return canonical_locale(tag)
+    except ValueError as exc:
+        raise UserInputError("locale", str(exc)) from None
 
 
 def clean_opt_out(value: Any) -> frozenset[Kind]:

@@ -1,6 +1,6 @@
 """`bday users import FILE.csv`: many users at once, every row validated, bad rows reported.
 
-Columns: first_name,last_name,email,birthday,timezone[,anniversary][,opt_out] (header
+Columns: first_name,last_name,email,birthday,timezone[,anniversary][,opt_out][,locale] (header
 required, any order, each named once). Valid rows are inserted in batches; an invalid row, or
 an email already used (in the database or earlier in the file), is reported with its line
 number and skipped. `bday.users.sync` builds --update, --sync and --dry-run on this reader.
@@ -33,7 +33,7 @@ from bday.users import hooks
 from bday.users.api import UserInputError, clean_user_fields, new_user
 
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
-OPTIONAL = ("anniversary", "opt_out")
+OPTIONAL = ("anniversary", "opt_out", "locale")
 BATCH = 1000
 MAX_LINE = 64 * 1024  # bytes; a valid row is under 2 KB, whitespace and quotes included
 MAX_SKIP = 16 * 1024 * 1024  # an over-long line running this far without a line end ends the read
@@ -140,7 +140,7 @@ def _check_header(text: str, path: Path) -> list[str]:
     unknown = [name[:40] for name in header if name not in REQUIRED + OPTIONAL]
     if missing or unknown:
         raise ImportFileError(
-            f"{path}: header must name {', '.join(REQUIRED)} [, anniversary, opt_out]; "
+            f"{path}: header must name {', '.join(REQUIRED)} [, {', '.join(OPTIONAL)}]; "
             + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}")
         )
     return header

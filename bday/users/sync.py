@@ -223,7 +223,15 @@ def _delete(absent: Absent, result: SyncResult, dry_run: bool) -> None:
 
 # --- export -----------------------------------------------------------------------------------
 
-EXPORT_COLUMNS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary")
+EXPORT_COLUMNS = (
+    "first_name",
+    "last_name",
+    "email",
+    "birthday",
+    "timezone",
+    "anniversary",
+    "locale",
+)
 
 
 def export_rows() -> Iterator[list[str]]:

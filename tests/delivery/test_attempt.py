@@ -56,6 +56,7 @@ def ada(
     retry_count=0,
     deleted=False,
     email="ada@example.com",
+    locale=None,
 ) -> uuid.UUID:
     user = factories.user_row(
         "Ada",
@@ -64,6 +65,7 @@ def ada(
         birthday=date(1990, 3, 5),
         owed_from=datetime(2020, 1, 1, tzinfo=UTC),
         deleted_at=NOW if deleted else None,
+        locale=locale,
     )
     message = factories.message_row(
         user["id"], scheduled, status=status, dispatch_token=token, retry_count=retry_count
@@ -129,6 +131,37 @@ def test_a_due_message_is_sent_with_the_exact_text_and_its_id_as_idempotency_key
         stored["sent_via"],
     ) == (Status.SENT, 200, 1, "queue")
     assert stored["sent_at"] is not None and stored["lease_expires_at"] is None
+    assert stored["subject"] == "Happy birthday, Ada!"
+    assert stored["body"] == "Hey, Ada Lovelace it's your birthday"
+
+
+@respx.mock
+def test_the_users_language_picks_the_template_and_the_row_keeps_the_words_sent(
+    breaker, sender, tmp_path
+):
+    for name, words in {
+        "birthday.subject.txt": "Happy birthday",
+        "birthday.body.txt": "Happy birthday, $first_name",
+        "anniversary.subject.txt": "Anniversary",
+        "anniversary.body.txt": "$years years",
+        "de/birthday.subject.txt": "Alles Gute, $first_name!\n",
+        "de/birthday.body.txt": "Liebe $full_name, alles Gute zum $age. Geburtstag!\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(words, encoding="utf-8")
+    settings = load_settings(EMAIL_SERVICE_URL=URL, BREAKER_IDLE=0, TEMPLATES_DIR=str(tmp_path))
+    route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200))
+    austrian, english = ada(locale="de-AT"), ada(email="ada2@example.com")
+    for message_id in (austrian, english):
+        assert go(message_id, sender, breaker, settings).action is Action.DONE
+    bodies = [call.request.read().decode() for call in route.calls]
+    assert "Liebe Ada Lovelace, alles Gute zum 37. Geburtstag!" in bodies[0]
+    assert '"message":"Happy birthday, Ada"' in bodies[1]
+    assert (row(austrian)["subject"], row(austrian)["body"]) == (
+        "Alles Gute, Ada!",
+        "Liebe Ada Lovelace, alles Gute zum 37. Geburtstag!",
+    )
+    assert row(english)["body"] == "Happy birthday, Ada"
 
 
 @respx.mock

@@ -84,10 +84,14 @@ def test_messages_show_prints_every_counter_timestamp_and_answer(monkeypatch, ca
         provider_response='{"ok": true}',
         sent_via="queue",
         last_error="HTTP 503",
+        subject="Alles Gute, Ada!",
+        body="Liebe Ada,\nalles Gute!",
     )
     code, out, _ = bday(monkeypatch, capsys, "messages", "show", str(message_id))
     assert code == 0
-    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert f"body:{' ' * 16}Liebe Ada,\n{' ' * 21}alles Gute!\n" in out
+    lines = dict(line.split(":", 1) for line in out.splitlines() if not line.startswith(" "))
+    assert lines["subject"].strip() == "Alles Gute, Ada!"
     assert lines["attempts"].strip() == "3" and lines["retry_count"].strip() == "2"
     assert lines["deferrals"].strip() == "1" and lines["sent_via"].strip() == "queue"
     assert lines["provider_response"].strip() == '{"ok": true}'
@@ -165,3 +169,26 @@ def test_preview_shows_the_status_of_a_greeting_already_planned(monkeypatch, cap
     assert code == 0 and out.splitlines()[1].endswith("[QUEUED]")
     code, out, _ = bday(monkeypatch, capsys, "preview", "--date", "2028-03-05")
     assert out.splitlines()[1].endswith("[not planned yet]")
+
+
+def test_preview_shows_the_words_each_greeting_will_carry_in_its_users_language(
+    monkeypatch, capsys, tmp_path, settings_env
+):
+    for name, words in {
+        "birthday.subject.txt": "Happy birthday",
+        "birthday.body.txt": "Happy $age, $first_name",
+        "anniversary.subject.txt": "Anniversary",
+        "anniversary.body.txt": "$years years",
+        "de/birthday.subject.txt": "Alles Gute",
+        "de/birthday.body.txt": "Alles Gute zum $age., $first_name",
+    }.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(words, encoding="utf-8")
+    settings_env.setenv("TEMPLATES_DIR", str(tmp_path))
+    _user("ada@example.com", "1990-03-05", "Europe/Vienna", locale="de-AT")
+    _user("bob@example.com", "1980-03-05", "Europe/London", anniversary="2015-03-05")
+    code, out, _ = bday(monkeypatch, capsys, "preview", "--date", "2027-03-05")
+    assert code == 0
+    assert "      body:    Alles Gute zum 37., Ada\n" in out
+    assert "      body:    Happy 47, Bob\n" in out and "      body:    12 years\n" in out
+    assert "      subject: Alles Gute\n" in out

@@ -229,11 +229,15 @@ def test_an_answer_stored_after_erasure_by_a_send_in_flight_is_cleared_by_recove
         )
     users.erase_user(erased)
     answer = f'{{"to": "{ERASED_EMAIL}"}}'
-    assert store.record_sent([(in_flight, 200, answer), (bobs, 200, '{"to": "bob"}')], now) == 2
-    assert _tables_holding(ERASED_EMAIL) == ["messages.provider_response"]
+    sent = [
+        (in_flight, 200, answer, "Hi", f"Hey {ERASED_EMAIL}"),
+        (bobs, 200, '{"to": "bob"}', "Hi", "Hey Bob"),
+    ]
+    assert store.record_sent(sent, now) == 2
+    assert sorted(_tables_holding(ERASED_EMAIL)) == ["messages.body", "messages.provider_response"]
     result = jobs.recover_job(now, service_answering=True)
     assert result["forgot_late_answers"] == 1
     assert _tables_holding(ERASED_EMAIL) == []
     by_id = {m.id: m for m in messages()}
     assert by_id[in_flight].status == by_id[bobs].status == Status.SENT  # counts hold
-    assert by_id[bobs].provider_response == '{"to": "bob"}'
+    assert by_id[bobs].provider_response == '{"to": "bob"}' and by_id[bobs].body == "Hey Bob"

@@ -25,7 +25,7 @@ from tests.harness.cli import bday
 
 pytestmark = pytest.mark.usefixtures("database")
 
-HEADER = "first_name,last_name,email,birthday,timezone,anniversary,opt_out"
+HEADER = "first_name,last_name,email,birthday,timezone,anniversary,locale,opt_out"
 # Whole-hour zones across the world, so every instant is on the hour.
 ZONES = [f"Etc/GMT{-offset:+d}" if offset else "UTC" for offset in range(-11, 15)]
 
@@ -57,6 +57,7 @@ def _person(i: int, rng: random.Random, today: date) -> dict:
         "birthday": birthday.isoformat(),
         "timezone": rng.choice(ZONES),
         "anniversary": anniversary.isoformat() if anniversary else "",
+        "locale": "",
         "opt_out": "",
     }
 
@@ -226,6 +227,7 @@ def test_export_writes_the_import_format_and_a_sync_of_it_changes_nothing(
     people = _people(30)
     people[0]["opt_out"], people[1]["opt_out"] = "all", "anniversary"
     people[2]["first_name"] = 'Zoë, "the" Ñ'  # a comma and quotes survive the round trip
+    people[3]["locale"], people[4]["locale"] = "de-AT", "pt-BR"
     source = tmp_path / "in.csv"
     _write(source, people)
     assert bday(monkeypatch, capsys, "users", "import", str(source))[0] == 0

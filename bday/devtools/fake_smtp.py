@@ -1,0 +1,198 @@
+"""`bday fake-smtp-service`: a real SMTP server (aiosmtpd) that keeps what it receives, for
+tests, the demo and newcomers trying templates without a mail account.
+
+It accepts every greeting, unless told to answer otherwise: `refuse` maps a recipient to the
+reply its RCPT gets (`550 5.1.1 no such user`), and `script()` queues what the next DATA
+commands meet: a reply (`451 4.7.0 rate limited`, `421 4.7.0 closing`, after which the
+session is closed as a real server does), `DROP_AFTER_ACCEPT` (the message is kept, the
+connection closed before the 250: the ambiguous case) or `DROP` (closed, nothing kept).
+
+aiosmtpd is in the `dev` extra, imported only here.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+DROP = "drop"
+DROP_AFTER_ACCEPT = "drop-after-accept"
+_CLOSE_AFTER_S = 0.05  # a 421's session is closed just after the reply is on its way
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message the server accepted."""
+
+    mail_from: str
+    recipients: tuple[str, ...]
+    data: bytes
+    session: int  # which connection brought it (1, 2, ...)
+
+    @property
+    def message(self) -> EmailMessage:
+        # As a mail client reads it: the wire's CRLF line ends become \n.
+        parsed = message_from_bytes(self.data.replace(b"\r\n", b"\n"), policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        return parsed
+
+
+class FakeSmtp:
+    """The server, on a thread of its own: `start()`, then point an smtp:// URL at `.url`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_message=None):
+        self.host, self.port = host, port or _free_port(host)
+        self.received: list[Received] = []
+        self.refuse: dict[str, str] = {}
+        self.sessions = 0
+        self.idle_before = 0  # sessions up to this number are told they sat idle too long
+        self._script: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._on_message = on_message
+        self._controller: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}?starttls=off"
+
+    def script(self, *answers: str) -> None:
+        """What the next DATA commands meet, in order (then 250 again)."""
+        with self._lock:
+            self._script.extend(answers)
+
+    def close_idle_sessions(self) -> None:
+        """The next MAIL on a session opened before now meets the 421 a server sends when it
+        closes a session that sat idle too long."""
+        with self._lock:
+            self.idle_before = self.sessions
+
+    def start(self) -> FakeSmtp:
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(
+            _Handler(self),
+            hostname=self.host,
+            port=self.port,
+            enable_SMTPUTF8=True,
+            ready_timeout=10,
+        )
+        self._controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> FakeSmtp:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[Received]:
+        until = time.monotonic() + timeout_s
+        while len(self.received) < count and time.monotonic() < until:
+            time.sleep(0.01)
+        return list(self.received)
+
+    # --- called by the handler (on the server's thread) ---
+
+    def _session_number(self, session: Any) -> int:
+        """1, 2, ... for each connection, in the order they first sent MAIL (kept on the
+        session object: an id() could be reused by the next one)."""
+        with self._lock:
+            number: int | None = getattr(session, "bday_number", None)
+            if number is None:
+                self.sessions += 1
+                number = session.bday_number = self.sessions
+            return number
+
+    def _next_answer(self) -> str | None:
+        with self._lock:
+            return self._script.popleft() if self._script else None
+
+    def _keep(self, envelope: Any, session: Any) -> Received:
+        received = Received(
+            envelope.mail_from,
+            tuple(envelope.rcpt_tos),
+            bytes(envelope.original_content or envelope.content),
+            self._session_number(session),
+        )
+        with self._lock:
+            self.received.append(received)
+        if self._on_message is not None:
+            self._on_message(received)
+        return received
+
+
+class _Handler:
+    def __init__(self, fake: FakeSmtp):
+        self.fake = fake
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        number = self.fake._session_number(session)
+        if number <= self.fake.idle_before:
+            server.loop.call_later(_CLOSE_AFTER_S, server.transport.close)
+            return "421 4.4.2 idle timeout, closing connection"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        refusal = self.fake.refuse.get(address.lower())
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        answer = self.fake._next_answer()
+        if answer == DROP:
+            server.transport.close()
+            return "421 closing"  # never arrives: the connection is gone
+        if answer == DROP_AFTER_ACCEPT:
+            self.fake._keep(envelope, session)
+            server.transport.close()
+            return "250 queued"  # never arrives
+        if answer is not None:
+            if answer.startswith("421"):
+                server.loop.call_later(_CLOSE_AFTER_S, server.transport.close)
+            return answer
+        received = self.fake._keep(envelope, session)
+        return f"250 2.0.0 queued as {len(self.fake.received)} (session {received.session})"
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def describe(received: Received) -> str:
+    """One line per message for `bday fake-smtp-service`'s output."""
+    message = received.message
+    return (
+        f"{time.strftime('%H:%M:%S')} {received.mail_from} -> {', '.join(received.recipients)} "
+        f"{message['Message-ID']} subject {str(message['Subject'])!r} "
+        f"body {message.get_body(('plain',)).get_content().strip()[:80]!r}"  # type: ignore[union-attr]
+    )
+
+
+def run(host: str, port: int, refuse: dict[str, str] | None = None) -> None:
+    """Serve until interrupted, printing one line per message received."""
+    fake = FakeSmtp(host, port, on_message=lambda r: print(describe(r), flush=True))
+    fake.refuse.update(refuse or {})
+    with fake:
+        print(f"fake SMTP service on {fake.url}", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
