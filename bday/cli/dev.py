@@ -62,12 +62,12 @@ def fake_email_service(
     GET /requests lists them, GET /stats counts them, POST /control changes behaviour live
     (JSON such as {"down": false, "failure_rate": 0.1}), POST /reset forgets them.
     """
+    from bday.cli.errors import Failure
+
     try:
         from bday.devtools import fake_email
     except ImportError as exc:  # aiohttp comes with the fake, demo and dev extras
-        raise click.ClickException(
-            f"{exc.name} is not installed: pip install 'bday[fake]'"
-        ) from None
+        raise Failure(f"fake-email-service needs {exc.name}: pip install 'bday[fake]'") from None
 
     fake_email.run(
         host,
@@ -100,7 +100,7 @@ def fake_smtp_service(host, port, refuse) -> None:
     """Serve SMTP (no TLS, no AUTH) and print one line per message received: point
     EMAIL_SERVICE_URL=smtp://127.0.0.1:2525?starttls=off at it. Needs the dev extra
     (aiosmtpd)."""
-    from bday.cli.main import Failure
+    from bday.cli.errors import Failure
     from bday.devtools import fake_smtp
 
     try:

@@ -26,7 +26,7 @@ from bday.core import retries
 from bday.core.templates import Catalogue, placeholder_values, render
 from bday.delivery.breaker import Breaker, Permit
 from bday.delivery.pacing import Pacer, Slot
-from bday.delivery.sender import (
+from bday.delivery.provider import (
     Email,
     PermanentSendError,
     Receipt,

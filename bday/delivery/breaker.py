@@ -35,7 +35,7 @@ from sqlalchemy import Connection, TextClause, text
 from sqlalchemy.orm import Session
 
 from bday.config import Settings
-from bday.delivery.sender import TransientSendError
+from bday.delivery.provider import TransientSendError
 from bday.store.db import autocommit
 from bday.telemetry import metrics
 from bday.telemetry.logs import mask_emails

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
@@ -30,76 +29,24 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from bday.config import Settings, get_settings
+from bday.delivery.provider import (
+    Answer,
+    Email,
+    OneSender,
+    PermanentSendError,
+    Receipt,
+    SendError,
+    Sends,
+    TransientSendError,
+    send_in_turn,
+    sent_or_error,
+)
+from bday.delivery.smtp import SmtpSender, SmtpTarget
 from bday.telemetry import metrics
 
 _RESPONSE_KEEP_CHARS = 500
-
-
-class SendError(Exception):
-    """Base of the two outcomes that are not success."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after_s: float | None = None,
-        throttled: bool = False,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.retry_after_s = retry_after_s
-        # The provider says we go too fast (HTTP 429, an SMTP throttling answer): pacing,
-        # not a failure (no retry spent, the shared rate lowered).
-        self.throttled = throttled
-
-
-class TransientSendError(SendError):
-    """Worth trying again later: timeout, connection error, 429 or 5xx (for SMTP: 4xx)."""
-
-
-class PermanentSendError(SendError):
-    """Trying again will not help: a 4xx other than 429, or an unexpected status."""
-
-
-@dataclass(frozen=True, slots=True)
-class Email:
-    """One greeting to send: what a sender's `send_email` takes. The HTTP service gets the
-    address and the plain-text `message`; mail also carries the subject, the HTML part and
-    the recipient's display name."""
-
-    email: str
-    message: str
-    idempotency_key: str
-    subject: str = ""
-    html: str | None = None
-    name: str = ""
-
-
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-Answer = tuple[int, "Receipt | SendError"]  # (position in the batch, what the service said)
-
-
-class Sends(Protocol):
-    """What delivery needs to send: many greetings at once, their answers yielded as they
-    arrive (so each can be recorded at once), and a job run on each of many items
-    (`EmailSender` does both one after another; `SendPool` concurrently)."""
-
-    def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]: ...
-
-    def each(self, job: Callable[[T], R], items: Sequence[T]) -> list[R]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What the service answered to a successful send."""
-
-    status: int
-    body: str
-    elapsed_s: float
 
 
 class EmailSender:
@@ -170,28 +117,6 @@ class EmailSender:
         self._transport.close()
 
 
-class OneSender(Protocol):
-    """A provider's client: one greeting, a Receipt or a raised SendError."""
-
-    def send_email(self, email: Email) -> Receipt: ...
-
-    def close(self) -> None: ...
-
-
-def send_in_turn(sender: OneSender, emails: Sequence[Email]) -> Iterator[list[Answer]]:
-    """Each greeting in turn, each answer yielded on its own; a failure is yielded in its
-    place, not raised."""
-    for position, email in enumerate(emails):
-        yield [(position, _sent_or_error(sender, email))]
-
-
-def _sent_or_error(sender: OneSender, email: Email) -> Receipt | SendError:
-    try:
-        return sender.send_email(email)
-    except SendError as exc:
-        return exc
-
-
 class SendPool:
     """Sends a batch's greetings concurrently: `size` threads, each with its own keep-alive
     client (`get_sender()`), so a batch takes as long as its slowest send, not their sum.
@@ -254,7 +179,7 @@ def _gather(arrived: queue.SimpleQueue[T], most: int) -> list[T]:
 
 
 def _send_here(email: Email) -> Receipt | SendError:
-    return _sent_or_error(get_sender(), email)
+    return sent_or_error(get_sender(), email)
 
 
 _USER_AGENT = f"bday python-httpx/{httpx.__version__}"
@@ -377,8 +302,6 @@ def get_sender() -> Provider:
 
 def _new_sender(settings: Settings, smtp: bool) -> Provider:
     if smtp:
-        from bday.delivery.smtp import SmtpSender, SmtpTarget  # smtp imports this module
-
         return SmtpSender(SmtpTarget.from_settings(settings))
     return EmailSender(
         settings.email_service_url, settings.email_service_timeout_s, max_connections=1

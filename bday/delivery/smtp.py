@@ -35,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 from bday.config import Settings
 from bday.core.mail import sender_address, starttls_wanted
-from bday.delivery.sender import (
+from bday.delivery.provider import (
     Answer,
     Email,
     PermanentSendError,

@@ -121,7 +121,7 @@ def _smtp_probe() -> Check | None:
     """For an SMTP provider, a session of its own (EHLO, STARTTLS, AUTH as configured) and a
     NOOP: a wrong host, port, certificate or password fails here before any greeting does.
     None for the HTTP provider (its health is the breaker's)."""
-    from bday.delivery.sender import SendError
+    from bday.delivery.provider import SendError
     from bday.delivery.smtp import SmtpSender, SmtpTarget, is_smtp
 
     settings = get_settings()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from bday.config import load_settings
-from bday.delivery.attempt import Action, Job, deliver, deliver_many
+from bday.delivery.attempt import Action, SendJob, deliver, deliver_many
 from bday.delivery.breaker import Breaker
 from bday.delivery.pacing import Pacer
 from bday.delivery.smtp import SmtpSender, SmtpTarget
@@ -59,7 +59,7 @@ def test_a_batch_sends_each_greeting_and_a_550_fails_only_its_own(server, sender
     server.refuse["gone@example.com"] = "550 5.1.1 <gone@example.com>: Recipient address rejected"
     ids = [ada(email="ada@example.com"), ada(email="gone@example.com"), ada(email="cy@example.com")]
     outcomes = deliver_many(
-        [Job(str(i)) for i in ids],
+        [SendJob(str(i)) for i in ids],
         sender=sender,
         breaker=Breaker(settings),
         settings=settings,

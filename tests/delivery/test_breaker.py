@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from bday.config import load_settings
 from bday.delivery.breaker import Breaker
-from bday.delivery.sender import TransientSendError
+from bday.delivery.provider import TransientSendError
 from bday.store.db import engine
 
 pytestmark = pytest.mark.usefixtures("database")

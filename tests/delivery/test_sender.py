@@ -18,14 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from bday.delivery.sender import (
-    EmailSender,
-    PermanentSendError,
-    Receipt,
-    TransientSendError,
-    classify,
-    retry_after_seconds,
-)
+from bday.delivery.provider import PermanentSendError, Receipt, TransientSendError
+from bday.delivery.sender import EmailSender, classify, retry_after_seconds
 
 BASE = "http://email.test"
 URL = f"{BASE}/send-email"

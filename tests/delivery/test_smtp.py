@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bday.config import SettingsError, load_settings
-from bday.delivery.sender import Email, PermanentSendError, TransientSendError
+from bday.delivery.provider import Email, PermanentSendError, TransientSendError
 from bday.delivery.smtp import (
     SmtpPool,
     SmtpSender,

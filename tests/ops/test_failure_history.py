@@ -128,7 +128,9 @@ def test_a_replayed_greeting_that_was_delivered_shows_its_failure_as_history(mon
     assert (code, out) == (0, "re-queued 1 message(s)\n")
     _claim(message_id)
     sent_at = datetime.now(UTC)
-    assert messages.record_sent([(message_id, 200, '{"status": "sent"}')], sent_at) == 1
+    assert (
+        messages.record_sent([(message_id, 200, '{"status": "sent"}', "Hi", "Hey")], sent_at) == 1
+    )
 
     earlier = f"permanent at {failed_at.isoformat()} ({ERROR})"
     lines, shown = _show(monkeypatch, capsys, message_id)

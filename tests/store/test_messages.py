@@ -99,7 +99,7 @@ TRANSITIONS: dict[str, tuple[Callable[[uuid.UUID], object], set[Status], Status]
         Status.SENDING,
     ),
     "record_sent": (
-        lambda row_id: messages.record_sent([(row_id, 200, "{}")], NOW),
+        lambda row_id: messages.record_sent([(row_id, 200, "{}", "Hi", "Hey")], NOW),
         {Status.SENDING},
         Status.SENT,
     ),
