@@ -164,13 +164,13 @@ def _sync(
     absent = None
     if sync:
         try:
-            absent = syncing.find_absent(importer.read_rows(path), max_delete / 100, force)
+            absent = syncing.find_absent(importer.read_rows(path), max_delete, force)
         except syncing.SyncRefused as exc:
             if not dry_run:
                 rows.handle.close()
                 raise Failure(str(exc)) from None
             click.echo(f"note: without --dry-run: {exc}")  # show what it would do anyway
-            absent = syncing.find_absent(importer.read_rows(path), 1.0, True)
+            absent = syncing.find_absent(importer.read_rows(path), 100, True)
     result = _import_with_progress(
         rows,
         lambda r, **kw: syncing.sync_rows(

@@ -7,7 +7,7 @@ identical one is left alone: importing the same file twice changes nothing the s
 
 `--sync` also deletes (softly, like `bday users delete`) the live users whose email the file
 does not hold. It first reads the file once for its emails alone and refuses, writing
-nothing, when that would delete more than `max_delete` of the live users, or when a line's
+nothing, when that would delete more than `max_delete` percent of the live users, or when a line's
 email could not be read (that user cannot be told from an absent one); `force` overrides both.
 A refused row whose email is readable protects its user from deletion.
 
@@ -40,7 +40,7 @@ from bday.users.api import (
 )
 from bday.users.importer import MAX_LISTED, clean_batches
 
-MAX_DELETE = 0.10  # the share of live users --sync may delete without --force
+MAX_DELETE = 10  # the percentage of live users --sync may delete without --force
 
 
 class SyncRefused(ValueError):
@@ -82,7 +82,7 @@ class Absent:
     live: int
 
 
-def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: float, force: bool) -> Absent:
+def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: int, force: bool) -> Absent:
     """The first pass of --sync: the file's emails only. Raises `SyncRefused`."""
     emails, unreadable = set(), 0
     for _, row in rows:
@@ -102,7 +102,7 @@ def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: float, force
     return Absent(absent, live)
 
 
-def _check_share(absent: int, live: int, unreadable: int, max_delete: float, force: bool) -> None:
+def _check_share(absent: int, live: int, unreadable: int, max_delete: int, force: bool) -> None:
     if force or not absent:
         return
     if unreadable:
@@ -110,10 +110,10 @@ def _check_share(absent: int, live: int, unreadable: int, max_delete: float, for
             f"--sync: {unreadable} line(s) have no readable email, so their users cannot be "
             "told from absent ones; nothing written (fix the file, or --force)"
         )
-    if absent > max_delete * live:
+    if absent * 100 > max_delete * live:  # in integers: 0.29 * 100 is 28.999999999999996
         raise SyncRefused(
             f"--sync would delete {absent} of {live} live user(s) ({absent / live:.0%}), more "
-            f"than {max_delete:.0%}; nothing written (check the file, or --force)"
+            f"than {max_delete}%; nothing written (check the file, or --force)"
         )
 
 
