@@ -152,8 +152,9 @@ def get_user(user_id: uuid.UUID | str) -> User:
 
 def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> User:
     """The user named by an id or an email (a live one first; with `include_deleted`, else
-    the most recently deleted one). Raises `UserNotFound`."""
-    text_ref = str(reference).strip()
+    the most recently deleted one). Raises `UserNotFound`, or `UserInputError` for a
+    reference no user can have (empty, a NUL, bytes that are not UTF-8)."""
+    text_ref = _reference(reference)
     if "@" not in text_ref:
         user_id = parse_user_id(text_ref)
         with transaction() as session:
@@ -170,6 +171,19 @@ def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> U
     if user is None:
         raise UserNotFound(text_ref)
     return user
+
+
+def _reference(reference: Any) -> str:
+    """An id or email to look up, checked before it reaches PostgreSQL (which refuses a NUL
+    with its own DataError, and cannot encode a lone surrogate)."""
+    if isinstance(reference, uuid.UUID):
+        return str(reference)
+    text_ref = _text("user", reference, "an id or an email").strip()
+    if not text_ref:
+        raise UserInputError("user", "must not be empty (give an id or an email)")
+    if "\x00" in text_ref:
+        raise UserInputError("user", "must not contain a NUL character (U+0000)")
+    return text_ref
 
 
 def list_users(*, limit: int | None = None, offset: int = 0) -> list[User]:

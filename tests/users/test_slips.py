@@ -50,3 +50,90 @@ def test_sync_deletes_exactly_max_delete_percent_of_100(tmp_path, monkeypatch, c
         f"created 0, updated 0, deleted {percent}, unchanged {kept_count} ({kept_count} row(s))\n"
     )
     assert users.count_users() == 100 - percent
+
+
+# --- 8. an empty filter is refused, never "no filter" ----------------------------------------
+
+
+def _ada() -> str:
+    return str(
+        users.create_user(
+            first_name="Ada",
+            last_name="Lovelace",
+            email="ada@example.com",
+            birthday="1990-03-05",
+            timezone="Asia/Tokyo",
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["messages", "list", "--user", ""],
+        ["messages", "list", "--user", "  "],
+        ["messages", "list", "--status", ""],
+        ["messages", "list", "--since", ""],
+        ["preview", "--zone", ""],
+        ["replay", "--since", "", "--dry-run"],
+        ["replay", "--type", "", "--dry-run"],
+        ["users", "update", "", "--timezone", "UTC"],
+        ["users", "delete", ""],
+        ["users", "erase", "", "--yes"],
+    ],
+)
+def test_an_empty_filter_or_reference_is_one_line_exit_2(monkeypatch, capsys, args):
+    _ada()
+    code, out, err = bday(monkeypatch, capsys, *args)
+    assert (code, out) == (2, "") and err.count("\n") == 1, err
+    assert users.find_user("ada@example.com").timezone == "Asia/Tokyo"
+
+
+def test_messages_list_user_empty_says_so(monkeypatch, capsys):
+    _ada()
+    code, _, err = bday(monkeypatch, capsys, "messages", "list", "--user", "")
+    assert (code, err) == (2, "bday: user: must not be empty (give an id or an email)\n")
+
+
+# --- 10. a lookup PostgreSQL cannot hold is the API's own error ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        ("a\x00@example.com", "must not contain a NUL character (U+0000)"),
+        ("\x00", "must not contain a NUL character (U+0000)"),
+        ("a\udcff@example.com", "is not valid UTF-8 (the byte 0xff)"),
+        ("a\ud800@example.com", "is not valid Unicode (a lone surrogate U+D800)"),
+        ("", "must not be empty (give an id or an email)"),
+        (19900305, "expected an id or an email, got int 19900305"),
+    ],
+)
+def test_every_lookup_by_text_refuses_what_no_user_can_have_with_a_user_input_error(
+    reference, problem
+):
+    from bday.ops import history
+
+    _ada()
+    lookups = [
+        users.erase_user,
+        users.find_user,
+        lambda ref: users.find_user(ref, include_deleted=True),
+        lambda ref: history.list_messages(user=ref),
+    ]
+    for lookup in lookups:
+        with pytest.raises(users.UserInputError) as refused:
+            lookup(reference)
+        assert str(refused.value) == f"user: {problem}"
+    assert users.find_user("ada@example.com").erased_at is None
+
+
+@pytest.mark.parametrize("reference", ["a\x00b", "\udcff", "x" * 10_000])
+def test_lookups_by_id_refuse_what_is_no_id_without_reaching_postgresql(reference):
+    from bday.ops import history
+
+    for lookup in (users.get_user, users.delete_user, users.update_user):
+        with pytest.raises(users.UserNotFound):
+            lookup(reference)
+    with pytest.raises(history.MessageNotFound):
+        history.show_message(reference)
