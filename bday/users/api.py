@@ -32,6 +32,7 @@ from bday.users.errors import UserInputError, UserNotFound, parse_user_id
 NAME_MAX = 100
 EMAIL_MAX = 320
 LOCAL_PART_MAX = 64
+EMAIL_BYTES_MAX = 254  # RFC 5321's path, as email-validator counts it
 log = logging.getLogger(__name__)
 EARLIEST_YEAR = 1900
 FIELDS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary", "opt_out")
@@ -162,7 +163,7 @@ def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> U
         if user is None or (user.deleted_at is not None and not include_deleted):
             raise UserNotFound(user_id)
         return user
-    query = select(User).where(func.lower(User.email) == text_ref.lower())
+    query = select(User).where(func.lower(User.email) == _email_key(text_ref))
     if not include_deleted:
         query = query.where(User.deleted_at.is_(None))
     query = query.order_by(User.deleted_at.desc().nulls_first()).limit(1)
@@ -184,6 +185,15 @@ def _reference(reference: Any) -> str:
     if "\x00" in text_ref:
         raise UserInputError("user", "must not contain a NUL character (U+0000)")
     return text_ref
+
+
+def _email_key(text_ref: str) -> str:
+    """The address as `clean_email` stores it (NFC, lowercased), so a lookup finds the user
+    whichever form was typed; an address it refuses is looked up lowercased as it is."""
+    try:
+        return clean_email(text_ref)
+    except UserInputError:
+        return text_ref.lower()
 
 
 def list_users(*, limit: int | None = None, offset: int = 0) -> list[User]:
@@ -291,21 +301,39 @@ def _visible(char: str) -> bool:
 
 
 def clean_email(value: Any) -> str:
+    """The address as stored: lowercased and NFC, its lengths checked on that form (the one
+    every later lookup, update and import compares with), not on what was typed: `İ` is
+    two bytes typed and three lowercased."""
     text = _text("email", value, "a string").strip()
     if not text:
         raise UserInputError("email", "is required")
-    if len(text) > EMAIL_MAX:
+    if len(text) > EMAIL_MAX:  # a cheap bound before the validator reads it
         raise UserInputError("email", f"must be at most {EMAIL_MAX} characters")
     try:
-        checked = validate_email(text, check_deliverability=False)
+        checked = validate_email(
+            unicodedata.normalize("NFC", text.lower()), check_deliverability=False
+        )
     except EmailNotValidError as exc:
         raise UserInputError("email", f"is not a valid address ({_one_line(exc)})") from None
-    # RFC 5321's 64-octet local part: email-validator checks it only with strict=True (2.2+)
-    if len(checked.local_part.encode()) > LOCAL_PART_MAX:
+    stored = checked.normalized.lower()
+    _check_email_lengths(stored)
+    return stored
+
+
+def _check_email_lengths(stored: str) -> None:
+    # RFC 5321's 64-octet local part (email-validator checks it only with strict=True) and
+    # 254-octet path, on the stored form
+    local = len(stored.rpartition("@")[0].encode())
+    if local > LOCAL_PART_MAX:
         raise UserInputError(
-            "email", f"the part before @ must be at most {LOCAL_PART_MAX} bytes (RFC 5321)"
+            "email",
+            f"the part before @ must be at most {LOCAL_PART_MAX} bytes once lowercased "
+            f"(RFC 5321; got {local})",
         )
-    return checked.normalized.lower()
+    if len(stored.encode()) > EMAIL_BYTES_MAX:
+        raise UserInputError(
+            "email", f"must be at most {EMAIL_BYTES_MAX} bytes once lowercased (RFC 5321)"
+        )
 
 
 def clean_timezone(value: Any) -> str:

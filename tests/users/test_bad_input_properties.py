@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import unicodedata
 import uuid
 from datetime import date
 from pathlib import Path
@@ -327,3 +328,49 @@ def test_users_import_keeps_or_names_every_row_and_exits_0_or_1(
     for number, (kind, item) in enumerate(lines, 2):
         if kind == "valid":
             assert item["email"].lower() in stored or number in named, number
+
+
+# --- emails: normalised first, then validated (issue 20) ----------------------------------------
+
+# Letters whose lowercase is longer in UTF-8 than they are (İ: 2 bytes, then 3), or changes
+# under NFC, beside plain ones: the lengths must hold for what is stored, not what was typed.
+GROWING = "İȺȾⱯÅΩKẞǅ"
+local_parts = st.text(
+    st.sampled_from(GROWING) | st.characters(categories=["Ll", "Lu", "Nd"]) | st.just("."),
+    min_size=1,
+    max_size=70,
+)
+addresses = st.one_of(
+    st.builds(
+        "{}@{}".format,
+        local_parts,
+        st.sampled_from(["example.com", "EXAMPLE.COM", "bücher.example", "xn--bcher-kva.example"]),
+    ),
+    st.builds(  # near the 254-byte limit: under it as typed, maybe over it lowercased
+        "{}@{}.example".format,
+        st.text("aİ", min_size=1, max_size=40),
+        st.integers(150, 200).map(lambda n: ".".join(["b" * 60] * (n // 61) + ["c" * (n % 61)])),
+    ),
+    hostile_text,
+)
+
+
+@PROPERTY
+@given(email=addresses)
+@example(email="İ" * 32 + "@example.com")  # the issue's: 64 bytes typed, 96 stored
+@example(email="İ" * 21 + "@example.com")  # 63 bytes stored: accepted
+def test_an_email_is_validated_as_it_is_stored(email):
+    try:
+        stored = users.clean_email(email)
+    except UserInputError as exc:
+        refusal = exc
+    else:
+        refusal = None
+    if refusal is not None:
+        event("refused")
+        assert refusal.field == "email" and "\n" not in str(refusal)
+        return
+    event("stored")
+    assert stored == stored.lower() == unicodedata.normalize("NFC", stored)
+    assert len(stored.rpartition("@")[0].encode()) <= 64 and len(stored.encode()) <= 254
+    assert users.clean_email(stored) == stored  # what is stored passes the same rules again

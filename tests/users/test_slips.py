@@ -137,3 +137,39 @@ def test_lookups_by_id_refuse_what_is_no_id_without_reaching_postgresql(referenc
             lookup(reference)
     with pytest.raises(history.MessageNotFound):
         history.show_message(reference)
+
+
+# --- 3. an email is lowercased first, then its lengths checked ---------------------------------
+
+
+def _add(monkeypatch, capsys, email: str, first_name: str = "Ada") -> tuple[int, str, str]:
+    return bday(
+        monkeypatch,
+        capsys,
+        *("users", "add", "--first-name", first_name, "--last-name", "Lovelace"),
+        *("--email", email, "--birthday", "1990-03-05", "--timezone", "Asia/Tokyo"),
+    )
+
+
+def test_an_email_64_bytes_as_typed_but_96_lowercased_is_refused(monkeypatch, capsys):
+    code, out, err = _add(monkeypatch, capsys, "İ" * 32 + "@example.com")
+    assert (code, out) == (2, "")
+    assert err == (
+        "bday: email: the part before @ must be at most 64 bytes once lowercased "
+        "(RFC 5321; got 96)\n"
+    )
+    assert users.count_users() == 0
+
+
+def test_an_email_that_fits_lowercased_can_be_updated_and_exported_then_synced(
+    monkeypatch, capsys, tmp_path
+):
+    typed = "İ" * 21 + "@Example.com"  # 42 bytes typed, 63 stored
+    code, out, _ = _add(monkeypatch, capsys, typed)
+    assert code == 0
+    code, _, err = bday(monkeypatch, capsys, "users", "update", typed, "--timezone", "UTC")
+    assert code == 0, err
+    exported = tmp_path / "out.csv"
+    assert bday(monkeypatch, capsys, "users", "export", str(exported))[0] == 0
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(exported), "--sync")
+    assert (code, out) == (0, "nothing changed: 1 of 1 row(s) already match\n")
