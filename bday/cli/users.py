@@ -82,7 +82,14 @@ def erase(user: str, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise Failure("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase user {found.id} for good?", abort=True, err=True)
-    click.echo(f"erased {users_api.erase_user(found.id)}")
+    erasure = users_api.erase(found.id)
+    click.echo(f"erased {erasure.user_id}")
+    if erasure.others:  # the same address, but not the user named: say so, touch nothing
+        click.echo(
+            f"note: {len(erasure.others)} other user(s) hold this address; not erased: "
+            + " ".join(map(str, erasure.others)),
+            err=True,
+        )
 
 
 LIST_COLUMNS = ("id", "name", "email", "birthday", "anniversary", "timezone")

@@ -13,6 +13,7 @@ import secrets
 import unicodedata
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,25 +109,48 @@ def set_opt_out(user_id: uuid.UUID | str, opt_out: Any) -> None:
 
 
 def erase_user(reference: uuid.UUID | str) -> uuid.UUID:
-    """Forget a person: name and email replaced by anonymous values in every table, stored
-    service answers on their messages cleared, unsent greetings cancelled, the user deleted.
-    Every user row that held the same address (earlier soft-deleted ones) is erased with it.
-    Message rows stay (anonymous) so counts hold. Cannot be undone. Raises `UserNotFound`."""
-    user = find_user(reference, include_deleted=True)
-    if user.erased_at is not None:
-        return user.id
+    """Forget a person: name and email replaced by anonymous values, stored service answers
+    on their messages cleared, unsent greetings cancelled, the user deleted. Only the user
+    `reference` names is erased: other user rows holding the same address (a deleted record,
+    or a live user who took the address again) are left alone and logged by id (`erase`
+    returns them). Message rows stay (anonymous) so counts hold. Cannot be undone. Raises
+    `UserNotFound`."""
+    return erase(reference).user_id
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    user_id: uuid.UUID
+    others: list[uuid.UUID]  # other users holding the erased address, not erased
+
+
+def erase(reference: uuid.UUID | str) -> Erasure:
+    """`erase_user`, also answering which other users hold the same address."""
+    found = find_user(reference, include_deleted=True)
     now = _now()
-    same = select(User).where(func.lower(User.email) == user.email.lower())
     with transaction() as session:
-        erased = list(session.scalars(same.with_for_update()))
-        for row in erased:
-            _anonymise(row, now)
-            messages.forget_answers(session, row.id, now)
-        breaker.forget_text(session, user.email)  # an error text may quote the address
-    for row in erased:
-        hooks.on_user_deleted(row.id)
-    log.info("user %s erased (%d row(s))", user.id, len(erased))
-    return user.id
+        user = session.get(User, found.id, with_for_update=True)
+        if user is None or user.erased_at is not None:
+            return Erasure(found.id, [])
+        address = user.email
+        others = list(
+            session.scalars(
+                select(User.id).where(func.lower(User.email) == address.lower(), User.id != user.id)
+            )
+        )
+        _anonymise(user, now)
+        messages.forget_answers(session, user.id, now)
+        breaker.forget_text(session, address)  # an error text may quote the address
+    hooks.on_user_deleted(user.id)
+    log.info("user %s erased", user.id)
+    if others:
+        log.warning(
+            "user %s erased; %d other user(s) hold the same address and were not erased: %s",
+            user.id,
+            len(others),
+            " ".join(map(str, others)),
+        )
+    return Erasure(user.id, others)
 
 
 def _anonymise(user: User, now: datetime) -> None:

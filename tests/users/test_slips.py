@@ -6,9 +6,11 @@ Every test here failed on the code before its fix (98b71bb); each names the slip
 from __future__ import annotations
 
 import csv
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import time_machine
 
 from bday.users import api as users
 from bday.users import sync as syncing
@@ -173,3 +175,28 @@ def test_an_email_that_fits_lowercased_can_be_updated_and_exported_then_synced(
     assert bday(monkeypatch, capsys, "users", "export", str(exported))[0] == 0
     code, out, _ = bday(monkeypatch, capsys, "users", "import", str(exported), "--sync")
     assert (code, out) == (0, "nothing changed: 1 of 1 row(s) already match\n")
+
+
+# --- 2. erasing an old record by id erases that record only -----------------------------------
+
+
+# Tokyo's 09:00 on Mar 5 (Ada's birthday) is 00:00 UTC: at 15:00 UTC the day before it is planned
+@time_machine.travel(datetime(2027, 3, 4, 15, 0, tzinfo=UTC), tick=False)
+def test_erasing_a_deleted_record_by_id_leaves_the_live_user_with_its_address(monkeypatch, capsys):
+    from bday.store.db import transaction
+    from bday.store.models import Message, Status
+
+    old = _ada()
+    assert bday(monkeypatch, capsys, "users", "delete", old)[0] == 0
+    live = _ada()  # the same address, a new live user with a pending greeting
+    with transaction() as session:
+        pending = [m.status for m in session.query(Message).filter_by(user_id=live)]
+    code, out, err = bday(monkeypatch, capsys, "users", "erase", old, "--yes")
+    assert (code, out) == (0, f"erased {old}\n")
+    assert err == f"note: 1 other user(s) hold this address; not erased: {live}\n"
+    kept = users.find_user("ada@example.com")
+    assert (str(kept.id), kept.first_name, kept.erased_at) == (live, "Ada", None)
+    with transaction() as session:
+        statuses = [m.status for m in session.query(Message).filter_by(user_id=live)]
+    assert pending == statuses == [Status.PENDING]
+    assert users.find_user(old, include_deleted=True).email.endswith("@erased.invalid")
