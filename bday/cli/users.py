@@ -217,19 +217,17 @@ def _list_refused(result) -> None:
 @users.command("export")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True), default="-")
 def export(path: str) -> None:
-    """Write live users as CSV (the import's format, opt_out included) to PATH or stdout."""
+    """Write live users as CSV (the import's format, opt_out included) to PATH or stdout.
+    PATH is replaced only once the new content is complete: a failed export leaves it as it
+    was."""
     import csv
 
-    from bday.cli.main import Failure
+    from bday.cli.files import output
     from bday.users import sync as syncing
 
-    try:
-        handle = click.open_file(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise Failure(f"{path}: cannot write ({exc.strerror or exc})") from None
-    with handle:
+    count = -1  # the header is no user
+    with output(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        count = -1
         for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - count is the result
             writer.writerow(row)
     if path != "-":

@@ -6,6 +6,8 @@ Every test here failed on the code before its fix (98b71bb); each names the slip
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -200,3 +202,121 @@ def test_erasing_a_deleted_record_by_id_leaves_the_live_user_with_its_address(mo
         statuses = [m.status for m in session.query(Message).filter_by(user_id=live)]
     assert pending == statuses == [Status.PENDING]
     assert users.find_user(old, include_deleted=True).email.endswith("@erased.invalid")
+
+
+# --- 1. a failed export leaves the file it was writing to as it was ----------------------------
+
+
+def _exported(monkeypatch, capsys, tmp_path) -> tuple[Path, bytes]:
+    _ada()
+    keep = tmp_path / "keep.csv"
+    assert bday(monkeypatch, capsys, "users", "export", str(keep))[0] == 0
+    keep.chmod(0o640)
+    return keep, keep.read_bytes()
+
+
+def _reload() -> None:
+    from bday.config import get_settings
+    from bday.store import db
+
+    get_settings.cache_clear()
+    db.reset_engines()
+
+
+@contextmanager
+def _fault(kind: str, settings_env, monkeypatch) -> Iterator[None]:
+    """The export's database, setting or stream failing as the issue found them."""
+    from sqlalchemy.exc import OperationalError
+
+    from bday.devtools import sandbox
+    from tests.conftest import ADMIN_URL, NAME
+
+    empty = f"{NAME}_slip1"
+    if kind == "missing":
+        settings_env.setenv("DATABASE_URL", sandbox.database_url(ADMIN_URL, "bday_no_such_db"))
+    elif kind == "unmigrated":
+        settings_env.setenv("DATABASE_URL", sandbox.create_database(ADMIN_URL, empty))
+    elif kind == "setting":
+        settings_env.setenv("SEND_TIME", "25:00")
+    else:
+
+        def rows():
+            yield list(syncing.EXPORT_COLUMNS)
+            yield ["Half", "Written"]
+            raise OperationalError("SELECT", {}, OSError("server closed the connection"))
+
+        monkeypatch.setattr(syncing, "export_rows", rows)
+    _reload()
+    try:
+        yield
+    finally:
+        settings_env.undo()
+        _reload()
+        if kind == "unmigrated":
+            sandbox.drop_database(ADMIN_URL, empty)
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("missing", 1), ("unmigrated", 2), ("setting", 2), ("midway", 1)],
+)
+def test_a_failed_export_leaves_the_target_byte_identical_and_no_temporary_file(
+    monkeypatch, capsys, tmp_path, settings_env, fault, code
+):
+    keep, before = _exported(monkeypatch, capsys, tmp_path)
+    with _fault(fault, settings_env, monkeypatch):
+        got, out, err = bday(monkeypatch, capsys, "users", "export", str(keep))
+    assert (got, out) == (code, "") and err.startswith("bday: ") and err.count("\n") == 1
+    assert keep.read_bytes() == before and oct(keep.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
+
+
+def test_a_successful_export_replaces_the_file_keeping_its_mode(monkeypatch, capsys, tmp_path):
+    keep, before = _exported(monkeypatch, capsys, tmp_path)
+    users.create_user(
+        first_name="Bob",
+        last_name="Builder",
+        email="bob@example.com",
+        birthday="1980-01-01",
+        timezone="UTC",
+    )
+    code, _, err = bday(monkeypatch, capsys, "users", "export", str(keep))
+    assert (code, err) == (0, f"exported 2 user(s) to {keep}\n")
+    assert keep.read_bytes().startswith(before) and b"bob@example.com" in keep.read_bytes()
+    assert oct(keep.stat().st_mode & 0o777) == "0o640"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
+
+
+# --- 4. local files: a pipe imports, and every local error is one line naming the path ---------
+
+
+def _console(*args: str, shell: str | None = None, stdin: bytes | None = None):
+    import os
+    import subprocess
+    import sys
+
+    script = f"{os.path.dirname(sys.executable)}/bday"
+    command = ["bash", "-c", f"{script} {shell}"] if shell else [script, *args]
+    return subprocess.run(command, input=stdin, capture_output=True, env=dict(os.environ))
+
+
+def test_export_to_a_full_disk_is_one_line_naming_the_device_exit_2(monkeypatch, capsys):
+    _ada()
+    code, out, err = bday(monkeypatch, capsys, "users", "export", "/dev/full")
+    assert (code, out, err) == (2, "", "bday: /dev/full: cannot write (No space left on device)\n")
+
+
+def test_export_with_stdout_closed_is_one_line_exit_2():
+    _ada()
+    done = _console(shell="users export >&-")
+    assert (done.returncode, done.stderr) == (2, b"bday: stdout: cannot write (it is closed)\n")
+
+
+def test_export_into_a_missing_directory_names_it(monkeypatch, capsys, tmp_path):
+    target = tmp_path / "no" / "x.csv"
+    code, out, err = bday(monkeypatch, capsys, "users", "export", str(target))
+    assert (code, out, err) == (
+        2,
+        "",
+        f"bday: {target}: cannot write (No such file or directory)\n",
+    )
