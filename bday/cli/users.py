@@ -141,43 +141,40 @@ def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, ma
     from bday.users import importer
 
     try:
+        if update or sync or dry_run:
+            _sync(
+                path,
+                sync=sync,
+                update=update or sync,
+                dry_run=dry_run,
+                force=force,
+                max_delete=max_delete,
+            )
+            return
         rows = importer.read_rows(path)
+        importer.check_database()
+        result = _import_with_progress(rows, importer.import_rows, path.name)
     except importer.ImportFileError as exc:
         raise Failure(str(exc)) from None
-    importer.check_database()
-    if update or sync or dry_run:
-        _sync(
-            path,
-            rows,
-            sync=sync,
-            update=update or sync,
-            dry_run=dry_run,
-            force=force,
-            max_delete=max_delete,
-        )
-        return
-    result = _import_with_progress(rows, importer.import_rows, path.name)
     click.echo(f"imported {result.imported} of {rows.count} row(s); {result.refused} refused")
     _list_refused(result)
 
 
-def _sync(
-    path: Path, rows, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int
-):
-    from bday.cli.main import Failure
+def _sync(path: Path, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int):
     from bday.users import importer
     from bday.users import sync as syncing
 
-    absent = None
-    if sync:
-        try:
-            absent = syncing.find_absent(importer.read_rows(path), max_delete, force)
-        except syncing.SyncRefused as exc:
-            if not dry_run:
-                rows.handle.close()
-                raise Failure(str(exc)) from None
-            click.echo(f"note: without --dry-run: {exc}")  # show what it would do anyway
-            absent = syncing.find_absent(importer.read_rows(path), 100, True)
+    if not sync:
+        rows = importer.read_rows(path)
+        importer.check_database()
+        absent = None
+    else:  # two passes: the file's emails first, then its rows (a pipe's from a copy)
+        first, again = importer.read_twice(path)
+        importer.check_database()
+        absent = syncing.find_absent(first, max_delete, force)
+        if absent.refusals and not dry_run:
+            _refuse(absent.refusals)
+        rows = again()
     result = _import_with_progress(
         rows,
         lambda r, **kw: syncing.sync_rows(
@@ -189,7 +186,18 @@ def _sync(
         for change in result.changes:
             click.echo(f"  {change}")
     click.echo(_summary(result, dry_run))
-    _list_refused(result)
+    _list_refused(result, exit_now=not (absent and absent.refusals))
+    if absent and absent.refusals:  # the dry run of a run that would be refused: say each why
+        _refuse(absent.refusals)
+
+
+def _refuse(refusals: list[str]) -> None:
+    """Every reason a --sync is refused, one line each on stderr; exit 2 (nothing written)."""
+    from bday.cli.main import Failure
+
+    for refusal in refusals[:-1]:
+        Failure(refusal).show()
+    raise Failure(refusals[-1])
 
 
 def _summary(result, dry_run: bool) -> str:
@@ -205,12 +213,12 @@ def _summary(result, dry_run: bool) -> str:
     return f"{head}{counts}, unchanged {result.unchanged} ({result.rows} row(s)){refused}"
 
 
-def _list_refused(result) -> None:
+def _list_refused(result, exit_now: bool = True) -> None:
     for line, problem in sorted(result.errors):
         click.echo(f"  line {line}: {problem}")
     if result.refused > len(result.errors):
         click.echo(f"  ... and {result.refused - len(result.errors)} more not listed")
-    if result.refused:
+    if result.refused and exit_now:
         sys.exit(1)
 
 

@@ -7,12 +7,14 @@ identical one is left alone: importing the same file twice changes nothing the s
 
 `--sync` also deletes (softly, like `bday users delete`) the live users whose email the file
 does not hold. It first reads the file once for its emails alone and refuses, writing
-nothing, when that would delete more than `max_delete` percent of the live users, or when a line's
-email could not be read (that user cannot be told from an absent one); `force` overrides both.
+nothing, when that would delete more than `max_delete` percent of the live users, or when a
+line's email could not be read (that user cannot be told from an absent one); `force`
+overrides both.
 A refused row whose email is readable protects its user from deletion.
 
 `--dry-run` runs the same reading and matching in read-only transactions and lists what it
-would create, update and delete.
+would create, update and delete, every refusal the real run would meet (both reasons above and
+each refused row), and the CLI exits with the real run's code.
 """
 
 from __future__ import annotations
@@ -41,10 +43,6 @@ from bday.users.api import (
 from bday.users.importer import MAX_LISTED, clean_batches
 
 MAX_DELETE = 10  # the percentage of live users --sync may delete without --force
-
-
-class SyncRefused(ValueError):
-    """--sync would delete too much, or cannot tell who is absent: one line, nothing written."""
 
 
 @dataclass
@@ -76,14 +74,17 @@ class SyncResult:
 
 @dataclass
 class Absent:
-    """Live users whose email the file does not hold (found by `find_absent`)."""
+    """Live users whose email the file does not hold (found by `find_absent`), and why a real
+    run would refuse to delete them (every reason, so a dry run can list them all)."""
 
     users: list[tuple[uuid.UUID, str]]
     live: int
+    refusals: list[str] = field(default_factory=list)
 
 
 def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: int, force: bool) -> Absent:
-    """The first pass of --sync: the file's emails only. Raises `SyncRefused`."""
+    """The first pass of --sync: the file's emails only. A real run must write nothing when
+    the answer has `refusals`."""
     emails, unreadable = set(), 0
     for _, row in rows:
         email = _email_of(row)
@@ -98,23 +99,24 @@ def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: int, force: 
             live += 1
             if email.lower() not in emails:
                 absent.append((user_id, email))
-    _check_share(len(absent), live, unreadable, max_delete, force)
-    return Absent(absent, live)
+    return Absent(absent, live, _refusals(len(absent), live, unreadable, max_delete, force))
 
 
-def _check_share(absent: int, live: int, unreadable: int, max_delete: int, force: bool) -> None:
+def _refusals(absent: int, live: int, unreadable: int, max_delete: int, force: bool) -> list[str]:
     if force or not absent:
-        return
+        return []
+    refusals = []
     if unreadable:
-        raise SyncRefused(
+        refusals.append(
             f"--sync: {unreadable} line(s) have no readable email, so their users cannot be "
             "told from absent ones; nothing written (fix the file, or --force)"
         )
     if absent * 100 > max_delete * live:  # in integers: 0.29 * 100 is 28.999999999999996
-        raise SyncRefused(
+        refusals.append(
             f"--sync would delete {absent} of {live} live user(s) ({absent / live:.0%}), more "
             f"than {max_delete}%; nothing written (check the file, or --force)"
         )
+    return refusals
 
 
 def _email_of(row: dict | str) -> str | None:

@@ -37,9 +37,9 @@ def _write(path: Path, count: int, start: int = 0) -> Path:
 
 def test_max_delete_allows_exactly_its_percentage_and_refuses_one_more():
     for percent in range(100):
-        syncing._check_share(percent, 100, 0, percent, force=False)  # exactly the share
-        with pytest.raises(syncing.SyncRefused, match=f"more than {percent}%"):
-            syncing._check_share(percent + 1, 100, 0, percent, force=False)
+        assert syncing._refusals(percent, 100, 0, percent, force=False) == []  # exactly it
+        (refusal,) = syncing._refusals(percent + 1, 100, 0, percent, force=False)
+        assert f"more than {percent}%" in refusal
 
 
 @pytest.mark.parametrize("percent", [29, 57])
@@ -320,3 +320,80 @@ def test_export_into_a_missing_directory_names_it(monkeypatch, capsys, tmp_path)
         "",
         f"bday: {target}: cannot write (No such file or directory)\n",
     )
+
+
+def test_import_reads_a_pipe_on_dev_stdin(tmp_path):
+    data = _write(tmp_path / "seed.csv", 3).read_bytes()
+    done = _console("users", "import", "/dev/stdin", stdin=data)
+    assert (done.returncode, done.stdout) == (0, b"imported 3 of 3 row(s); 0 refused\n")
+    assert users.count_users() == 3
+
+
+def _through_fifo(tmp_path: Path, source: Path) -> Path:
+    """A FIFO fed `source` once by a thread, as `<(cat source)` or a mkfifo would be."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    threading.Thread(target=lambda: fifo.write_bytes(source.read_bytes()), daemon=True).start()
+    return fifo
+
+
+def test_sync_reads_a_fifo_once_and_deletes_exactly_the_absent(tmp_path, monkeypatch, capsys):
+    bday(monkeypatch, capsys, "users", "import", str(_write(tmp_path / "all.csv", 10)))
+    fifo = _through_fifo(tmp_path, _write(tmp_path / "kept.csv", 8))
+    args = ["users", "import", str(fifo), "--sync", "--max-delete", "20"]
+    code, out, err = bday(monkeypatch, capsys, *args)
+    assert (code, out) == (0, "created 0, updated 0, deleted 2, unchanged 8 (8 row(s))\n"), err
+    assert users.count_users() == 8
+
+
+def test_a_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "nope.csv"
+    for extra in ([], ["--sync"], ["--sync", "--dry-run"]):
+        code, out, err = bday(monkeypatch, capsys, "users", "import", str(missing), *extra)
+        assert (code, out) == (2, "")
+        assert err == f"bday: {missing}: cannot read (No such file or directory)\n"
+
+
+# --- section 3: a dry run reports every refusal and exits with the real run's code -------------
+
+SHARE = (
+    "bday: --sync would delete 6 of 10 live user(s) (60%), more than 10%; nothing written "
+    "(check the file, or --force)\n"
+)
+UNREADABLE = (
+    "bday: --sync: 1 line(s) have no readable email, so their users cannot be told from absent "
+    "ones; nothing written (fix the file, or --force)\n"
+)
+
+
+def test_a_sync_dry_run_lists_every_refusal_and_exits_2_as_the_real_run(
+    tmp_path, monkeypatch, capsys
+):
+    from tests.users.test_bad_input_properties import fingerprint
+
+    bday(monkeypatch, capsys, "users", "import", str(_write(tmp_path / "all.csv", 10)))
+    path = _write(tmp_path / "some.csv", 4)
+    with path.open("a") as handle:
+        handle.write('X,"Y,broken,1990-01-01,UTC\n')  # an unmatched quote: no readable email
+    before = fingerprint()
+    real = bday(monkeypatch, capsys, "users", "import", str(path), "--sync")
+    assert real == (2, "", UNREADABLE + SHARE)
+    code, out, err = bday(monkeypatch, capsys, "users", "import", str(path), "--sync", "--dry-run")
+    assert (code, err.removeprefix(f"importing {path.name}\n")) == (2, UNREADABLE + SHARE)
+    assert "line 6: row: not valid CSV (an unmatched quote)" in out
+    assert "would create 0, update 0, delete 6, unchanged 4 (5 row(s)); 1 refused" in out
+    assert fingerprint() == before
+
+
+def test_a_dry_run_with_refused_rows_exits_1_as_the_real_run(tmp_path, monkeypatch, capsys):
+    path = _write(tmp_path / "some.csv", 2)
+    with path.open("a") as handle:
+        handle.write("X,Y,not-an-email,1990-01-01,UTC\n")
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path), "--sync", "--dry-run")
+    assert code == 1 and "line 4: email: is not a valid address" in out
+    assert users.count_users() == 0
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path), "--sync")
+    assert code == 1 and users.count_users() == 2
