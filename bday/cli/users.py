@@ -231,13 +231,17 @@ def export(path: str) -> None:
     import csv
 
     from bday.cli.files import output
+    from bday.cli.main import Failure
     from bday.users import sync as syncing
 
     count = -1  # the header is no user
-    with output(path) as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - count is the result
-            writer.writerow(row)
+    try:
+        with output(path) as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - the result
+                writer.writerow(row)
+    except syncing.ExportRefused as exc:
+        raise Failure(str(exc)) from None
     if path != "-":
         click.echo(f"exported {count} user(s) to {path}", err=True)
 

@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 
 from bday.store.db import transaction
 from bday.store.models import User
-from bday.users import hooks
+from bday.users import cells, hooks
 from bday.users.api import UserInputError, clean_user_fields, new_user
 
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
@@ -197,7 +197,7 @@ def _parse_line(raw: bytes, header: list[str]) -> dict | str | None:
         return f"row: not valid CSV ({problem})"
     if len(fields) != len(header):
         return f"row: expected {len(header)} columns, got {len(fields)}"
-    return dict(zip(header, fields, strict=True))
+    return dict(zip(header, map(cells.restore, fields), strict=True))
 
 
 def _decode(raw: bytes) -> str | None:

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, or_, select, update
 
 from bday.store.db import transaction
 from bday.store.models import User
-from bday.users import hooks
+from bday.users import cells, hooks
 from bday.users.api import (
     FIELDS,
     UserInputError,
@@ -228,10 +228,19 @@ def _delete(absent: Absent, result: SyncResult, dry_run: bool) -> None:
 # --- export -----------------------------------------------------------------------------------
 
 EXPORT_COLUMNS = ("first_name", "last_name", "email", "birthday", "timezone", "anniversary")
+LISTED_UNWRITABLE = 5  # users an export refusal names; the rest are counted
+
+
+class ExportRefused(ValueError):
+    """Some live users hold a value no import can read back: one line naming them."""
 
 
 def export_rows() -> Iterator[list[str]]:
-    """The header, then one row per live user, oldest first, in the import's format."""
+    """The header, then one row per live user, oldest first, in the import's format, each
+    cell neutralised against spreadsheet formulas (`bday.users.cells`). Raises
+    `ExportRefused` before the header when a user holds a line break (written by older code
+    or SQL: no import reads it back, and a --sync of the file would delete that user)."""
+    _refuse_line_breaks()
     yield [*EXPORT_COLUMNS, "opt_out"]
     query = (
         select(User)
@@ -241,7 +250,37 @@ def export_rows() -> Iterator[list[str]]:
     )
     with transaction() as session:
         for user in session.scalars(query):
-            yield [*(_cell(getattr(user, name)) for name in EXPORT_COLUMNS), _opt_out(user)]
+            values = [*(_cell(getattr(user, name)) for name in EXPORT_COLUMNS), _opt_out(user)]
+            yield [cells.neutralise(value) for value in values]
+
+
+def _text_columns() -> list[Any]:
+    table = User.__table__
+    return [table.c[name] for name in EXPORT_COLUMNS if isinstance(table.c[name].type, String)]
+
+
+def _refuse_line_breaks() -> None:
+    columns = _text_columns()
+    breaks = {column.name: column.regexp_match("[\r\n]") for column in columns}
+    query = (
+        select(User.id, *(match.label(name) for name, match in breaks.items()))
+        .where(User.deleted_at.is_(None), or_(*breaks.values()))
+        .order_by(User.created_at, User.id)
+    )
+    with transaction() as session:
+        found = session.execute(query).all()
+    if not found:
+        return
+    named = [
+        f"{row.id} ({', '.join(name for name in breaks if getattr(row, name))})"
+        for row in found[:LISTED_UNWRITABLE]
+    ]
+    more = f" and {len(found) - LISTED_UNWRITABLE} more" if len(found) > LISTED_UNWRITABLE else ""
+    raise ExportRefused(
+        f"cannot export: {len(found)} user(s) hold a line break, which no import reads back: "
+        f"{'; '.join(named)}{more}; correct them (bday users update ID --first-name ...), "
+        "then export again; nothing written"
+    )
 
 
 def _cell(value: Any) -> str:

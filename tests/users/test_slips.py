@@ -397,3 +397,82 @@ def test_a_dry_run_with_refused_rows_exits_1_as_the_real_run(tmp_path, monkeypat
     assert users.count_users() == 0
     code, out, _ = bday(monkeypatch, capsys, "users", "import", str(path), "--sync")
     assert code == 1 and users.count_users() == 2
+
+
+# --- 7. a line break no import reads back: export names the user, writes nothing --------------
+
+
+def test_an_export_names_each_user_holding_a_line_break_and_writes_nothing(
+    monkeypatch, capsys, tmp_path
+):
+    from sqlalchemy import text
+
+    from bday.store.db import engine
+
+    keep, before = _exported(monkeypatch, capsys, tmp_path)
+    bob = users.create_user(
+        first_name="Bob",
+        last_name="B",
+        email="bob@example.com",
+        birthday="1980-01-01",
+        timezone="UTC",
+    )
+    with engine().begin() as connection:  # as older code or SQL left them
+        connection.execute(text("UPDATE users SET first_name = E'Line\"\\nTwo'"))
+        connection.execute(text("UPDATE users SET last_name = E'B\\r' WHERE id = :id"), {"id": bob})
+    ada = users.find_user("ada@example.com").id
+    for target in (str(keep), "-"):
+        code, out, err = bday(monkeypatch, capsys, "users", "export", target)
+        assert (code, out) == (2, "")
+        assert err == (
+            f"bday: cannot export: 2 user(s) hold a line break, which no import reads back: "
+            f"{ada} (first_name); {bob} (first_name, last_name); correct them (bday users "
+            "update ID --first-name ...), then export again; nothing written\n"
+        )
+    assert keep.read_bytes() == before
+    code, _, _ = bday(monkeypatch, capsys, "users", "update", str(ada), "--first-name", "Line")
+    assert code == 0  # the named fix works
+
+
+# --- spreadsheet formulas: neutralised on export, restored on import ---------------------------
+
+FORMULAS = ["=1+1", "+41", "-2", "@SUM(A1)", "'=1+1", "''@x", "'Neill", "O'Neill", "-", "'"]
+
+
+def test_formula_cells_are_written_as_text_and_read_back_as_they_were(
+    monkeypatch, capsys, tmp_path
+):
+    for index, name in enumerate(FORMULAS):
+        users.create_user(
+            first_name=name,
+            last_name=f"L{index}",
+            email=f"=f{index}@example.com" if index % 2 else f"f{index}@example.com",
+            birthday="1990-01-01",
+            timezone="UTC",
+        )
+    exported = tmp_path / "out.csv"
+    assert bday(monkeypatch, capsys, "users", "export", str(exported))[0] == 0
+    written = list(csv.reader(exported.open(encoding="utf-8")))[1:]
+    for row in written:
+        assert not any(cell[:1] in set("=+-@\t\r") for cell in row), row  # nothing a sheet runs
+    firsts = [row[0] for row in written]
+    assert firsts[:4] == ["'=1+1", "'+41", "'-2", "'@SUM(A1)"]
+    assert firsts[4:] == ["''=1+1", "'''@x", "'Neill", "O'Neill", "'-", "'"]
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(exported), "--sync")
+    assert (code, out) == (
+        0,
+        f"nothing changed: {len(FORMULAS)} of {len(FORMULAS)} row(s) already match\n",
+    )
+    stored = sorted(user.first_name for user in users.list_users())
+    bday(
+        monkeypatch,
+        capsys,
+        "users",
+        "import",
+        str(_write(tmp_path / "none.csv", 0)),
+        "--sync",
+        "--force",
+    )
+    assert users.count_users() == 0
+    assert bday(monkeypatch, capsys, "users", "import", str(exported))[0] == 0
+    assert sorted(user.first_name for user in users.list_users()) == stored == sorted(FORMULAS)
