@@ -36,3 +36,30 @@ def test_bench_model_takes_a_decimal_count_that_is_a_whole_number_of_users(text,
     from bday.devtools.capacity import parse_users
 
     assert parse_users(text) == users
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            PermissionError(13, "Permission denied", "/srv/people.csv"),
+            "/srv/people.csv: Permission denied",
+        ),
+        (
+            FileNotFoundError(2, "No such file or directory", "x.csv"),
+            "x.csv: No such file or directory",
+        ),
+    ],
+)
+def test_an_os_error_naming_a_file_is_a_local_problem_exit_2_not_a_service(error, line):
+    from bday.cli.errors import explain
+
+    assert explain(error) == (line, 2)
+    assert explain(ConnectionRefusedError(111, "Connection refused"))[1] == 1  # a service
+
+
+def test_a_user_not_found_message_is_one_printable_line():
+    from bday.users.errors import UserNotFound
+
+    assert str(UserNotFound("a\x00b")) == "user 'a\\x00b' not found"
+    assert len(str(UserNotFound("x" * 10_000))) < 100
