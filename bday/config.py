@@ -59,6 +59,13 @@ DAY_S = 86_400
 PREFETCH_MULTIPLIER = 2
 
 
+# The lowest EMAIL_SERVICE_RATE_LIMIT other than 0 (none): one send every 1,000 s, 86 a day.
+# A lower rate is a slip (1e-15 for 0, or a unit), not a provider's limit: it could not send a
+# day's greetings in a day, and the pacer's slots, tokens / rate seconds ahead, would leave the
+# range of dates Python and PostgreSQL hold (1e-15/s: 31 million years per send).
+MIN_RATE_LIMIT = 0.001
+
+
 def _seconds(name: str, default: float, **constraints: Any) -> Any:
     return _env(name, default, allow_inf_nan=False, le=DAY_S, **constraints)
 
@@ -218,6 +225,15 @@ class Settings(BaseSettings):
             crontab.from_string(value)
         except Exception as exc:  # noqa: BLE001 - celery raises ValueError or its ParseException
             raise ValueError(f"not a valid cron expression ({exc})") from None
+        return value
+
+    @field_validator("email_service_rate_limit")
+    @classmethod
+    def _check_rate_floor(cls, value: float) -> float:
+        if 0 < value < MIN_RATE_LIMIT:
+            raise ValueError(
+                f"must be 0 (no limit) or at least {MIN_RATE_LIMIT} messages per second"
+            )
         return value
 
     @field_validator("cron_timezone")

@@ -1,9 +1,9 @@
 """The one place where a failure the operator can cause becomes one line and an exit code.
 
 `Failure` is the one-line error a command raises. `explain(exc)` answers `(message, exit code)`
-for every error that means "fix your input or your setup" (exit 2), or "a service is down"
-(exit 1); anything else is a bug and keeps its traceback. Each message names the problem and,
-where there is one, the fix.
+for every error that means "fix your input or your setup" (exit 2; a local file that cannot be
+read or written is one), or "a service is down" (exit 1); anything else is a bug and keeps its
+traceback. Each message names the problem and, where there is one, the fix.
 """
 
 from __future__ import annotations
@@ -36,9 +36,16 @@ NOT_MIGRATED = "the database at DATABASE_URL has no bday tables: run `bday db up
 BEHIND = "the database at DATABASE_URL is behind this version of bday: run `bday db upgrade`"
 
 
+class LocalFileError(Exception):
+    """A file of this machine cannot be read or written: `PATH: cannot write (reason)`."""
+
+    def __init__(self, path: str, action: str, exc: OSError):
+        super().__init__(f"{path}: {action} ({exc.strerror or exc})")
+
+
 def explain(exc: BaseException) -> tuple[str, int] | None:
     """(one-line message, exit code) for an error the operator can fix; None for a bug."""
-    for check in (_user_error, _database_error, _number_error, _service_error):
+    for check in (_user_error, _database_error, _number_error, _local_file_error, _service_error):
         answer = check(exc)
         if answer is not None:
             return answer
@@ -56,7 +63,7 @@ def _user_error(exc: BaseException) -> tuple[str, int] | None:
     from bday.config import SettingsError
     from bday.users.errors import UserInputError, UserNotFound
 
-    if isinstance(exc, SettingsError | UserInputError | UserNotFound):
+    if isinstance(exc, SettingsError | UserInputError | UserNotFound | LocalFileError):
         return str(exc), EXIT_USAGE
     if isinstance(exc, CommandError):  # an unknown revision for `bday db upgrade/downgrade`
         return f"{first_line(exc)} (`bday db current` shows the known revisions)", EXIT_USAGE
@@ -81,6 +88,14 @@ def _database_error(exc: BaseException) -> tuple[str, int] | None:
 def _number_error(exc: BaseException) -> tuple[str, int] | None:
     if isinstance(exc, OverflowError):
         return f"a number is out of range ({first_line(exc)})", EXIT_USAGE
+    return None
+
+
+def _local_file_error(exc: BaseException) -> tuple[str, int] | None:
+    # An OSError naming a file is about this machine (a missing file, a permission, a full
+    # disk), which no service being down explains: exit 2, like every local problem.
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or first_line(exc)}", EXIT_USAGE
     return None
 
 

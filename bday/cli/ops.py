@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from bday.cli.errors import EXIT_UNAVAILABLE
-from bday.cli.options import LIMIT
+from bday.cli.options import LIMIT, FiniteFloatRange
 from bday.config import get_settings
 from bday.core.occasions import Kind
 
@@ -409,7 +409,7 @@ def metrics(port, address) -> None:
 )
 @click.option(
     "--provider-limit",
-    type=click.FloatRange(min=1, max=1e6),
+    type=FiniteFloatRange(min=1, max=1e6),
     default=500,
     show_default=True,
     help="With --model: requests/s the email provider accepts.",

@@ -86,7 +86,14 @@ def erase(user: str, yes: bool) -> None:
         if not sys.stdin.isatty():
             raise Failure("erase cannot be undone: confirm on a terminal, or pass --yes")
         click.confirm(f"Erase user {found.id} for good?", abort=True, err=True)
-    click.echo(f"erased {users_api.erase_user(found.id)}")
+    erasure = users_api.erase(found.id)
+    click.echo(f"erased {erasure.user_id}")
+    if erasure.others:  # the same address, but not the user named: say so, touch nothing
+        click.echo(
+            f"note: {len(erasure.others)} other user(s) hold this address; not erased: "
+            + " ".join(map(str, erasure.others)),
+            err=True,
+        )
 
 
 LIST_COLUMNS = ("id", "name", "email", "birthday", "anniversary", "timezone")
@@ -138,43 +145,40 @@ def import_(path: Path, update: bool, sync: bool, dry_run: bool, force: bool, ma
     from bday.users import importer
 
     try:
+        if update or sync or dry_run:
+            _sync(
+                path,
+                sync=sync,
+                update=update or sync,
+                dry_run=dry_run,
+                force=force,
+                max_delete=max_delete,
+            )
+            return
         rows = importer.read_rows(path)
+        importer.check_database()
+        result = _import_with_progress(rows, importer.import_rows, path.name)
     except importer.ImportFileError as exc:
         raise Failure(str(exc)) from None
-    importer.check_database()
-    if update or sync or dry_run:
-        _sync(
-            path,
-            rows,
-            sync=sync,
-            update=update or sync,
-            dry_run=dry_run,
-            force=force,
-            max_delete=max_delete,
-        )
-        return
-    result = _import_with_progress(rows, importer.import_rows, path.name)
     click.echo(f"imported {result.imported} of {rows.count} row(s); {result.refused} refused")
     _list_refused(result)
 
 
-def _sync(
-    path: Path, rows, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int
-):
-    from bday.cli.errors import Failure
+def _sync(path: Path, *, sync: bool, update: bool, dry_run: bool, force: bool, max_delete: int):
     from bday.users import importer
     from bday.users import sync as syncing
 
-    absent = None
-    if sync:
-        try:
-            absent = syncing.find_absent(importer.read_rows(path), max_delete / 100, force)
-        except syncing.SyncRefused as exc:
-            if not dry_run:
-                rows.handle.close()
-                raise Failure(str(exc)) from None
-            click.echo(f"note: without --dry-run: {exc}")  # show what it would do anyway
-            absent = syncing.find_absent(importer.read_rows(path), 1.0, True)
+    if not sync:
+        rows = importer.read_rows(path)
+        importer.check_database()
+        absent = None
+    else:  # two passes: the file's emails first, then its rows (a pipe's from a copy)
+        first, again = importer.read_twice(path)
+        importer.check_database()
+        absent = syncing.find_absent(first, max_delete, force)
+        if absent.refusals and not dry_run:
+            _refuse(absent.refusals)
+        rows = again()
     result = _import_with_progress(
         rows,
         lambda r, **kw: syncing.sync_rows(
@@ -186,7 +190,18 @@ def _sync(
         for change in result.changes:
             click.echo(f"  {change}")
     click.echo(_summary(result, dry_run))
-    _list_refused(result)
+    _list_refused(result, exit_now=not (absent and absent.refusals))
+    if absent and absent.refusals:  # the dry run of a run that would be refused: say each why
+        _refuse(absent.refusals)
+
+
+def _refuse(refusals: list[str]) -> None:
+    """Every reason a --sync is refused, one line each on stderr; exit 2 (nothing written)."""
+    from bday.cli.errors import Failure
+
+    for refusal in refusals[:-1]:
+        Failure(refusal).show()
+    raise Failure(refusals[-1])
 
 
 def _summary(result, dry_run: bool) -> str:
@@ -202,33 +217,35 @@ def _summary(result, dry_run: bool) -> str:
     return f"{head}{counts}, unchanged {result.unchanged} ({result.rows} row(s)){refused}"
 
 
-def _list_refused(result) -> None:
+def _list_refused(result, exit_now: bool = True) -> None:
     for line, problem in sorted(result.errors):
         click.echo(f"  line {line}: {problem}")
     if result.refused > len(result.errors):
         click.echo(f"  ... and {result.refused - len(result.errors)} more not listed")
-    if result.refused:
+    if result.refused and exit_now:
         sys.exit(1)
 
 
 @users.command("export")
 @click.argument("path", type=click.Path(dir_okay=False, allow_dash=True), default="-")
 def export(path: str) -> None:
-    """Write live users as CSV (the import's format, opt_out included) to PATH or stdout."""
+    """Write live users as CSV (the import's format, opt_out included) to PATH or stdout.
+    PATH is replaced only once the new content is complete: a failed export leaves it as it
+    was."""
     import csv
 
     from bday.cli.errors import Failure
+    from bday.cli.files import output
     from bday.users import sync as syncing
 
+    count = -1  # the header is no user
     try:
-        handle = click.open_file(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise Failure(f"{path}: cannot write ({exc.strerror or exc})") from None
-    with handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        count = -1
-        for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - count is the result
-            writer.writerow(row)
+        with output(path) as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            for count, row in enumerate(syncing.export_rows()):  # noqa: B007 - the result
+                writer.writerow(row)
+    except syncing.ExportRefused as exc:
+        raise Failure(str(exc)) from None
     if path != "-":
         click.echo(f"exported {count} user(s) to {path}", err=True)
 

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 
 from bday.devtools import sandbox
 
@@ -211,16 +212,19 @@ if __name__ == "__main__":
 
 
 def parse_users(text: str) -> int:
-    """`1M`, `10m`, `250k`, `1000000` -> a count of users (ValueError otherwise)."""
+    """`1M`, `10m`, `2.5k`, `1000000` -> a whole count of users from 1 to 10 billion
+    (ValueError otherwise: `0.5` is no count of users, `nan` and `inf` none at all)."""
     cleaned = text.strip().lower().replace(",", "").replace("_", "")
     scale = {"k": 1_000, "m": 1_000_000}.get(cleaned[-1:], 1)
-    try:
-        number = float(cleaned[:-1] if scale > 1 else cleaned)
-    except ValueError:
-        number = math.nan
-    if not 0 < number * scale <= 10_000_000_000:  # NaN fails this too
-        raise ValueError(f"{text!r}: expected a count of users such as 1M, 250k or 5000000")
-    return int(number * scale)
+    try:  # decimal, not float: 1.1M is exactly 1,100,000 users
+        number = Decimal(cleaned[:-1] if scale > 1 else cleaned) * scale
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite() or number != number.to_integral_value():
+        raise ValueError(f"{text!r}: expected a whole count of users such as 1M, 250k or 5000000")
+    if not 1 <= number <= 10_000_000_000:
+        raise ValueError(f"{text!r}: expected between 1 and 10,000,000,000 users")
+    return int(number)
 
 
 def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:

@@ -34,9 +34,12 @@ class StateCollector:
                 families["bday_breaker_state"].add_metric(
                     [state], 1 if state == snapshot.breaker_state else 0
                 )
-            _forecast_metrics(families)
         except Exception as exc:  # noqa: BLE001 - a scrape must answer even when a source is down
             errors.append(f"database: {exc}")
+        try:  # apart: no forecast input may cost the scrape the other database series
+            _forecast_metrics(families)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"forecast: {exc}")
         try:
             queues = status.read_broker()
             families["bday_queue_depth"].add_metric([], queues.queue_depth)

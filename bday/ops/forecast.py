@@ -9,6 +9,7 @@ exporter publishes the worst lateness, and an alert compares it with LATENESS_BU
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -50,12 +51,19 @@ class Forecast:
 def lateness(
     instants: list[tuple[datetime, int]], rate: float, now: datetime, backlog: int = 0
 ) -> list[Peak]:
-    """Drain `backlog` from `now`, then each instant's greetings in time order at `rate`."""
-    free_at = now + timedelta(seconds=backlog / rate)
+    """Drain `backlog` from `now`, then each instant's greetings in time order at `rate`.
+
+    In float seconds from `now`, never in datetimes: a queue that drains in 10^15 s (a tiny
+    rate, a huge backlog) is a lateness to report (inf at worst, which the alert compares
+    fine), not an overflow that stops `bday status` and the exporter."""
+    if not rate > 0:  # nan, zero or negative (a hand-edited row): nothing would ever be sent
+        return [Peak(at, count, math.inf) for at, count in instants]
+    free_at = backlog / rate
     peaks = []
     for at, count in instants:
-        done = max(at, free_at) + timedelta(seconds=count / rate)
-        peaks.append(Peak(at, count, (done - at).total_seconds()))
+        start = (at - now).total_seconds()
+        done = max(start, free_at) + count / rate
+        peaks.append(Peak(at, count, done - start))
         free_at = done
     return peaks
 
@@ -79,10 +87,16 @@ def forecast(
         limit=settings.email_service_rate_limit,
         adaptive=pacing.adaptive_rate(state, now),
         backlog=backlog,
-        drain_s=backlog / rate if rate else None,
+        drain_s=_drain_s(backlog, rate),
         budget_s=settings.lateness_budget_s,
         peaks=sorted(peaks, key=lambda p: (-p.count, p.at)),
     )
+
+
+def _drain_s(backlog: int, rate: float | None) -> float | None:
+    if rate is None:
+        return None
+    return backlog / rate if rate > 0 else math.inf
 
 
 def read_forecast(now: datetime | None = None, settings: Settings | None = None) -> Forecast:

@@ -54,9 +54,10 @@ def list_messages(
     limit: int = 100,
     now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows newest first. Raises `UserNotFound` for an unknown user and `UserInputError`
-    for an unknown status."""
-    user_id = find_user(user, include_deleted=True).id if user else None
+    """Rows newest first. Raises `UserNotFound` for an unknown user and `UserInputError` for
+    an empty one or an unknown status."""
+    # `is not None`: an empty --user (an unset shell variable) is refused, never "all users"
+    user_id = find_user(user, include_deleted=True).id if user is not None else None
     wanted = parse_status(status) if status else None
     start = (now or datetime.now(UTC)) - since if since else None
     with transaction() as session:

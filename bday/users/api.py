@@ -13,6 +13,7 @@ import secrets
 import unicodedata
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -33,6 +34,7 @@ from bday.users.errors import UserInputError, UserNotFound, parse_user_id
 NAME_MAX = 100
 EMAIL_MAX = 320
 LOCAL_PART_MAX = 64
+EMAIL_BYTES_MAX = 254  # RFC 5321's path, as email-validator counts it
 log = logging.getLogger(__name__)
 EARLIEST_YEAR = 1900
 FIELDS = (
@@ -120,25 +122,48 @@ def set_opt_out(user_id: uuid.UUID | str, opt_out: Any) -> None:
 
 
 def erase_user(reference: uuid.UUID | str) -> uuid.UUID:
-    """Forget a person: name and email replaced by anonymous values in every table, stored
-    service answers on their messages cleared, unsent greetings cancelled, the user deleted.
-    Every user row that held the same address (earlier soft-deleted ones) is erased with it.
-    Message rows stay (anonymous) so counts hold. Cannot be undone. Raises `UserNotFound`."""
-    user = find_user(reference, include_deleted=True)
-    if user.erased_at is not None:
-        return user.id
+    """Forget a person: name and email replaced by anonymous values, stored service answers
+    on their messages cleared, unsent greetings cancelled, the user deleted. Only the user
+    `reference` names is erased: other user rows holding the same address (a deleted record,
+    or a live user who took the address again) are left alone and logged by id (`erase`
+    returns them). Message rows stay (anonymous) so counts hold. Cannot be undone. Raises
+    `UserNotFound`."""
+    return erase(reference).user_id
+
+
+@dataclass(frozen=True, slots=True)
+class Erasure:
+    user_id: uuid.UUID
+    others: list[uuid.UUID]  # other users holding the erased address, not erased
+
+
+def erase(reference: uuid.UUID | str) -> Erasure:
+    """`erase_user`, also answering which other users hold the same address."""
+    found = find_user(reference, include_deleted=True)
     now = _now()
-    same = select(User).where(func.lower(User.email) == user.email.lower())
     with transaction() as session:
-        erased = list(session.scalars(same.with_for_update()))
-        for row in erased:
-            _anonymise(row, now)
-            messages.forget_answers(session, row.id, now)
-        breaker.forget_text(session, user.email)  # an error text may quote the address
-    for row in erased:
-        hooks.on_user_deleted(row.id)
-    log.info("user %s erased (%d row(s))", user.id, len(erased))
-    return user.id
+        user = session.get(User, found.id, with_for_update=True)
+        if user is None or user.erased_at is not None:
+            return Erasure(found.id, [])
+        address = user.email
+        others = list(
+            session.scalars(
+                select(User.id).where(func.lower(User.email) == address.lower(), User.id != user.id)
+            )
+        )
+        _anonymise(user, now)
+        messages.forget_answers(session, user.id, now)
+        breaker.forget_text(session, address)  # an error text may quote the address
+    hooks.on_user_deleted(user.id)
+    log.info("user %s erased", user.id)
+    if others:
+        log.warning(
+            "user %s erased; %d other user(s) hold the same address and were not erased: %s",
+            user.id,
+            len(others),
+            " ".join(map(str, others)),
+        )
+    return Erasure(user.id, others)
 
 
 def _anonymise(user: User, now: datetime) -> None:
@@ -165,8 +190,9 @@ def get_user(user_id: uuid.UUID | str) -> User:
 
 def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> User:
     """The user named by an id or an email (a live one first; with `include_deleted`, else
-    the most recently deleted one). Raises `UserNotFound`."""
-    text_ref = str(reference).strip()
+    the most recently deleted one). Raises `UserNotFound`, or `UserInputError` for a
+    reference no user can have (empty, a NUL, bytes that are not UTF-8)."""
+    text_ref = _reference(reference)
     if "@" not in text_ref:
         user_id = parse_user_id(text_ref)
         with transaction() as session:
@@ -174,7 +200,7 @@ def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> U
         if user is None or (user.deleted_at is not None and not include_deleted):
             raise UserNotFound(user_id)
         return user
-    query = select(User).where(func.lower(User.email) == text_ref.lower())
+    query = select(User).where(func.lower(User.email) == _email_key(text_ref))
     if not include_deleted:
         query = query.where(User.deleted_at.is_(None))
     query = query.order_by(User.deleted_at.desc().nulls_first()).limit(1)
@@ -183,6 +209,28 @@ def find_user(reference: uuid.UUID | str, *, include_deleted: bool = False) -> U
     if user is None:
         raise UserNotFound(text_ref)
     return user
+
+
+def _reference(reference: Any) -> str:
+    """An id or email to look up, checked before it reaches PostgreSQL (which refuses a NUL
+    with its own DataError, and cannot encode a lone surrogate)."""
+    if isinstance(reference, uuid.UUID):
+        return str(reference)
+    text_ref = _text("user", reference, "an id or an email").strip()
+    if not text_ref:
+        raise UserInputError("user", "must not be empty (give an id or an email)")
+    if "\x00" in text_ref:
+        raise UserInputError("user", "must not contain a NUL character (U+0000)")
+    return text_ref
+
+
+def _email_key(text_ref: str) -> str:
+    """The address as `clean_email` stores it (NFC, lowercased), so a lookup finds the user
+    whichever form was typed; an address it refuses is looked up lowercased as it is."""
+    try:
+        return clean_email(text_ref)
+    except UserInputError:
+        return text_ref.lower()
 
 
 def list_users(*, limit: int | None = None, offset: int = 0) -> list[User]:
@@ -306,21 +354,39 @@ def _visible(char: str) -> bool:
 
 
 def clean_email(value: Any) -> str:
+    """The address as stored: lowercased and NFC, its lengths checked on that form (the one
+    every later lookup, update and import compares with), not on what was typed: `İ` is
+    two bytes typed and three lowercased."""
     text = _text("email", value, "a string").strip()
     if not text:
         raise UserInputError("email", "is required")
-    if len(text) > EMAIL_MAX:
+    if len(text) > EMAIL_MAX:  # a cheap bound before the validator reads it
         raise UserInputError("email", f"must be at most {EMAIL_MAX} characters")
     try:
-        checked = validate_email(text, check_deliverability=False)
+        checked = validate_email(
+            unicodedata.normalize("NFC", text.lower()), check_deliverability=False
+        )
     except EmailNotValidError as exc:
         raise UserInputError("email", f"is not a valid address ({_one_line(exc)})") from None
-    # RFC 5321's 64-octet local part: email-validator checks it only with strict=True (2.2+)
-    if len(checked.local_part.encode()) > LOCAL_PART_MAX:
+    stored = checked.normalized.lower()
+    _check_email_lengths(stored)
+    return stored
+
+
+def _check_email_lengths(stored: str) -> None:
+    # RFC 5321's 64-octet local part (email-validator checks it only with strict=True) and
+    # 254-octet path, on the stored form
+    local = len(stored.rpartition("@")[0].encode())
+    if local > LOCAL_PART_MAX:
         raise UserInputError(
-            "email", f"the part before @ must be at most {LOCAL_PART_MAX} bytes (RFC 5321)"
+            "email",
+            f"the part before @ must be at most {LOCAL_PART_MAX} bytes once lowercased "
+            f"(RFC 5321; got {local})",
         )
-    return checked.normalized.lower()
+    if len(stored.encode()) > EMAIL_BYTES_MAX:
+        raise UserInputError(
+            "email", f"must be at most {EMAIL_BYTES_MAX} bytes once lowercased (RFC 5321)"
+        )
 
 
 def clean_timezone(value: Any) -> str:

@@ -19,7 +19,10 @@ class UserNotFound(LookupError):
     """No live user has this id."""
 
     def __init__(self, user_id: Any):
-        super().__init__(f"user {user_id} not found")
+        shown = str(user_id)
+        if not shown.isprintable() or len(shown) > 80:  # a NUL or 10,000 bytes: one short line
+            shown = repr(shown[:60] + ("..." if len(shown) > 60 else ""))
+        super().__init__(f"user {shown} not found")
 
 
 def parse_user_id(value: Any) -> uuid.UUID:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from sqlalchemy import func, select
 
 from bday.store.db import transaction
 from bday.store.models import User
-from bday.users import hooks
+from bday.users import cells, hooks
 from bday.users.api import UserInputError, clean_user_fields, new_user
 
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
@@ -58,18 +59,30 @@ class ImportResult:
 
 
 class Rows:
-    """The data rows of an open CSV file: yields (line number, row dict) or (line, problem)."""
+    """The data rows of an open CSV file: yields (line number, row dict) or (line, problem).
 
-    def __init__(self, handle: BinaryIO, header: list[str], line: int):
-        self.handle, self.header, self.line = handle, header, line
+    Read forward only, so a pipe, a FIFO or `/dev/stdin` is read as a file is. With `copy`,
+    every byte read is also written there (for a second pass over a pipe, see `read_twice`)."""
+
+    def __init__(self, handle: BinaryIO, header: list[str], line: int, position: int, name: str):
+        self.handle, self.header, self.line, self.name = handle, header, line, name
+        self.first_line = line  # the header's: rows are numbered after it
         self.count = 0  # data rows met so far (blank lines are not rows)
-        self.position = handle.tell()  # bytes read so far
+        self.position = position  # bytes read so far
         stat = os.fstat(handle.fileno())
         self.size = stat.st_size if S_ISREG(stat.st_mode) else None
+        self.copy: BinaryIO | None = None
 
     def _readline(self, limit: int) -> bytes:
-        raw = self.handle.readline(limit)
+        try:
+            raw = self.handle.readline(limit)
+        except OSError as exc:  # the disk, or the process feeding the pipe
+            raise ImportFileError(
+                f"{self.name}: cannot read after line {self.line} ({exc.strerror or exc})"
+            ) from None
         self.position += len(raw)
+        if self.copy is not None:
+            self.copy.write(raw)
         return raw
 
     def __iter__(self) -> Iterator[tuple[int, dict | str]]:
@@ -106,17 +119,40 @@ def read_rows(path: Path) -> Rows:
     except OSError as exc:
         raise ImportFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     try:
-        header, line = _read_header(handle, path)
+        header, line, position = _read_header(handle, path)
+    except OSError as exc:  # a directory given as /dev/fd/N, a device that refuses reading
+        handle.close()
+        raise ImportFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except BaseException:
         handle.close()
         raise
-    return Rows(handle, header, line)
+    return Rows(handle, header, line, position, str(path))
 
 
-def _read_header(handle: BinaryIO, path: Path) -> tuple[list[str], int]:
-    line = 0
+def read_twice(path: Path) -> tuple[Rows, Callable[[], Rows]]:
+    """For --sync, which reads a file twice (its emails, then its rows): the first pass, and
+    how to start the second. A regular file is opened again; a pipe, a FIFO or /dev/stdin can
+    be read once only, so the first pass copies what it reads to a temporary file, which the
+    second pass reads (the same bytes, so the same lines and the same verdicts)."""
+    first = read_rows(path)
+    if first.size is not None:
+        return first, lambda: read_rows(path)
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - the second pass closes (and deletes) it
+    first.copy = spool
+
+    def again() -> Rows:
+        spool.flush()
+        spool.seek(0)
+        return Rows(spool, first.header, first.first_line, 0, str(path))
+
+    return first, again
+
+
+def _read_header(handle: BinaryIO, path: Path) -> tuple[list[str], int, int]:
+    line = position = 0
     while True:
         raw, line = handle.readline(MAX_LINE + 1), line + 1
+        position += len(raw)
         if not raw:
             raise ImportFileError(f"{path}: empty file; expected a header line naming the columns")
         if not _ends(raw):
@@ -125,7 +161,7 @@ def _read_header(handle: BinaryIO, path: Path) -> tuple[list[str], int]:
         if text is None:
             raise ImportFileError(f"{path}: the header is not valid UTF-8; save the file as UTF-8")
         if text.strip():
-            return _check_header(text, path), line
+            return _check_header(text, path), line, position
 
 
 def _check_header(text: str, path: Path) -> list[str]:
@@ -161,7 +197,7 @@ def _parse_line(raw: bytes, header: list[str]) -> dict | str | None:
         return f"row: not valid CSV ({problem})"
     if len(fields) != len(header):
         return f"row: expected {len(header)} columns, got {len(fields)}"
-    return dict(zip(header, fields, strict=True))
+    return dict(zip(header, map(cells.restore, fields), strict=True))
 
 
 def _decode(raw: bytes) -> str | None:

@@ -7,12 +7,14 @@ identical one is left alone: importing the same file twice changes nothing the s
 
 `--sync` also deletes (softly, like `bday users delete`) the live users whose email the file
 does not hold. It first reads the file once for its emails alone and refuses, writing
-nothing, when that would delete more than `max_delete` of the live users, or when a line's
-email could not be read (that user cannot be told from an absent one); `force` overrides both.
+nothing, when that would delete more than `max_delete` percent of the live users, or when a
+line's email could not be read (that user cannot be told from an absent one); `force`
+overrides both.
 A refused row whose email is readable protects its user from deletion.
 
 `--dry-run` runs the same reading and matching in read-only transactions and lists what it
-would create, update and delete.
+would create, update and delete, every refusal the real run would meet (both reasons above and
+each refused row), and the CLI exits with the real run's code.
 """
 
 from __future__ import annotations
@@ -23,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import String, func, or_, select, update
 
 from bday.store.db import transaction
 from bday.store.models import User
-from bday.users import hooks
+from bday.users import cells, hooks
 from bday.users.api import (
     FIELDS,
     UserInputError,
@@ -39,10 +41,6 @@ from bday.users.api import (
     opt_out_word,
 )
 from bday.users.importer import MAX_LISTED, clean_batches
-
-
-class SyncRefused(ValueError):
-    """--sync would delete too much, or cannot tell who is absent: one line, nothing written."""
 
 
 @dataclass
@@ -74,14 +72,17 @@ class SyncResult:
 
 @dataclass
 class Absent:
-    """Live users whose email the file does not hold (found by `find_absent`)."""
+    """Live users whose email the file does not hold (found by `find_absent`), and why a real
+    run would refuse to delete them (every reason, so a dry run can list them all)."""
 
     users: list[tuple[uuid.UUID, str]]
     live: int
+    refusals: list[str] = field(default_factory=list)
 
 
-def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: float, force: bool) -> Absent:
-    """The first pass of --sync: the file's emails only. Raises `SyncRefused`."""
+def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: int, force: bool) -> Absent:
+    """The first pass of --sync: the file's emails only. A real run must write nothing when
+    the answer has `refusals`."""
     emails, unreadable = set(), 0
     for _, row in rows:
         email = _email_of(row)
@@ -96,23 +97,24 @@ def find_absent(rows: Iterable[tuple[int, dict | str]], max_delete: float, force
             live += 1
             if email.lower() not in emails:
                 absent.append((user_id, email))
-    _check_share(len(absent), live, unreadable, max_delete, force)
-    return Absent(absent, live)
+    return Absent(absent, live, _refusals(len(absent), live, unreadable, max_delete, force))
 
 
-def _check_share(absent: int, live: int, unreadable: int, max_delete: float, force: bool) -> None:
+def _refusals(absent: int, live: int, unreadable: int, max_delete: int, force: bool) -> list[str]:
     if force or not absent:
-        return
+        return []
+    refusals = []
     if unreadable:
-        raise SyncRefused(
+        refusals.append(
             f"--sync: {unreadable} line(s) have no readable email, so their users cannot be "
             "told from absent ones; nothing written (fix the file, or --force)"
         )
-    if absent > max_delete * live:
-        raise SyncRefused(
+    if absent * 100 > max_delete * live:  # in integers: 0.29 * 100 is 28.999999999999996
+        refusals.append(
             f"--sync would delete {absent} of {live} live user(s) ({absent / live:.0%}), more "
-            f"than {max_delete:.0%}; nothing written (check the file, or --force)"
+            f"than {max_delete}%; nothing written (check the file, or --force)"
         )
+    return refusals
 
 
 def _email_of(row: dict | str) -> str | None:
@@ -232,10 +234,19 @@ EXPORT_COLUMNS = (
     "anniversary",
     "locale",
 )
+LISTED_UNWRITABLE = 5  # users an export refusal names; the rest are counted
+
+
+class ExportRefused(ValueError):
+    """Some live users hold a value no import can read back: one line naming them."""
 
 
 def export_rows() -> Iterator[list[str]]:
-    """The header, then one row per live user, oldest first, in the import's format."""
+    """The header, then one row per live user, oldest first, in the import's format, each
+    cell neutralised against spreadsheet formulas (`bday.users.cells`). Raises
+    `ExportRefused` before the header when a user holds a line break (written by older code
+    or SQL: no import reads it back, and a --sync of the file would delete that user)."""
+    _refuse_line_breaks()
     yield [*EXPORT_COLUMNS, "opt_out"]
     query = (
         select(User)
@@ -245,7 +256,37 @@ def export_rows() -> Iterator[list[str]]:
     )
     with transaction() as session:
         for user in session.scalars(query):
-            yield [*(_cell(getattr(user, name)) for name in EXPORT_COLUMNS), _opt_out(user)]
+            values = [*(_cell(getattr(user, name)) for name in EXPORT_COLUMNS), _opt_out(user)]
+            yield [cells.neutralise(value) for value in values]
+
+
+def _text_columns() -> list[Any]:
+    table = User.__table__
+    return [table.c[name] for name in EXPORT_COLUMNS if isinstance(table.c[name].type, String)]
+
+
+def _refuse_line_breaks() -> None:
+    columns = _text_columns()
+    breaks = {column.name: column.regexp_match("[\r\n]") for column in columns}
+    query = (
+        select(User.id, *(match.label(name) for name, match in breaks.items()))
+        .where(User.deleted_at.is_(None), or_(*breaks.values()))
+        .order_by(User.created_at, User.id)
+    )
+    with transaction() as session:
+        found = session.execute(query).all()
+    if not found:
+        return
+    named = [
+        f"{row.id} ({', '.join(name for name in breaks if getattr(row, name))})"
+        for row in found[:LISTED_UNWRITABLE]
+    ]
+    more = f" and {len(found) - LISTED_UNWRITABLE} more" if len(found) > LISTED_UNWRITABLE else ""
+    raise ExportRefused(
+        f"cannot export: {len(found)} user(s) hold a line break, which no import reads back: "
+        f"{'; '.join(named)}{more}; correct them (bday users update ID --first-name ...), "
+        "then export again; nothing written"
+    )
 
 
 def _cell(value: Any) -> str:

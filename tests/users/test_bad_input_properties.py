@@ -12,12 +12,13 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import unicodedata
 import uuid
 from datetime import date
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
@@ -327,3 +328,96 @@ def test_users_import_keeps_or_names_every_row_and_exits_0_or_1(
     for number, (kind, item) in enumerate(lines, 2):
         if kind == "valid":
             assert item["email"].lower() in stored or number in named, number
+
+
+# --- emails: normalised first, then validated (issue 20) ----------------------------------------
+
+# Letters whose lowercase is longer in UTF-8 than they are (İ: 2 bytes, then 3), or changes
+# under NFC, beside plain ones: the lengths must hold for what is stored, not what was typed.
+GROWING = "İȺȾⱯÅΩKẞǅ"
+local_parts = st.text(
+    st.sampled_from(GROWING) | st.characters(categories=["Ll", "Lu", "Nd"]) | st.just("."),
+    min_size=1,
+    max_size=70,
+)
+addresses = st.one_of(
+    st.builds(
+        "{}@{}".format,
+        local_parts,
+        st.sampled_from(["example.com", "EXAMPLE.COM", "bücher.example", "xn--bcher-kva.example"]),
+    ),
+    st.builds(  # near the 254-byte limit: under it as typed, maybe over it lowercased
+        "{}@{}.example".format,
+        st.text("aİ", min_size=1, max_size=40),
+        st.integers(150, 200).map(lambda n: ".".join(["b" * 60] * (n // 61) + ["c" * (n % 61)])),
+    ),
+    hostile_text,
+)
+
+
+@PROPERTY
+@given(email=addresses)
+@example(email="İ" * 32 + "@example.com")  # the issue's: 64 bytes typed, 96 stored
+@example(email="İ" * 21 + "@example.com")  # 63 bytes stored: accepted
+def test_an_email_is_validated_as_it_is_stored(email):
+    try:
+        stored = users.clean_email(email)
+    except UserInputError as exc:
+        refusal = exc
+    else:
+        refusal = None
+    if refusal is not None:
+        event("refused")
+        assert refusal.field == "email" and "\n" not in str(refusal)
+        return
+    event("stored")
+    assert stored == stored.lower() == unicodedata.normalize("NFC", stored)
+    assert len(stored.rpartition("@")[0].encode()) <= 64 and len(stored.encode()) <= 254
+    assert users.clean_email(stored) == stored  # what is stored passes the same rules again
+
+
+# --- export then import: every storable name comes back as it was (issue 20) ------------------
+
+# Names as a spreadsheet or a hostile user might write them: formula starts, quotes, commas,
+# apostrophes, any script; whatever clean_name stores must survive export -> import --sync.
+name_text = st.text(
+    st.sampled_from("=+-@'\",; \tAéß中😀") | st.characters(categories=["L", "N", "P", "S", "Zs"]),
+    min_size=1,
+    max_size=30,
+)
+
+
+def storable(field: str, value: str) -> str | None:
+    try:
+        return users.clean_name(field, value)
+    except UserInputError:
+        return None
+
+
+@PROPERTY
+@given(names=st.lists(st.tuples(name_text, name_text), min_size=1, max_size=3))
+@example(names=[("=1+1", "'@SUM(A1)"), ("''-2", "+x")])
+def test_any_stored_name_survives_export_then_import_sync(
+    monkeypatch, capsys, tmp_path_factory, names
+):
+    stored = [(storable("first_name", a), storable("last_name", b)) for a, b in names]
+    stored = [(a, b) for a, b in stored if a and b]
+    assume(stored)
+    with transaction() as session:
+        session.execute(text("TRUNCATE users CASCADE"))
+    for first, last in stored:
+        users.create_user(
+            first_name=first,
+            last_name=last,
+            email=f"rt.{next(_serial)}@example.com",
+            birthday="1990-01-01",
+            timezone="UTC",
+        )
+    exported = tmp_path_factory.mktemp("rt") / "out.csv"
+    code, _, err = bday(monkeypatch, capsys, "users", "export", str(exported))
+    assert code == 0, err
+    before = fingerprint()
+    code, out, _ = bday(monkeypatch, capsys, "users", "import", str(exported), "--sync")
+    count = len(stored)
+    assert (code, out) == (0, f"nothing changed: {count} of {count} row(s) already match\n")
+    assert fingerprint() == before

@@ -204,11 +204,16 @@ def test_erase_bad_input_is_one_line_exit_2_and_writes_nothing(monkeypatch, caps
 
 
 @time_machine.travel(BEFORE_NINE, tick=False)
-def test_erasing_by_address_also_erases_an_earlier_deleted_user_with_it():
+def test_erasing_by_address_erases_the_user_it_names_and_reports_an_earlier_record():
+    """Issue 20: erasure touches the named user only; another row holding the same address
+    (here an earlier, deleted record) is reported by id, and erased when it is named."""
     old = users.create_user(**{**ADA, "first_name": "Former"})
     users.delete_user(old)
     current = users.create_user(**ADA)
-    assert users.erase_user(ADA["email"].upper()) == current
+    erasure = users.erase(ADA["email"].upper())
+    assert (erasure.user_id, erasure.others) == (current, [old])
+    assert _tables_holding("Former") == ["users.first_name"]  # the earlier record, untouched
+    assert users.erase_user(old) == old
     assert _tables_holding(ADA["email"]) == [] and _tables_holding("Former") == []
 
 
