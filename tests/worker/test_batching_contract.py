@@ -23,7 +23,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from celery import Celery, uuid
+from celery import Celery, signals, uuid
 from celery._state import _set_current_app, get_current_app
 from celery.concurrency.thread import TaskPool as ThreadsPool
 from celery.contrib.testing.mocks import TaskMessage
@@ -125,6 +125,13 @@ class Worker:
         self.settled: dict[str, list[tuple[str, bool | None]]] = {}
         self.called_back: list[str] = []
         self._lock = threading.Lock()
+        # Celery's worker state keeps requests in weak sets: hold each one, or a request left
+        # in the reserved or active set would vanish from it once collected, unnoticed.
+        self.requests: dict[str, Any] = {}
+        signals.task_received.connect(self._hold, sender=self.consumer, weak=False)
+
+    def _hold(self, request: Any, **_: Any) -> None:
+        self.requests[request.id] = request
 
     def deliver(self, outcome: str, job_id: str | None = None, **headers: Any) -> str:
         job_id = job_id or uuid()
@@ -164,6 +171,7 @@ class Worker:
         return fields
 
     def stop(self) -> None:
+        signals.task_received.disconnect(self._hold, sender=self.consumer)
         self.consumer.timer.stop()
         self.consumer.pool.on_stop()
 
