@@ -36,6 +36,7 @@ from celery.worker.worker import WorkController
 from bday.worker.batching import ACK, REJECT, RETRY, BatchTask, Received, Settle, _Batcher
 
 QUEUE = "contract.queue"
+HOLD_S = 1.0  # how far ahead an eta job is due: the test acts on it before then, even on a busy CI
 app = Celery("contract", set_as_current=False)  # never connects: no broker is needed
 app.conf.task_routes = {"contract.job": {"queue": QUEUE}}
 
@@ -251,7 +252,7 @@ def test_a_job_is_settled_once_and_leaves_celerys_trail_of_events(
 
 
 def test_a_job_due_later_is_held_with_its_prefetch_slot_widened_then_narrowed(worker):
-    job_id = worker.deliver("ok", eta=_in_future(0.4))
+    job_id = worker.deliver("ok", eta=_in_future(HOLD_S))
     assert job_id in _ids("scheduled") and job_id not in _ids("reserved")
     assert worker.consumer.qos.changes == [1]
     assert worker.events(job_id) == ["task-received"]
@@ -287,8 +288,8 @@ def test_an_expired_job_is_dropped_acked_once_and_reported_expired(worker):
 @pytest.mark.parametrize("how", ["revoked", "expired"])
 def test_a_job_revoked_or_expiring_while_held_for_its_eta_is_dropped_when_due(worker, how):
     job_id = uuid()
-    expires = {"expires": _in_future(0.2)} if how == "expired" else {}
-    worker.deliver("ok", job_id, eta=_in_future(0.4), **expires)
+    expires = {"expires": _in_future(HOLD_S / 2)} if how == "expired" else {}
+    worker.deliver("ok", job_id, eta=_in_future(HOLD_S), **expires)
     if how == "revoked":
         worker_state.revoked.add(job_id)
     worker.wait_settled(job_id)
