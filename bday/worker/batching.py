@@ -3,9 +3,11 @@
 Celery runs one task call per message, and for `send_message` that call's fixed costs (the pool
 hand-off, tracing, two statements, a log line) were most of a greeting's CPU. A task based on
 `BatchTask` keeps Celery's handling of each message (decoding, revoke and expiry checks, the eta
-wait with Celery's prefetch bookkeeping, acks late, one ack or reject per message) but the consumer
-buffers its requests and the pool runs `run_batch(jobs)` once per batch: as soon as
-`batch_size` jobs wait, or `batch_wait_s` after the first one arrived.
+wait with Celery's prefetch bookkeeping, acks late, one ack or reject per message, the worker
+state and the task events Celery sends for it) but the consumer buffers its requests and the
+pool runs `run_batch(jobs)` once per batch: as soon as `batch_size` jobs wait, or
+`batch_wait_s` after the first one arrived. These rest on Celery internals, hence the pin below
+the next minor in pyproject.toml and tests/worker/test_batching_contract.py.
 
 Jobs held for their eta and the wait for a batch to fill run on the batcher's own clock thread,
 not on the worker's timer: the event loop fires at most ten timer entries per turn, and a turn
