@@ -8,10 +8,9 @@ jobs in batches (`SendMessage`, bday.worker.batching). The periodic tasks (`plan
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from typing import Any
-
-from celery.exceptions import Reject
 
 from bday.broker.app import app
 from bday.config import get_settings
@@ -20,7 +19,7 @@ from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
 from bday.scheduling import jobs
 from bday.scheduling.jobs import get_breaker
-from bday.worker.batching import ACK, REJECT, BatchTask, Received, Settle
+from bday.worker.batching import ACK, REJECT, RETRY, BatchTask, Received, Settle
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +27,16 @@ DB_RETRY_MAX_S = 60
 
 
 _JOB_ARGS = ("message_id", "token", "delivered", "slot")
+_PROVIDER_BODY = re.compile(r"(HTTP \d{3}):.*", re.DOTALL)
 
 
 class SendMessage(BatchTask):
     """`send_message`'s worker side: its jobs run in batches (bday.worker.batching).
 
-    Each job keeps its own fate: acked when done, re-published (Celery's way of retrying: the
-    same task id, `retries` + 1, a countdown through the broker's delayed delivery) then acked
-    when it must run again, rejected so RabbitMQ dead-letters it when it must not."""
+    Each job keeps its own fate: acked when done (ACK), re-published (Celery's way of retrying:
+    the same task id, `retries` + 1, a countdown through the broker's delayed delivery) then
+    acked when it must run again (RETRY), rejected so RabbitMQ dead-letters it when it must
+    not (REJECT)."""
 
     @property
     def batch_size(self) -> int:  # type: ignore[override]
@@ -48,62 +49,66 @@ class SendMessage(BatchTask):
     def run_batch(self, jobs: list[Received], settle: Settle | None = None) -> list[str]:
         verdicts: list[str | None] = [None] * len(jobs)
 
-        def decide(index: int, verdict: str) -> None:
+        def decide(index: int, verdict: str, reason: str) -> None:
             verdicts[index] = verdict
             if settle is not None:  # this message's fate is known: settle it now
-                settle(index, verdict)
+                settle(index, verdict, reason)
 
         work: list[tuple[int, SendJob]] = []
         for index, received in enumerate(jobs):
             fields = _fields(received)
             if fields is None:
                 log.warning("job %s: malformed arguments, dead-lettered", received.id)
-                decide(index, REJECT)
+                decide(index, REJECT, "malformed arguments")
             elif fields.get("delivered") is not None:
-                decide(index, self._record(received, fields))
+                decide(index, *self._record(received, fields))
             else:
                 slot = Slot.from_json(fields.get("slot"))
                 work.append((index, SendJob(fields["message_id"], fields.get("token"), slot)))
 
         def done(k: int, outcome: Outcome) -> None:
             index, job = work[k]
-            decide(index, self._verdict(jobs[index], job, outcome))
+            decide(index, *self._verdict(jobs[index], job, outcome))
 
         _deliver([job for _, job in work], done)
         return [verdict or REJECT for verdict in verdicts]
 
-    def _verdict(self, received: Received, job: SendJob, outcome: Outcome) -> str:
-        action = outcome.action
+    def _verdict(self, received: Received, job: SendJob, outcome: Outcome) -> tuple[str, str]:
+        """The verdict on a job, and why (for its task events)."""
+        action, reason = outcome.action, _without_body(outcome.reason)
         if action is Action.DONE:
-            return ACK
+            return ACK, reason
         if action is Action.DEAD_LETTER:
-            return REJECT
+            return REJECT, reason
         if action in (Action.RETRY, Action.DEFER):
             slot = outcome.slot.to_json() if outcome.slot else None
-            return self._again(received, _countdown(outcome), {"token": job.token, "slot": slot})
+            kwargs = {"token": job.token, "slot": slot}
+            return self._again(received, _countdown(outcome), kwargs, reason)
         countdown = _db_backoff(received.retries)
         if action is Action.RECORD:  # sent, but PostgreSQL went away before we wrote SENT
             log.warning(
                 "message %s: sent, recording deferred (database unavailable)", job.message_id
             )
             kwargs = {"token": job.token, "delivered": outcome.delivered}
-            return self._again(received, countdown, kwargs)
-        log.warning("message %s: %s, again in %d s", job.message_id, outcome.reason, countdown)
-        return self._again(received, countdown, received.kwargs)
+            return self._again(received, countdown, kwargs, "sent; recording deferred")
+        log.warning("message %s: %s, again in %d s", job.message_id, reason, countdown)
+        return self._again(received, countdown, received.kwargs, reason)
 
-    def _record(self, received: Received, fields: dict[str, Any]) -> str:
+    def _record(self, received: Received, fields: dict[str, Any]) -> tuple[str, str]:
         """A retry that only has to write SENT for a send the service already accepted."""
         try:
             outcome = record_delivered(fields["delivered"])
         except (KeyError, TypeError, ValueError):
             log.warning("job %s: malformed delivery record, dead-lettered", received.id)
-            return REJECT
+            return REJECT, "malformed delivery record"
         return self._verdict(received, SendJob(fields["message_id"], fields.get("token")), outcome)
 
-    def _again(self, received: Received, countdown: float, kwargs: dict[str, Any]) -> str:
-        """Publish the job again (after `countdown` s), then ack this copy. If the broker
-        refuses, dead-letter it instead, as Celery's own retry does: recovery re-publishes the
-        row, which is still unsent."""
+    def _again(
+        self, received: Received, countdown: float, kwargs: dict[str, Any], reason: str
+    ) -> tuple[str, str]:
+        """Publish the job again (after `countdown` s), then ack this copy (RETRY). If the
+        broker refuses, dead-letter it instead, as Celery's own retry does: recovery
+        re-publishes the row, which is still unsent."""
         try:
             self.apply_async(
                 args=received.args,
@@ -114,8 +119,14 @@ class SendMessage(BatchTask):
             )
         except Exception as exc:  # noqa: BLE001 - any publish failure: see above
             log.warning("job %s: could not be re-published (%s), dead-lettered", received.id, exc)
-            return REJECT
-        return ACK
+            return REJECT, f"{reason}; re-publish failed ({type(exc).__name__})"
+        return RETRY, f"{reason}; again in {countdown:g} s"
+
+
+def _without_body(reason: str) -> str:
+    """The reason without the provider's response body, which may echo the address: task
+    events go to Flower and the task exporter, which must not hold personal data."""
+    return _PROVIDER_BODY.sub(r"\1", reason)
 
 
 def _fields(received: Received) -> dict[str, Any] | None:
@@ -153,7 +164,8 @@ def send_message(
 ) -> str:
     """Deliver one greeting. A threads-pool worker runs these jobs in batches
     (`SendMessage.run_batch`); a prefork or solo worker, or a direct call, runs one job the same
-    way here: "ack" when done or re-published, Reject (dead-letter) when it must not run again.
+    way here (`BatchTask.run_one`): "ack" when done, Retry when re-published, Reject
+    (dead-letter) when it must not run again.
     `delivered` is internal: a retry that only has to record a send the service already
     accepted; so is `slot`, a paced send's promised turn."""
     kwargs = {
@@ -162,11 +174,7 @@ def send_message(
         if value is not None
     }
     request = self.request
-    received = Received(request.id or "", (message_id,), kwargs, request.retries or 0)
-    verdict = self.run_batch([received])[0]
-    if verdict == REJECT:  # run by Celery's own strategy (prefork, solo): dead-letter it
-        raise Reject(f"message {message_id}: dead-lettered", requeue=False)
-    return verdict
+    return self.run_one(Received(request.id or "", (message_id,), kwargs, request.retries or 0))
 
 
 def _countdown(outcome: Outcome) -> float:

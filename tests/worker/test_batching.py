@@ -46,6 +46,9 @@ class _Request:
         self.message = type("Message", (), {"channel": channel})()
         self.id = id
 
+    def revoked(self) -> bool:
+        return False
+
 
 class _QoS:
     value = 8
