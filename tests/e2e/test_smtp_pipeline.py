@@ -6,14 +6,15 @@ from __future__ import annotations
 import time
 
 import pytest
-from tests.e2e.stack import queue_counts, statuses, wait_until
 
 from bday.devtools import factories
 from bday.devtools.fake_smtp import FakeSmtp, _free_port
 from bday.ops.status import read_database
 from bday.scheduling import jobs
 from bday.store.db import transaction
-from tests.e2e.conftest import add_due_messages, next_instant, rows
+from tests.harness.queues import queue_counts, statuses
+from tests.harness.rows import add_due_messages, next_instant, rows
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 

@@ -22,13 +22,14 @@ import pytest
 from celery import states
 from flower.events import EventsState
 from prometheus_client.parser import text_string_to_metric_families
-from tests.e2e.stack import queue_counts, statuses, wait_until
 
 from bday.broker.app import app
 from bday.devtools import sandbox
 from bday.scheduling import jobs
-from tests.e2e.conftest import add_due_messages, next_instant, rows
 from tests.harness.cli import bday
+from tests.harness.queues import queue_counts, statuses
+from tests.harness.rows import add_due_messages, next_instant, rows
+from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
 
