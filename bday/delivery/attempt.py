@@ -1,14 +1,13 @@
-"""Delivering one message: claim the row, ask the breaker, call the email service, record.
+"""A batch of deliveries: parse the jobs, ask the breaker and the pacer, claim the rows in one
+statement, send at once, and record each group of answers as it arrives.
 
-`deliver()` is plain Python (no Celery): it returns an `Outcome` saying what the task should do
-next (nothing, retry after N seconds, defer until T, or dead-letter). Every state change is a
-conditional UPDATE naming the legal previous states; an UPDATE that matches no row means another
-worker or job got there first, which is normal.
+`deliver()` and `deliver_many()` are plain Python (no Celery): each job gets an `Outcome`
+saying what the task should do next (nothing, retry after N seconds, defer until T, or
+dead-letter). What each answer does to its row is `bday.delivery.outcomes`.
 """
 
 from __future__ import annotations
 
-import enum
 import logging
 import time
 import uuid
@@ -16,49 +15,35 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
-
-import psycopg
-from sqlalchemy.exc import DBAPIError
 
 from bday.config import Settings, get_settings
-from bday.core import retries
 from bday.core.templates import Catalogue, placeholder_values, render
 from bday.delivery.breaker import Breaker, Permit
+from bday.delivery.outcomes import (
+    DB_ERRORS,
+    Action,
+    Outcome,
+    Services,
+    UnrecordedDelivery,
+    after_failed_send,
+    db_away,
+    deadline,
+    defer_for_breaker,
+    defer_for_pace,
+    expire,
+    why_not_claimed,
+    write_sent,
+)
 from bday.delivery.pacing import Pacer, Slot
 from bday.delivery.provider import (
     Email,
-    PermanentSendError,
     Receipt,
-    SendError,
     Sends,
-    TransientSendError,
 )
 from bday.store import messages
 from bday.store.messages import Claimed
-from bday.store.models import FINISHED, FailureReason, Status
-from bday.telemetry import metrics
 
 log = logging.getLogger(__name__)
-
-
-class Action(enum.Enum):
-    DONE = "done"  # sent now, or nothing to do (already sent, cancelled, stale job)
-    RETRY = "retry"  # transient failure: run again after `delay_s`, one retry spent
-    DEFER = "defer"  # not yet (early, leased, breaker open, paced): run again, nothing spent
-    DEAD_LETTER = "dead_letter"  # permanent failure, retries exhausted, expired, unknown id
-    DB_AWAY = "db_away"  # the database did not answer before anything was sent: run again
-    RECORD = "record"  # sent, but SENT could not be written: run again to record `delivered`
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    action: Action
-    reason: str
-    delay_s: float = 0.0
-    slot: Slot | None = None  # a paced send's promised slot: it comes back with it
-    delivered: dict[str, Any] | None = None  # RECORD: what `record_delivered` writes
-    cause: BaseException | None = None  # DB_AWAY: the database's error
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,16 +54,6 @@ class SendJob:
     message_id: str
     token: str | None = None
     slot: Slot | None = None
-
-
-_DB_ERRORS = (psycopg.Error, DBAPIError)
-
-
-def _deadline(claimed: Claimed, settings: Settings) -> datetime:
-    """After this instant the greeting is no longer sent (CATCH_UP_HOURS, or a forced replay's)."""
-    return claimed.send_deadline or claimed.scheduled_send_time + timedelta(
-        hours=settings.catch_up_hours
-    )
 
 
 def deliver(
@@ -166,46 +141,84 @@ def deliver_many(
     waits in a sending thread of its own and goes once more: the broker's delayed delivery
     counts whole seconds, so sending it back would make it late. `now` (tests) fixes the clock.
     """
-    settings = settings or get_settings()
-    given_now = now
-    one = partial(_deliver_all, sender=sender, breaker=breaker, settings=settings, via=via)
+    batch = _Batch(
+        jobs,
+        partial(
+            _deliver_all,
+            sender=sender,
+            breaker=breaker,
+            settings=settings or get_settings(),
+            via=via,
+            pacer=pacer,
+        ),
+        sender,
+        now,
+        notify,
+    )
+    if len(jobs) > 1 and _paced(pacer, now or datetime.now(UTC)):
+        return sender.each(batch.alone, list(enumerate(jobs)))
+    return batch.together()
 
-    def finish(index: int, outcome: Outcome, started: float, job: SendJob) -> Outcome:
-        """The job's outcome after at most one short in-place wait; then tell it."""
-        if outcome.action is Action.DEFER and outcome.delay_s < 1:
-            time.sleep(max(0.0, started + outcome.delay_s - time.monotonic()))
-            clock = None if given_now is None else given_now + timedelta(seconds=outcome.delay_s)
-            [outcome] = one([replace(job, slot=outcome.slot)], pacer=pacer, now=clock)
-        if notify is not None:
-            notify(index, outcome)
-        return outcome
 
-    started = time.monotonic()
-    if len(jobs) > 1 and _paced(pacer, given_now or datetime.now(UTC)):
+_SOON_S = 1.0  # a wait shorter than this happens here, not through the broker
 
-        def alone(item: tuple[int, SendJob]) -> Outcome:
-            index, job = item
-            began = time.monotonic()
-            [outcome] = one([job], pacer=pacer, now=given_now)
-            return finish(index, outcome, began, job)
 
-        return sender.each(alone, list(enumerate(jobs)))
+class _Batch:
+    """One call of `deliver_many`: its jobs, the delivery of some of them (`one`), and the
+    outcomes told to `notify` as they are known."""
 
-    soon: dict[int, Outcome] = {}
+    def __init__(
+        self,
+        jobs: Sequence[SendJob],
+        one: Callable[..., list[Outcome]],
+        sender: Sends,
+        now: datetime | None,
+        notify: Notify | None,
+    ):
+        self.jobs, self.one, self.sender = jobs, one, sender
+        self.now, self.notify = now, notify
+        self.started = time.monotonic()
+        self.soon: dict[int, Outcome] = {}
 
-    def told(index: int, outcome: Outcome) -> None:
-        if outcome.action is Action.DEFER and outcome.delay_s < 1:
-            soon[index] = outcome
-        elif notify is not None:
-            notify(index, outcome)
-
-    outcomes = one(jobs, pacer=pacer, now=given_now, notify=told)
-    if soon:
-        waiting = sorted(soon)
-        again = sender.each(lambda index: finish(index, soon[index], started, jobs[index]), waiting)
+    def together(self) -> list[Outcome]:
+        """Unpaced: the whole batch at once; the jobs told to wait under a second go again
+        once their wait is over, each in a sending thread of its own."""
+        outcomes = self.one(self.jobs, now=self.now, notify=self._told)
+        waiting = sorted(self.soon)
+        again = self.sender.each(self._again, waiting)
         for index, outcome in zip(waiting, again, strict=True):
             outcomes[index] = outcome
-    return outcomes
+        return outcomes
+
+    def alone(self, item: tuple[int, SendJob]) -> Outcome:
+        """Paced: one job, in its own sending thread."""
+        index, job = item
+        began = time.monotonic()
+        [outcome] = self.one([job], now=self.now)
+        return self._settle(index, outcome, began, job)
+
+    def _told(self, index: int, outcome: Outcome) -> None:
+        if _soon(outcome):
+            self.soon[index] = outcome
+        elif self.notify is not None:
+            self.notify(index, outcome)
+
+    def _again(self, index: int) -> Outcome:
+        return self._settle(index, self.soon[index], self.started, self.jobs[index])
+
+    def _settle(self, index: int, outcome: Outcome, started: float, job: SendJob) -> Outcome:
+        """The job's outcome after at most one short in-place wait; then tell it."""
+        if _soon(outcome):
+            time.sleep(max(0.0, started + outcome.delay_s - time.monotonic()))
+            clock = None if self.now is None else self.now + timedelta(seconds=outcome.delay_s)
+            [outcome] = self.one([replace(job, slot=outcome.slot)], now=clock)
+        if self.notify is not None:
+            self.notify(index, outcome)
+        return outcome
+
+
+def _soon(outcome: Outcome) -> bool:
+    return outcome.action is Action.DEFER and outcome.delay_s < _SOON_S
 
 
 def _paced(pacer: Pacer | None, now: datetime) -> bool:
@@ -213,7 +226,7 @@ def _paced(pacer: Pacer | None, now: datetime) -> bool:
     and says DB_AWAY for each job (a raise here would dead-letter the whole batch)."""
     try:
         return pacer is not None and pacer.rate(now) is not None
-    except _DB_ERRORS:
+    except DB_ERRORS:
         return False
 
 
@@ -235,8 +248,8 @@ def _deliver_all(
     try:
         asked = _admit(jobs, outcomes, later, breaker, pacer, now)
         claimed = _claim(asked, outcomes, breaker, settings, now)
-    except _DB_ERRORS as exc:
-        return outcomes.results(_away(exc))
+    except DB_ERRORS as exc:
+        return outcomes.results(db_away(exc))
     services = Services(breaker, pacer)
     emails = [_email(row, settings.catalogue) for row, _, _ in claimed]
     for answers in sender.send_many(emails):
@@ -251,10 +264,10 @@ def _deliver_all(
                         pacer.note_sent(answered)
                     sent.append((row, answer, index, emails[position]))
                 else:
-                    outcomes[index] = _after_failed_send(row, permit, answer, services, settings)
-            except _DB_ERRORS as exc:
-                outcomes[index] = _away(exc)
-        for index, outcome in _record_sent(sent, via):  # at once: see SendPool.send_many
+                    outcomes[index] = after_failed_send(row, permit, answer, services, settings)
+            except DB_ERRORS as exc:
+                outcomes[index] = db_away(exc)
+        for index, outcome in write_sent(sent, via):  # at once: see SendPool.send_many
             outcomes[index] = outcome
     if later:  # the probe has answered, the repeated rows are settled: the rest go now
 
@@ -271,13 +284,7 @@ def _deliver_all(
             now=now + timedelta(seconds=time.monotonic() - started),
             notify=told,
         )
-    return outcomes.results(_away(None))
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    breaker: Breaker
-    pacer: Pacer | None
+    return outcomes.results(db_away(None))
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,13 +331,13 @@ def _admit(
     later.extend(repeats)
     for (index, row_id, token_id), permit in zip(parsed, permits, strict=False):
         if not permit.allowed:
-            outcomes[index] = _defer_for_breaker(row_id, token_id, permit, now)
+            outcomes[index] = defer_for_breaker(row_id, token_id, permit, now)
             continue
         held = jobs[index].slot
         wait = pacer.acquire(now, held) if pacer is not None else None
         if wait is not None:
             breaker.release(permit, now)
-            outcomes[index] = _defer_for_pace(row_id, token_id, wait, held=wait is held, now=now)
+            outcomes[index] = defer_for_pace(row_id, token_id, wait, held=wait is held, now=now)
             continue
         asked.append(_Asked(index, row_id, token_id, permit))
     return asked
@@ -351,49 +358,17 @@ def _claim(
         row = rows.get(a.row_id)
         if row is None:
             breaker.release(a.permit, now)
-            outcomes[a.index] = _why_not_claimed(a.row_id, a.token_id, now)
+            outcomes[a.index] = why_not_claimed(a.row_id, a.token_id, now)
         elif row.user_deleted:
             breaker.release(a.permit, now)
             messages.finish("cancelled", row.id, now)
             outcomes[a.index] = Outcome(Action.DONE, "user deleted")
-        elif _deadline(row, settings) < now:
+        elif deadline(row, settings) < now:
             breaker.release(a.permit, now)
-            outcomes[a.index] = _expired(row, settings, now)
+            outcomes[a.index] = expire(row, settings, now)
         else:
             claimed.append((row, a.permit, a.index))
     return claimed
-
-
-class UnrecordedDelivery(Exception):
-    """The email service accepted the message but recording SENT failed (database away).
-
-    `delivered` is what `record_delivered` needs later: the task carries it into its retry so
-    the retry writes SENT instead of sending a second time.
-    """
-
-    def __init__(self, delivered: dict[str, Any]):
-        super().__init__(f"message {delivered['id']} sent, not yet recorded")
-        self.delivered = delivered
-
-
-def record_delivered(delivered: dict[str, Any]) -> Outcome:
-    """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery); DB_AWAY
-    if the database is still away. A malformed record raises KeyError, TypeError or ValueError."""
-    try:
-        messages.finish(
-            "sent_late",
-            uuid.UUID(delivered["id"]),
-            datetime.fromisoformat(delivered["at"]),
-            status=delivered["status"],
-            response=delivered["response"],
-            via=delivered["via"],
-            subject=delivered.get("subject"),
-            body=delivered.get("body"),
-        )
-    except _DB_ERRORS as exc:
-        return _away(exc)
-    log.info("message %s sent (recorded after a database outage)", delivered["id"])
-    return Outcome(Action.DONE, "sent")
 
 
 def _email(claimed: Claimed, catalogue: Catalogue) -> Email:
@@ -414,223 +389,3 @@ def _email(claimed: Claimed, catalogue: Catalogue) -> Email:
         html=words.html,
         name=values["full_name"],
     )
-
-
-def _record_sent(
-    sent: list[tuple[Claimed, Receipt, int, Email]], via: str
-) -> list[tuple[int, Outcome]]:
-    """Write SENT for every accepted greeting in one statement, with the words it carried; if
-    the database is away, each becomes RECORD (its job comes back only to write SENT, never to
-    send again)."""
-    if not sent:
-        return []
-    done = datetime.now(UTC)
-    rows = [(c.id, r.status, r.body, e.subject, e.message) for c, r, _, e in sent]
-    try:
-        messages.record_sent(rows, done, via)
-    except _DB_ERRORS:
-        at = done.isoformat()
-        return [
-            (
-                index,
-                Outcome(
-                    Action.RECORD,
-                    "sent, not yet recorded",
-                    delivered={
-                        "id": str(c.id),
-                        "at": at,
-                        "status": r.status,
-                        "response": r.body,
-                        "via": via,
-                        "subject": e.subject,
-                        "body": e.message,
-                    },
-                ),
-            )
-            for c, r, index, e in sent
-        ]
-    for claimed, receipt, _, _ in sent:
-        metrics.record_sent(
-            claimed.message_type, (done - claimed.scheduled_send_time).total_seconds()
-        )
-        log.debug(
-            "message %s sent (%s, %.0f ms)",
-            claimed.id,
-            claimed.message_type,
-            receipt.elapsed_s * 1000,
-        )
-    slowest = max(receipt.elapsed_s for _, receipt, _, _ in sent)
-    log.info(
-        "sent %d (slowest %.0f ms): %s",
-        len(sent),
-        slowest * 1000,
-        " ".join(str(claimed.id) for claimed, _, _, _ in sent),
-    )
-    return [(index, _SENT) for _, _, index, _ in sent]
-
-
-_SENT = Outcome(Action.DONE, "sent")
-
-
-def _after_failed_send(
-    claimed: Claimed, permit: Permit, exc: SendError, services: Services, settings: Settings
-) -> Outcome:
-    breaker = services.breaker
-    if isinstance(exc, PermanentSendError):
-        breaker.record_success(permit, datetime.now(UTC))  # the service answered: it is up
-        return _after_permanent(claimed, exc)
-    assert isinstance(exc, TransientSendError)
-    if exc.throttled:  # pacing, not an outage: the service answered, so it is up
-        breaker.record_success(permit, datetime.now(UTC))
-        return _after_throttled(claimed, exc, services.pacer)
-    breaker.record_failure(permit, datetime.now(UTC), exc)
-    if permit.is_probe:  # the service is still down: that is the outage, not this message
-        return _after_failed_probe(claimed, exc, breaker)
-    return _after_transient(claimed, exc, settings)
-
-
-def _expired(claimed: Claimed, settings: Settings, now: datetime) -> Outcome:
-    messages.finish(
-        "failed",
-        claimed.id,
-        now,
-        reason=FailureReason.EXPIRED.value,
-        error=f"more than {settings.catch_up_hours} h late",
-    )
-    metrics.record_failed(claimed.message_type, FailureReason.EXPIRED.value)
-    return Outcome(Action.DEAD_LETTER, "expired")
-
-
-def _away(exc: BaseException | None) -> Outcome:
-    orig = getattr(exc, "orig", None) or exc
-    return Outcome(Action.DB_AWAY, f"database unavailable ({type(orig).__name__})", cause=exc)
-
-
-def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settings) -> Outcome:
-    now = datetime.now(UTC)
-    if claimed.retry_count >= settings.queue_max_retries:
-        messages.finish(
-            "failed",
-            claimed.id,
-            now,
-            reason=FailureReason.RETRIES_EXHAUSTED.value,
-            error=str(exc),
-            status=exc.status,
-        )
-        metrics.record_failed(claimed.message_type, FailureReason.RETRIES_EXHAUSTED.value)
-        log.warning("message %s failed after %d retries: %s", claimed.id, claimed.retry_count, exc)
-        return Outcome(Action.DEAD_LETTER, f"retries exhausted: {exc}")
-    delay_s = retries.backoff_s(claimed.retry_count + 1, settings, retry_after_s=exc.retry_after_s)
-    messages.finish(
-        "retry",
-        claimed.id,
-        now,
-        error=str(exc),
-        status=exc.status,
-        next_at=now + timedelta(seconds=delay_s),
-    )
-    metrics.record_retried(claimed.message_type)
-    log.info(
-        "message %s: transient failure (%s), retry %d in %.1f s",
-        claimed.id,
-        exc,
-        claimed.retry_count + 1,
-        delay_s,
-    )
-    return Outcome(Action.RETRY, str(exc), delay_s)
-
-
-def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Breaker) -> Outcome:
-    now = datetime.now(UTC)
-    snapshot = breaker.snapshot(fresh=True)
-    wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
-    _back_to_queue("probe_failed", claimed, exc, now, wait_s)
-    log.info("message %s: probe failed (%s), breaker open for %.0f s", claimed.id, exc, wait_s)
-    return Outcome(Action.DEFER, f"probe failed: {exc}", wait_s)
-
-
-def _back_to_queue(
-    kind: str, claimed: Claimed, exc: TransientSendError, now: datetime, wait_s: float
-) -> None:
-    """SENDING -> QUEUED without spending a retry (a failed probe, a 429), due in `wait_s`."""
-    next_at = now + timedelta(seconds=wait_s)
-    messages.finish(kind, claimed.id, now, error=str(exc), status=exc.status, next_at=next_at)
-    metrics.record_deferred()
-
-
-def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
-    messages.finish(
-        "failed",
-        claimed.id,
-        datetime.now(UTC),
-        reason=FailureReason.PERMANENT.value,
-        error=str(exc),
-        status=exc.status,
-    )
-    metrics.record_failed(claimed.message_type, FailureReason.PERMANENT.value)
-    log.warning("message %s failed permanently: %s", claimed.id, exc)
-    return Outcome(Action.DEAD_LETTER, f"permanent: {exc}")
-
-
-def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | None) -> Outcome:
-    """A 429: slow the cluster down and defer this send to a new slot; no retry is spent."""
-    now = datetime.now(UTC)
-    slot = None
-    if pacer is not None:
-        pacer.throttled(now, exc.retry_after_s)
-        slot = pacer.acquire(now)
-    wait_s = (slot.at - now.timestamp()) if slot else (exc.retry_after_s or 1.0)
-    wait_s = max(wait_s, exc.retry_after_s or 0.0)
-    _back_to_queue("throttled", claimed, exc, now, wait_s)
-    log.info("message %s: throttled (%s), again in %.1f s", claimed.id, exc.status, wait_s)
-    return Outcome(Action.DEFER, "throttled", wait_s, slot)
-
-
-def _defer_for_pace(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, slot: Slot, *, held: bool, now: datetime
-) -> Outcome:
-    """Not this send's turn yet: wait for `slot` (a new one is recorded on the row)."""
-    wait_s = max(0.0, slot.at - now.timestamp())
-    if not held:
-        refused = _defer_row(row_id, token_id, now, wait_s)
-        if refused is not None:
-            return refused
-    return Outcome(Action.DEFER, "paced", wait_s, slot)
-
-
-def _defer_for_breaker(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, permit: Permit, now: datetime
-) -> Outcome:
-    refused = _defer_row(row_id, token_id, now, permit.retry_in_s)
-    if refused is not None:
-        return refused
-    return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
-
-
-def _defer_row(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, wait_s: float
-) -> Outcome | None:
-    """Record on the row that it waits `wait_s`; None if it does, else why this job cannot
-    (the row is finished, or the job superseded)."""
-    next_at = now + timedelta(seconds=wait_s)
-    if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
-        return _why_not_claimed(row_id, token_id, now)
-    metrics.record_deferred()
-    return None
-
-
-def _why_not_claimed(row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime) -> Outcome:
-    row = messages.current_state(row_id)
-    if row is None:
-        return Outcome(Action.DEAD_LETTER, "unknown message id")
-    status, current_token, scheduled, lease_until = row
-    if status in FINISHED:
-        return Outcome(Action.DONE, f"already {status}")
-    if token_id is not None and current_token is not None and current_token != token_id:
-        return Outcome(Action.DONE, "superseded job")
-    if scheduled > now:  # never early: come back at the instant
-        return Outcome(Action.DEFER, "early", (scheduled - now).total_seconds())
-    if status == Status.SENDING and lease_until is not None:
-        # Another worker holds it (or held it and died): look again when its lease ends.
-        return Outcome(Action.DEFER, "leased", max(1.0, (lease_until - now).total_seconds() + 1))
-    return Outcome(Action.DONE, f"not claimable ({status})")

@@ -232,6 +232,22 @@ class _Batcher:
     def on_message(
         self, message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
     ) -> None:
+        request = self._request(message, body, ack, reject)
+        if (request.expires or request.id in self.revoked) and request.revoked():
+            return
+        signals.task_received.send(sender=self.consumer, request=request)
+        if self.events:
+            self._received(request)
+        if request.eta and self._held(request):
+            return
+        worker_state.task_reserved(request)
+        if callbacks:  # the autoscaler's hooks, called as Celery's strategy calls them
+            for callback in callbacks:
+                callback(request)
+        self._add(request)
+
+    def _request(self, message: Any, body: Any, ack: Any, reject: Any) -> Any:
+        """The message decoded into Celery's Request, as Celery's default strategy does."""
         if body is None and "args" not in message.payload:
             body, headers, decoded, utc = (
                 message.body,
@@ -243,7 +259,7 @@ class _Batcher:
             body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
         else:
             body, headers, decoded, utc = proto1_to_proto2(message, body)
-        request = self.request_cls(
+        return self.request_cls(
             message,
             on_ack=ack,
             on_reject=reject,
@@ -257,33 +273,25 @@ class _Batcher:
             decoded=decoded,
             utc=utc,
         )
-        if (request.expires or request.id in self.revoked) and request.revoked():
-            return
-        signals.task_received.send(sender=self.consumer, request=request)
-        if self.events:
-            self._received(request)
-        if request.eta:
-            try:
-                if request.utc:
-                    eta = to_timestamp(timezone.to_system(request.eta))
-                else:
-                    eta = to_timestamp(request.eta, self.app.timezone)
-            except (OverflowError, ValueError) as exc:
-                log.error(
-                    "job %s: unusable eta %r (%s); rejecting it", request.id, request.eta, exc
-                )
-                request.reject(requeue=False)
-                return
-            if eta > time.monotonic():  # held until its eta, widening prefetch as Celery does
-                self.consumer.qos.increment_eventually()
-                self.clock.call_at(eta, self._due, request)
-                worker_state.task_scheduled(request)
-                return
-        worker_state.task_reserved(request)
-        if callbacks:  # the autoscaler's hooks, called as Celery's strategy calls them
-            for callback in callbacks:
-                callback(request)
-        self._add(request)
+
+    def _held(self, request: Any) -> bool:
+        """A job with an eta: held until then, widening prefetch as Celery does (True), or
+        rejected if its eta is unusable (True); False if it may run now."""
+        try:
+            if request.utc:
+                eta = to_timestamp(timezone.to_system(request.eta))
+            else:
+                eta = to_timestamp(request.eta, self.app.timezone)
+        except (OverflowError, ValueError) as exc:
+            log.error("job %s: unusable eta %r (%s); rejecting it", request.id, request.eta, exc)
+            request.reject(requeue=False)
+            return True
+        if eta <= time.monotonic():
+            return False
+        self.consumer.qos.increment_eventually()
+        self.clock.call_at(eta, self._due, request)
+        worker_state.task_scheduled(request)
+        return True
 
     def _received(self, request: Any) -> None:
         """task-received with the fields Celery's strategy sends, and where the job came from."""

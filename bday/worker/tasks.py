@@ -14,7 +14,8 @@ from typing import Any
 
 from bday.broker.app import app
 from bday.config import get_settings
-from bday.delivery.attempt import Action, Notify, Outcome, SendJob, deliver_many, record_delivered
+from bday.delivery.attempt import Notify, SendJob, deliver_many
+from bday.delivery.outcomes import Action, Outcome, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
 from bday.scheduling import jobs

@@ -14,8 +14,9 @@ import respx
 from sqlalchemy import text
 
 from bday.config import load_settings
-from bday.delivery.attempt import Action, SendJob, deliver, deliver_many
+from bday.delivery.attempt import SendJob, deliver, deliver_many
 from bday.delivery.breaker import Breaker
+from bday.delivery.outcomes import Action
 from bday.delivery.pacing import Pacer
 from bday.delivery.sender import EmailSender
 from bday.devtools import factories
@@ -399,7 +400,7 @@ def test_a_failed_probe_defers_the_message_without_spending_a_retry(sender, sett
 
 
 def test_a_delivery_recorded_late_is_written_sent_even_if_recovery_requeued_it():
-    from bday.delivery.attempt import record_delivered
+    from bday.delivery.outcomes import record_delivered
 
     message_id = ada(status=Status.QUEUED)
     record_delivered(
@@ -500,7 +501,7 @@ def test_a_rows_old_and_current_job_in_one_batch_send_it_once(
 def test_a_batch_whose_sent_cannot_be_recorded_comes_back_only_to_record_it(
     sender, breaker, settings, monkeypatch
 ):
-    from bday.delivery.attempt import record_delivered
+    from bday.delivery.outcomes import record_delivered
 
     route = respx.post(f"{URL}/send-email").mock(return_value=httpx.Response(200, text="ok"))
 
@@ -666,7 +667,7 @@ def test_a_database_away_while_checking_the_send_rate_comes_back_later_not_dead_
 def test_recording_a_delivery_while_the_database_is_still_away_says_so_and_writes_nothing(
     monkeypatch,
 ):
-    from bday.delivery.attempt import record_delivered
+    from bday.delivery.outcomes import record_delivered
 
     message_id = ada(status=Status.SENDING)
 

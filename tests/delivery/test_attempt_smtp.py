@@ -9,8 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from bday.config import load_settings
-from bday.delivery.attempt import Action, SendJob, deliver, deliver_many
+from bday.delivery.attempt import SendJob, deliver, deliver_many
 from bday.delivery.breaker import Breaker
+from bday.delivery.outcomes import Action
 from bday.delivery.pacing import Pacer
 from bday.delivery.smtp import SmtpSender, SmtpTarget
 from bday.devtools.fake_smtp import DROP_AFTER_ACCEPT, FakeSmtp
