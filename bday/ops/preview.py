@@ -21,7 +21,7 @@ from bday.scheduling import planner
 from bday.store import messages
 from bday.store.db import transaction
 from bday.store.models import User, idempotency_key
-from bday.users.api import clean_timezone
+from bday.users.fields import clean_timezone
 
 # The local date D is D in some zone from D 00:00 at UTC+14 to D 24:00 at UTC-12.
 _MARGIN = timedelta(hours=16)

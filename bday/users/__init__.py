@@ -2,11 +2,10 @@
 do (`hooks`), the seed's event path (`events`) and the CSV importer (`importer`).
 
 `from bday.users import create_user` is the documented entry point; the functions live in
-`bday.users.api`.
+`bday.users.api`, the validation they share in `bday.users.fields`.
 """
 
 from bday.users.api import (
-    clean_user_fields,
     count_users,
     create_user,
     delete_user,
@@ -18,6 +17,7 @@ from bday.users.api import (
     update_user,
 )
 from bday.users.errors import UserInputError, UserNotFound, parse_user_id
+from bday.users.fields import clean_user_fields
 
 __all__ = [
     "UserInputError",

@@ -31,7 +31,8 @@ from sqlalchemy import func, select
 from bday.store.db import transaction
 from bday.store.models import User
 from bday.users import cells, hooks
-from bday.users.api import UserInputError, clean_user_fields, new_user
+from bday.users.errors import UserInputError
+from bday.users.fields import clean_user_fields, new_user
 
 REQUIRED = ("first_name", "last_name", "email", "birthday", "timezone")
 OPTIONAL = ("anniversary", "opt_out", "locale")

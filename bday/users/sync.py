@@ -30,9 +30,9 @@ from sqlalchemy import String, func, or_, select, update
 from bday.store.db import transaction
 from bday.store.models import User
 from bday.users import cells, hooks
-from bday.users.api import (
+from bday.users.errors import UserInputError
+from bday.users.fields import (
     FIELDS,
-    UserInputError,
     apply_changes,
     clean_email,
     clean_user_fields,

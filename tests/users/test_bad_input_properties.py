@@ -24,6 +24,7 @@ from sqlalchemy import text
 
 from bday.store.db import transaction
 from bday.users import api as users
+from bday.users import fields as field_rules
 from bday.users.api import UserInputError
 from tests.harness.cli import bday
 
@@ -221,7 +222,7 @@ def test_create_user_stores_a_valid_user_or_refuses_by_field_writing_nothing(fie
         return
     stored = users.get_user(user_id)
     values = {field: getattr(stored, field) for field in FIELDS}
-    assert users.clean_user_fields(values) == values  # what is stored passes the same rules
+    assert field_rules.clean_user_fields(values) == values  # what is stored passes the same rules
 
 
 # --- bday users add -----------------------------------------------------------------------------
@@ -361,7 +362,7 @@ addresses = st.one_of(
 @example(email="İ" * 21 + "@example.com")  # 63 bytes stored: accepted
 def test_an_email_is_validated_as_it_is_stored(email):
     try:
-        stored = users.clean_email(email)
+        stored = field_rules.clean_email(email)
     except UserInputError as exc:
         refusal = exc
     else:
@@ -373,7 +374,7 @@ def test_an_email_is_validated_as_it_is_stored(email):
     event("stored")
     assert stored == stored.lower() == unicodedata.normalize("NFC", stored)
     assert len(stored.rpartition("@")[0].encode()) <= 64 and len(stored.encode()) <= 254
-    assert users.clean_email(stored) == stored  # what is stored passes the same rules again
+    assert field_rules.clean_email(stored) == stored  # what is stored passes the same rules again
 
 
 # --- export then import: every storable name comes back as it was (issue 20) ------------------
@@ -389,7 +390,7 @@ name_text = st.text(
 
 def storable(field: str, value: str) -> str | None:
     try:
-        return users.clean_name(field, value)
+        return field_rules.clean_name(field, value)
     except UserInputError:
         return None
 
