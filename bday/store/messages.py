@@ -14,7 +14,8 @@ means another worker, job or beat got there first, which is normal, never an err
     unfinished -> FAILED   finish("failed"), expire_overdue
     unfinished -> CANCELLED  finish("cancelled"), cancel
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
-    SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
+    SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days;
+                                        whole months go by dropping their partition)
     any status, no change  forget_answers                 (erasure clears stored answers)
     any status, no change  forget_late_answers            (recovery: answers stored after it)
 
@@ -75,7 +76,7 @@ def insert_pending(session: Session, rows: list[dict[str, Any]]) -> int:
         insert(Message)
         .values(rows)
         .on_conflict_do_nothing(
-            index_elements=["idempotency_key"],
+            index_elements=["idempotency_key", "occasion_date"],
             index_where=text(f"status <> '{Status.CANCELLED.value}'"),
         )
         .returning(Message.id)
@@ -364,27 +365,35 @@ def failed_for_replay(
 # Never a row of the last 366 days, whatever :keep_from says: this year's row of an occasion
 # is what makes the planner skip it (its idempotency key), so it must outlive the year.
 KEEP_DAYS_AT_LEAST = 366
-_DELETE_FINISHED = text(
-    f"""
-    DELETE FROM messages WHERE id IN (
-        SELECT id FROM messages
+_DELETE_FINISHED = """
+    DELETE FROM {table} WHERE id IN (
+        SELECT id FROM {table}
          WHERE occasion_date < :keep_from
-           AND occasion_date < CAST(:now AS date) - {KEEP_DAYS_AT_LEAST + 1}
+           AND occasion_date < CAST(:now AS date) - {keep_days}
            AND scheduled_send_time
-               < CAST(:now AS timestamptz) - make_interval(days => {KEEP_DAYS_AT_LEAST})
-           AND status IN {_in(*FINISHED)}
+               < CAST(:now AS timestamptz) - make_interval(days => {keep_at_least})
+           AND status IN {finished}
          ORDER BY occasion_date
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     """
-)
 
 
-def delete_finished(session: Session, keep_from: date, now: datetime, *, limit: int) -> int:
+def delete_finished(
+    session: Session, keep_from: date, now: datetime, *, limit: int, table: str = "messages"
+) -> int:
     """Delete up to `limit` SENT/FAILED/CANCELLED rows whose occasion is before `keep_from`
-    (and over a year old in any case), oldest first; rows locked by others are skipped."""
+    (and over a year old in any case), oldest first; rows locked by others are skipped.
+    `table` is `messages` or one of its partitions (a name from `bday.store.partitions`):
+    retention deletes by row only where it cannot drop a whole partition."""
+    statement = _DELETE_FINISHED.format(
+        table=table,
+        keep_days=KEEP_DAYS_AT_LEAST + 1,
+        keep_at_least=KEEP_DAYS_AT_LEAST,
+        finished=_in(*FINISHED),
+    )
     params = {"keep_from": keep_from, "now": now, "limit": limit}
-    return _rowcount(session.execute(_DELETE_FINISHED, params))
+    return _rowcount(session.execute(text(statement), params))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -431,13 +440,14 @@ def due_now(connection: Any, now: datetime) -> int:
 
 
 _STORAGE = text(
-    """SELECT pg_total_relation_size('messages'),
+    """SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
+                FROM pg_partition_tree('messages')),
               (SELECT min(occasion_date) FROM messages)"""
 )
 
 
 def storage(connection: Any) -> tuple[int, date | None]:
-    """(bytes the table and its indexes take, the oldest occasion date kept)."""
+    """(bytes the table and its indexes take, every partition's, the oldest occasion kept)."""
     size, oldest = connection.execute(_STORAGE).one()
     return int(size), oldest
 
