@@ -21,7 +21,9 @@ import logging
 import time
 from datetime import UTC, date, datetime, timedelta
 
+from psycopg.errors import UndefinedTable
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import ProgrammingError
 
 from bday.config import Settings, get_settings
 from bday.delivery import breaker
@@ -188,10 +190,15 @@ def _delete_rows(
     """Delete `table`'s old finished rows in batches until none is left; (rows, batches)."""
     deleted = batches = 0
     while max_batches is None or batches < max_batches:
-        with transaction() as session:
-            rows = messages.delete_finished(
-                session, keep_from, now, limit=settings.retention_batch, table=table
-            )
+        try:
+            with transaction() as session:
+                rows = messages.delete_finished(
+                    session, keep_from, now, limit=settings.retention_batch, table=table
+                )
+        except ProgrammingError as exc:
+            if not isinstance(exc.orig, UndefinedTable):
+                raise
+            break  # a kept partition another run (two beats) dropped once its rows finished
         deleted, batches = deleted + rows, batches + 1
         if rows < settings.retention_batch:
             break

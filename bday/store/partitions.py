@@ -172,12 +172,12 @@ _UNFINISHED_SQL = "(" + ", ".join(f"'{status.value}'" for status in UNFINISHED) 
 
 def drop_if_finished(session: Session, partition: Partition) -> bool:
     """Drop the partition (in the caller's fresh transaction) unless it holds an unfinished
-    row; True if dropped. The check runs under the lock, so no replay or recovery can revive
-    one of its rows between the check and the drop. It reads the partial index of unfinished
-    rows (ix_messages_due), not the partition."""
+    row; True if it is gone (dropped here, or by another run meanwhile). The check runs under
+    the lock, so no replay or recovery can revive one of its rows between the check and the
+    drop. It reads the partial index of unfinished rows (ix_messages_due), not the partition."""
     _lock(session)
     if partition.name not in {p.name for p in ranges(session)}:
-        return False  # another run dropped it meanwhile
+        return True  # another run dropped it meanwhile
     busy = session.execute(
         text(f"SELECT 1 FROM {partition.name} WHERE status IN {_UNFINISHED_SQL} LIMIT 1")
     ).first()

@@ -156,3 +156,13 @@ def test_the_months_wanted_reach_from_the_catch_up_to_three_months_ahead_and_int
         date(2027, 5, 1),
         date(2027, 6, 1),
     ]
+
+
+def test_a_partition_another_run_dropped_counts_as_gone_and_is_not_deleted_from():
+    """Two beats, two daily jobs: the second finds the first's work done, and fails on none."""
+    from bday.config import get_settings
+
+    ghost = partitions.Partition("messages_y1999m01", date(1999, 1, 1), date(1999, 2, 1))
+    with transaction() as session:
+        assert partitions.drop_if_finished(session, ghost) is True
+    assert jobs._delete_rows(ghost.name, date(2000, 1, 1), NOW, get_settings(), None) == (0, 0)
