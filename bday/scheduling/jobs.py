@@ -166,7 +166,7 @@ def retention_job(now: datetime | None = None, *, max_batches: int | None = None
     keep_from = (now - timedelta(days=settings.message_retention_days)).date()
     # Every occasion before this may go: the row statement's own two conditions on the date.
     cutoff = min(keep_from, now.date() - timedelta(days=messages.KEEP_DAYS_AT_LEAST + 1))
-    behind = partitioning.drop_behind(cutoff)
+    behind = partitioning.drop_behind(cutoff, settings.retention_pause_s)
     deleted = batches = 0
     for table in partitioning.row_deleted(behind["kept"]):
         rows, runs = _delete_rows(table, keep_from, now, settings, max_batches)

@@ -97,15 +97,19 @@ def ensure_ahead(today: date, cutoff: date) -> dict[str, Any]:
     return {"created": made, "moved": moved, "create_busy": busy}
 
 
-def drop_behind(cutoff: date) -> dict[str, Any]:
-    """Drop each partition whose occasions are all before `cutoff` and finished. Names dropped,
-    names kept for an unfinished row (their finished rows go by row, `kept`), names busy."""
+def drop_behind(cutoff: date, pause_s: float = 0.0) -> dict[str, Any]:
+    """Drop each partition whose occasions are all before `cutoff` and finished, `pause_s`
+    apart (each drop stops the table a few tens of ms; a backlog of months must not add up to
+    one long stall). Names dropped, names kept for an unfinished row (their finished rows go by
+    row, `kept`), names busy."""
     with engine().connect() as connection:
         old = [p for p in partitions.ranges(connection) if p.end <= cutoff]
     dropped: list[str] = []
     kept: list[str] = []
     busy: list[str] = []
-    for partition in old:
+    for number, partition in enumerate(old):
+        if number:
+            time.sleep(pause_s)
         try:
             gone = _locked(partitions.drop_if_finished, partition)
         except Busy:
