@@ -361,7 +361,7 @@ def _claim(
             outcomes[a.index] = why_not_claimed(a.row_id, a.token_id, now)
         elif row.user_deleted:
             breaker.release(a.permit, now)
-            messages.finish("cancelled", row.id, now)
+            messages.record_outcome("cancelled", row.id, now)
             outcomes[a.index] = Outcome(Action.DONE, "user deleted")
         elif deadline(row, settings) < now:
             breaker.release(a.permit, now)

@@ -89,7 +89,7 @@ def record_delivered(delivered: dict[str, Any]) -> Outcome:
     """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery); DB_AWAY
     if the database is still away. A malformed record raises KeyError, TypeError or ValueError."""
     try:
-        messages.finish(
+        messages.record_outcome(
             "sent_late",
             uuid.UUID(delivered["id"]),
             datetime.fromisoformat(delivered["at"]),
@@ -179,7 +179,7 @@ def after_failed_send(
 
 
 def expire(claimed: Claimed, settings: Settings, now: datetime) -> Outcome:
-    messages.finish(
+    messages.record_outcome(
         "failed",
         claimed.id,
         now,
@@ -198,7 +198,7 @@ def db_away(exc: BaseException | None) -> Outcome:
 def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settings) -> Outcome:
     now = datetime.now(UTC)
     if claimed.retry_count >= settings.queue_max_retries:
-        messages.finish(
+        messages.record_outcome(
             "failed",
             claimed.id,
             now,
@@ -210,7 +210,7 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
         log.warning("message %s failed after %d retries: %s", claimed.id, claimed.retry_count, exc)
         return Outcome(Action.DEAD_LETTER, f"retries exhausted: {exc}")
     delay_s = retries.backoff_s(claimed.retry_count + 1, settings, retry_after_s=exc.retry_after_s)
-    messages.finish(
+    messages.record_outcome(
         "retry",
         claimed.id,
         now,
@@ -233,22 +233,24 @@ def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Brea
     now = datetime.now(UTC)
     snapshot = breaker.snapshot(fresh=True)
     wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
-    _back_to_queue("probe_failed", claimed, exc, now, wait_s)
+    _put_back("probe", claimed, exc, now, wait_s)
     log.info("message %s: probe failed (%s), breaker open for %.0f s", claimed.id, exc, wait_s)
     return Outcome(Action.DEFER, f"probe failed: {exc}", wait_s)
 
 
-def _back_to_queue(
-    kind: str, claimed: Claimed, exc: TransientSendError, now: datetime, wait_s: float
+def _put_back(
+    cause: str, claimed: Claimed, exc: TransientSendError, now: datetime, wait_s: float
 ) -> None:
     """SENDING -> QUEUED without spending a retry (a failed probe, a 429), due in `wait_s`."""
     next_at = now + timedelta(seconds=wait_s)
-    messages.finish(kind, claimed.id, now, error=str(exc), status=exc.status, next_at=next_at)
-    metrics.record_deferred()
+    messages.record_outcome(
+        "put_back", claimed.id, now, error=str(exc), status=exc.status, next_at=next_at
+    )
+    metrics.record_deferred(cause)
 
 
 def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
-    messages.finish(
+    messages.record_outcome(
         "failed",
         claimed.id,
         datetime.now(UTC),
@@ -270,7 +272,7 @@ def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | N
         slot = pacer.acquire(now)
     wait_s = (slot.at - now.timestamp()) if slot else (exc.retry_after_s or 1.0)
     wait_s = max(wait_s, exc.retry_after_s or 0.0)
-    _back_to_queue("throttled", claimed, exc, now, wait_s)
+    _put_back("throttled", claimed, exc, now, wait_s)
     log.info("message %s: throttled (%s), again in %.1f s", claimed.id, exc.status, wait_s)
     return Outcome(Action.DEFER, "throttled", wait_s, slot)
 
@@ -281,7 +283,7 @@ def defer_for_pace(
     """Not this send's turn yet: wait for `slot` (a new one is recorded on the row)."""
     wait_s = max(0.0, slot.at - now.timestamp())
     if not held:
-        refused = _defer_row(row_id, token_id, now, wait_s)
+        refused = _defer_row(row_id, token_id, now, wait_s, "pace")
         if refused is not None:
             return refused
     return Outcome(Action.DEFER, "paced", wait_s, slot)
@@ -290,21 +292,21 @@ def defer_for_pace(
 def defer_for_breaker(
     row_id: uuid.UUID, token_id: uuid.UUID | None, permit: Permit, now: datetime
 ) -> Outcome:
-    refused = _defer_row(row_id, token_id, now, permit.retry_in_s)
+    refused = _defer_row(row_id, token_id, now, permit.retry_in_s, "breaker")
     if refused is not None:
         return refused
     return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
 
 
 def _defer_row(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, wait_s: float
+    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, wait_s: float, cause: str
 ) -> Outcome | None:
-    """Record on the row that it waits `wait_s`; None if it does, else why this job cannot
-    (the row is finished, or the job superseded)."""
+    """Record on the row that it waits `wait_s` (for the breaker or its pace); None if it does,
+    else why this job cannot (the row is finished, or the job superseded)."""
     next_at = now + timedelta(seconds=wait_s)
-    if messages.finish("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
+    if messages.record_outcome("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
         return why_not_claimed(row_id, token_id, now)
-    metrics.record_deferred()
+    metrics.record_deferred(cause)
     return None
 
 

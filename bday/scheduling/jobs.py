@@ -212,7 +212,8 @@ def retention_job(now: datetime | None = None, *, max_batches: int | None = None
 
 
 def drain_deferred(now: datetime | None = None) -> int:
-    """The breaker just closed: re-publish every deferred send now, oldest first.
+    """The breaker just closed: re-publish every deferred send now, oldest first (paced and
+    throttled ones too: see `messages.deferred`, they ask the pacer again).
 
     Their deferred jobs are still waiting in the broker; the fresh tokens make those no-ops.
     """

@@ -9,10 +9,10 @@ means another worker, job or beat got there first, which is normal, never an err
     QUEUED/SENDING/FAILED -> QUEUED  reissue             (a fresh token; old jobs become no-ops)
     PENDING/QUEUED/SENDING(lease over) -> SENDING  claim_many (a worker holds it)
     SENDING  -> SENT       record_sent (a batch at once)
-    PENDING/QUEUED/SENDING -> SENT  finish("sent_late")  (recorded after a database outage)
-    SENDING  -> QUEUED     finish("retry"), finish("probe_failed"), finish("throttled")
-    unfinished -> FAILED   finish("failed"), expire_overdue
-    unfinished -> CANCELLED  finish("cancelled"), cancel
+    PENDING/QUEUED/SENDING -> SENT  record_outcome("sent_late")  (recorded after a database outage)
+    SENDING  -> QUEUED     record_outcome("retry"), record_outcome("put_back") (no retry spent)
+    unfinished -> FAILED   record_outcome("failed"), expire_overdue
+    unfinished -> CANCELLED  record_outcome("cancelled"), cancel
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
     PENDING  -> PENDING    move_pending                  (SEND_TIME changed: the new instant)
     PENDING  -> CANCELLED  cancel_pending                (not owed at the new SEND_TIME)
@@ -405,7 +405,11 @@ _DEFERRED = text(
 
 
 def deferred(session: Session, now: datetime, *, limit: int) -> list[uuid.UUID]:
-    """QUEUED rows waiting out a deferral (breaker open), oldest first, locked."""
+    """QUEUED rows waiting out a deferral, oldest first, locked: whatever put them off (the
+    breaker, the shared pace, a throttle), since the row keeps no cause. When the breaker
+    closes, `drain_deferred` re-publishes them all; a paced or throttled one then asks the
+    pacer again and waits for its turn, so re-publishing it early costs one job, never an
+    early or extra send."""
     return list(session.scalars(_DEFERRED, {"now": now, "limit": limit}))
 
 
@@ -703,7 +707,7 @@ _MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s
                         sent_via = %(via)s, subject = %(subject)s, body = %(body)s
                   WHERE id = %(id)s"""
 
-_FINISH = {
+_OUTCOMES = {
     # After a database outage: the row may be SENDING still, or taken back by recovery.
     "sent_late": _MARK_SENT + f" AND status IN {UNFINISHED_SQL}",
     "retry": f"""UPDATE messages SET status = '{QUEUED}', retry_count = retry_count + 1,
@@ -719,18 +723,13 @@ _FINISH = {
     "cancelled": f"""UPDATE messages SET status = '{Status.CANCELLED}', cancelled_at = %(now)s,
                             updated_at = %(now)s, lease_expires_at = NULL
                       WHERE id = %(id)s AND status IN {UNFINISHED_SQL}""",
-    # A failed probe: back to QUEUED without spending a retry (deferrals count instead).
-    "probe_failed": f"""UPDATE messages SET status = '{QUEUED}', deferrals = deferrals + 1,
-                               last_error = %(error)s, provider_status = %(status)s,
-                               updated_at = %(now)s, next_attempt_at = %(next_at)s,
-                               lease_expires_at = NULL
-                         WHERE id = %(id)s AND status = '{SENDING}'""",
-    # A 429 (pacing, not a failure): back to QUEUED without spending a retry.
-    "throttled": f"""UPDATE messages SET status = '{QUEUED}', deferrals = deferrals + 1,
-                            last_error = %(error)s, provider_status = %(status)s,
-                            updated_at = %(now)s, next_attempt_at = %(next_at)s,
-                            lease_expires_at = NULL
-                      WHERE id = %(id)s AND status = '{SENDING}'""",
+    # A failed probe or a throttle (a 429, an SMTP "too fast"): back to QUEUED without
+    # spending a retry; the row's deferrals count it instead.
+    "put_back": f"""UPDATE messages SET status = '{QUEUED}', deferrals = deferrals + 1,
+                           last_error = %(error)s, provider_status = %(status)s,
+                           updated_at = %(now)s, next_attempt_at = %(next_at)s,
+                           lease_expires_at = NULL
+                     WHERE id = %(id)s AND status = '{SENDING}'""",
     # Not a status change: the row waits (breaker open, paced) and says until when. Only its
     # current job may say so: a superseded one changes nothing (and then ends).
     "deferred": f"""UPDATE messages SET deferrals = deferrals + 1, next_attempt_at = %(next_at)s,
@@ -739,11 +738,13 @@ _FINISH = {
                        AND (CAST(%(token)s AS uuid) IS NULL OR dispatch_token IS NULL
                             OR dispatch_token = CAST(%(token)s AS uuid))""",
 }
-FINISHES = frozenset(_FINISH)
+OUTCOMES = frozenset(_OUTCOMES)
 
 
-def finish(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> int:
-    """Record one outcome of a send (`kind` is a key of FINISHES); returns rows changed."""
+def record_outcome(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> int:
+    """Record one outcome of a send on its row (`kind` is one of OUTCOMES: `sent_late`,
+    `failed` and `cancelled` finish it, `retry` and `put_back` send it back to QUEUED,
+    `deferred` only says until when it waits); returns rows changed."""
     params = {
         "id": message_id,
         "now": now,
@@ -759,7 +760,7 @@ def finish(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> in
         **values,
     }
     with fast_autocommit() as connection:
-        return connection.execute(_FINISH[kind], params, prepare=True).rowcount
+        return connection.execute(_OUTCOMES[kind], params, prepare=True).rowcount
 
 
 _CURRENT_STATE = """SELECT status, dispatch_token, scheduled_send_time, lease_expires_at

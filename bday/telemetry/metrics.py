@@ -39,7 +39,10 @@ messages_retried = Counter(
     "bday_messages_retried_total", "Transient failures that were retried", ["type"]
 )
 messages_deferred = Counter(
-    "bday_messages_deferred_total", "Sends deferred while the breaker was open"
+    "bday_messages_deferred_total",
+    "Sends put off without spending a retry, by cause: breaker (open, or a probe in flight), "
+    "probe (a failed probe), pace (the shared send rate), throttled (the provider said too fast)",
+    ["cause"],
 )
 delivery_lateness = Histogram(
     "bday_delivery_lateness_seconds",
@@ -90,8 +93,11 @@ def record_retried(message_type: str) -> None:
     messages_retried.labels(message_type).inc()
 
 
-def record_deferred() -> None:
-    messages_deferred.inc()
+DEFERRAL_CAUSES = ("breaker", "probe", "pace", "throttled")
+
+
+def record_deferred(cause: str) -> None:
+    messages_deferred.labels(cause).inc()
 
 
 def record_email_call(duration_s: float, error_kind: str | None) -> None:

@@ -73,7 +73,7 @@ def _claim(message_id: uuid.UUID) -> None:
 def _fail_permanently(message_id: uuid.UUID) -> datetime:
     _claim(message_id)
     failed_at = datetime.now(UTC)
-    changed = messages.finish(
+    changed = messages.record_outcome(
         "failed", message_id, failed_at, reason="permanent", error=ERROR, status=400
     )
     assert changed == 1

@@ -62,8 +62,8 @@ def _in_session(change: Callable) -> Callable[[uuid.UUID], object]:
     return apply
 
 
-def _finish(kind: str, **values) -> Callable[[uuid.UUID], object]:
-    return lambda message_id: messages.finish(kind, message_id, NOW, **values)
+def _outcome(kind: str, **values) -> Callable[[uuid.UUID], object]:
+    return lambda message_id: messages.record_outcome(kind, message_id, NOW, **values)
 
 
 NEXT = {"next_at": NOW + timedelta(seconds=30), "error": "HTTP 503", "status": 503}
@@ -103,20 +103,19 @@ TRANSITIONS: dict[str, tuple[Callable[[uuid.UUID], object], set[Status], Status]
         {Status.SENDING},
         Status.SENT,
     ),
-    "finish sent_late": (
-        _finish("sent_late", status=200, response="{}"),
+    "sent_late": (
+        _outcome("sent_late", status=200, response="{}"),
         UNFINISHED,
         Status.SENT,
     ),
-    "finish retry": (_finish("retry", **NEXT), {Status.SENDING}, Status.QUEUED),
-    "finish probe_failed": (_finish("probe_failed", **NEXT), {Status.SENDING}, Status.QUEUED),
-    "finish throttled": (_finish("throttled", **NEXT), {Status.SENDING}, Status.QUEUED),
-    "finish failed": (
-        _finish("failed", reason="permanent", error="HTTP 400", status=400),
+    "retry": (_outcome("retry", **NEXT), {Status.SENDING}, Status.QUEUED),
+    "put_back": (_outcome("put_back", **NEXT), {Status.SENDING}, Status.QUEUED),
+    "failed": (
+        _outcome("failed", reason="permanent", error="HTTP 400", status=400),
         UNFINISHED,
         Status.FAILED,
     ),
-    "finish cancelled": (_finish("cancelled"), UNFINISHED, Status.CANCELLED),
+    "cancelled": (_outcome("cancelled"), UNFINISHED, Status.CANCELLED),
     "cancel": (
         _in_session(lambda s, row_id: messages.cancel(s, [row_id], NOW)),
         UNSENT,
@@ -137,18 +136,18 @@ def test_each_status_change_moves_only_its_legal_previous_states(name, previous)
 
 @pytest.mark.parametrize(
     ("kind", "retries", "deferrals"),
-    [("retry", 1, 0), ("probe_failed", 0, 1), ("throttled", 0, 1)],
+    [("retry", 1, 0), ("put_back", 0, 1)],
 )
 def test_a_retry_spends_a_retry_and_a_deferral_spends_none(kind, retries, deferrals):
     row_id = _row(Status.SENDING)
-    assert messages.finish(kind, row_id, NOW, **NEXT) == 1
+    assert messages.record_outcome(kind, row_id, NOW, **NEXT) == 1
     assert _state(row_id) == (Status.QUEUED.value, retries, deferrals)
 
 
 @pytest.mark.parametrize("previous", ALL, ids=lambda status: status.value)
 def test_a_deferral_changes_no_status_and_counts_only_on_unsent_rows(previous):
     row_id = _row(previous)
-    changed = messages.finish("deferred", row_id, NOW, next_at=NOW + timedelta(seconds=5))
+    changed = messages.record_outcome("deferred", row_id, NOW, next_at=NOW + timedelta(seconds=5))
     assert changed == (1 if previous in UNSENT else 0)
     assert _state(row_id) == (previous.value, 0, changed)
 
@@ -156,8 +155,8 @@ def test_a_deferral_changes_no_status_and_counts_only_on_unsent_rows(previous):
 def test_a_deferral_from_a_superseded_job_changes_nothing():
     row_id = _row(Status.QUEUED)
     stale = uuid.UUID(int=8)
-    assert messages.finish("deferred", row_id, NOW, next_at=NOW, token=stale) == 0
-    assert messages.finish("deferred", row_id, NOW, next_at=NOW, token=TOKEN) == 1
+    assert messages.record_outcome("deferred", row_id, NOW, next_at=NOW, token=stale) == 0
+    assert messages.record_outcome("deferred", row_id, NOW, next_at=NOW, token=TOKEN) == 1
 
 
 def test_a_worker_takes_a_sending_row_only_once_its_lease_is_over():
