@@ -225,15 +225,7 @@ def _delete(absent: Absent, result: SyncResult, dry_run: bool) -> None:
 
 # --- export -----------------------------------------------------------------------------------
 
-EXPORT_COLUMNS = (
-    "first_name",
-    "last_name",
-    "email",
-    "birthday",
-    "timezone",
-    "anniversary",
-    "locale",
-)
+EXPORT_COLUMNS = tuple(name for name in FIELDS if name != "opt_out")  # opt_out goes last
 LISTED_UNWRITABLE = 5  # users an export refusal names; the rest are counted
 
 
