@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from datetime import time as wall_time
 from typing import Any
 
 from sqlalchemy import text
@@ -54,11 +55,12 @@ def plan_job(now: datetime | None = None, *, requested_at: datetime | None = Non
     started) that a fresh plan already covers."""
     settings, now = get_settings(), now or datetime.now(UTC)
     started: dict[str, Any] = {"started_at": now.isoformat(), "settings": _plan_settings(settings)}
-    if not _start_plan(now, started, requested_at):
+    begun, previous_send_time = _start_plan(now, started, requested_at)
+    if not begun:
         log.debug("plan: skipped, a plan with these settings started since %s", requested_at)
         return {"planned": 0, "skipped": True}
     with transaction() as session:  # its own short transaction: moved rows may be due now
-        followed = planner.follow_send_time(session, now, settings)
+        followed = planner.follow_send_time(session, now, settings, previous_send_time)
     with transaction() as session:
         planned = planner.plan(session, planner.Window.around(now, settings), settings)
     result: dict = {"planned": planned}
@@ -91,6 +93,9 @@ def _plan_settings(settings: Settings) -> dict:
 # :fresh_since. One conditional upsert: two catch-ups at once cannot both pass.
 _START_PLAN = text(
     """
+    WITH previous AS (
+        SELECT detail -> 'settings' ->> 'send_time' AS send_time FROM heartbeats WHERE name = 'plan'
+    )
     INSERT INTO heartbeats AS h (name, beat_at, detail)
     VALUES ('plan', :now, CAST(:detail AS jsonb))
     ON CONFLICT (name) DO UPDATE SET detail = h.detail || excluded.detail
@@ -98,18 +103,24 @@ _START_PLAN = text(
         OR h.detail -> 'settings' IS DISTINCT FROM excluded.detail -> 'settings'
         OR coalesce(CAST(h.detail ->> 'started_at' AS timestamptz), '-infinity')
            < CAST(:fresh_since AS timestamptz)
-    RETURNING h.name
+    RETURNING h.name, (SELECT send_time FROM previous)
     """
 )
 
 
-def _start_plan(now: datetime, started: dict, requested_at: datetime | None) -> bool:
-    """False for a catch-up that a plan started since `requested_at - CATCH_UP_FRESH`, with
-    the same settings, already covers; otherwise record this plan's start and say True."""
+def _start_plan(
+    now: datetime, started: dict, requested_at: datetime | None
+) -> tuple[bool, wall_time | None]:
+    """(False, _) for a catch-up that a plan started since `requested_at - CATCH_UP_FRESH`,
+    with the same settings, already covers; otherwise record this plan's start: (True, the
+    SEND_TIME the plan before it ran with, None if none is recorded)."""
     fresh_since = requested_at - CATCH_UP_FRESH if requested_at is not None else None
     params = {"now": now, "detail": json.dumps(started), "fresh_since": fresh_since}
     with transaction() as session:
-        return session.execute(_START_PLAN, params).first() is not None
+        row = session.execute(_START_PLAN, params).first()
+    if row is None:
+        return False, None
+    return True, wall_time.fromisoformat(row[1]) if row[1] else None
 
 
 def enqueue_job(now: datetime | None = None) -> dict:

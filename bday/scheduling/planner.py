@@ -121,8 +121,13 @@ class Followed:
     planned_at: tuple[str, ...] = ()
 
 
-def follow_send_time(session: Session, now: datetime, settings: Settings) -> Followed:
-    """Move PENDING rows planned at another SEND_TIME to the current one, on the same local date.
+def follow_send_time(
+    session: Session, now: datetime, settings: Settings, previous: time | None
+) -> Followed:
+    """SEND_TIME changed from `previous` (the last plan's): move the PENDING rows planned at
+    `previous` to the current SEND_TIME, on the same local date. Nothing when it did not change
+    (or no plan before is recorded): a row at another instant (a test's, bench's, a replay's)
+    is never touched.
 
     Only PENDING rows move: nothing was published for them (a QUEUED row's job is on the broker,
     timed for the old instant, and stays). The claim checks the row's instant, so a moved row
@@ -132,10 +137,13 @@ def follow_send_time(session: Session, now: datetime, settings: Settings) -> Fol
     Cheap when nothing changed: PENDING rows are read grouped by (zone, instant), a few hundred
     groups, and only the rows of groups whose local time is not SEND_TIME are read one by one.
     """
+    if previous is None or previous == settings.send_time:
+        return Followed()
     off = [
         (zone_name, at)
         for zone_name, at, _count in messages.pending_instants(session)
-        if not _at_send_time(zone_name, at, settings.send_time)
+        if _at_send_time(zone_name, at, previous)
+        and not _at_send_time(zone_name, at, settings.send_time)
     ]
     if not off:
         return Followed()

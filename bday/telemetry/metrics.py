@@ -44,6 +44,7 @@ messages_deferred = Counter(
     "probe (a failed probe), pace (the shared send rate), throttled (the provider said too fast)",
     ["cause"],
 )
+DEFERRAL_CAUSES = ("breaker", "probe", "pace", "throttled")
 delivery_lateness = Histogram(
     "bday_delivery_lateness_seconds",
     "Sent time minus scheduled send time",
@@ -73,6 +74,8 @@ def _initialise_series() -> None:
             messages_failed.labels(kind, reason)
     for kind in ("timeout", "connection", "429", "4xx", "5xx", "3xx", "other"):
         email_errors.labels(kind)
+    for cause in DEFERRAL_CAUSES:
+        messages_deferred.labels(cause)
     for state in ("open", "closed"):
         breaker_transitions.labels(state)
 
@@ -91,9 +94,6 @@ def record_failed(message_type: str, reason: str) -> None:
 
 def record_retried(message_type: str) -> None:
     messages_retried.labels(message_type).inc()
-
-
-DEFERRAL_CAUSES = ("breaker", "probe", "pace", "throttled")
 
 
 def record_deferred(cause: str) -> None:

@@ -148,3 +148,19 @@ def test_two_catch_ups_at_once_plan_once(send_time):
     for thread in threads:
         thread.join(30)
     assert sorted(results, key=len) == [{"planned": 1}, {"planned": 0, "skipped": True}]
+
+
+def test_a_row_at_another_instant_stays_where_it_is_unless_send_time_changed_from_it(send_time):
+    """Rows a test, bench or operator put at any instant are not SEND_TIME's to move: only a
+    change of SEND_TIME moves rows, and only those planned at the one before (an e2e run
+    found a row planted 3 s ahead moved to 09:00 of that day by a worker's start-up plan)."""
+    send_time("13:33")
+    assert jobs.plan_job(NOW) == {"planned": 0}  # records the SEND_TIME plans run with
+    user = add_user("Europe/London", birthday=date(1990, 6, 1))
+    odd = factories.message_row(user, NOW + timedelta(hours=2, seconds=3))
+    with transaction() as session:
+        factories.insert(session, messages=[odd])
+    assert jobs.plan_job(NOW + timedelta(minutes=1)) == {"planned": 0}
+    send_time("13:37")
+    assert jobs.plan_job(NOW + timedelta(minutes=2)) == {"planned": 0}
+    assert planned()[user] == ("PENDING", "03:00", "2027-03-05")
