@@ -674,7 +674,7 @@ def test_recording_a_delivery_while_the_database_is_still_away_says_so_and_write
     def database_gone(*_, **__):
         raise psycopg.OperationalError("connection refused")
 
-    monkeypatch.setattr(messages, "finish", database_gone)
+    monkeypatch.setattr(messages, "record_outcome", database_gone)
     delivered = {"id": str(message_id), "at": NOW.isoformat(), "status": 200}
     outcome = record_delivered({**delivered, "response": "ok", "via": "queue"})
     assert outcome.action is Action.DB_AWAY and "OperationalError" in outcome.reason
