@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from bday.config import load_settings
 from bday.delivery.pacing import State
+from bday.devtools.factories import born_on
 from bday.ops import exporter, forecast, status
 from bday.store.db import transaction
 from bday.store.models import Message, Status
@@ -65,11 +66,13 @@ def test_the_forecast_answers_for_any_rate_backlog_and_peak(rate, planned, backl
 
 
 def _planned_row(at: datetime) -> None:
+    """One PENDING anniversary row at `at`, of a user whose birthday is half a year away (a
+    fixed Jan 1 birthday was planned too on Dec 31 and Jan 1: the date sweep found it)."""
     user_id = users.create_user(
         first_name="Ada",
         last_name="Lovelace",
         email="ada@example.com",
-        birthday="1990-01-01",
+        birthday=born_on(at.date() + timedelta(days=182)),
         timezone="UTC",
     )
     with transaction() as session:
