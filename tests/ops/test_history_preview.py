@@ -171,6 +171,7 @@ def test_preview_shows_the_status_of_a_greeting_already_planned(monkeypatch, cap
     assert out.splitlines()[1].endswith("[not planned yet]")
 
 
+@BEFORE_MARCH_5
 def test_preview_shows_the_words_each_greeting_will_carry_in_its_users_language(
     monkeypatch, capsys, tmp_path, settings_env
 ):

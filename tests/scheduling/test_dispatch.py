@@ -40,7 +40,7 @@ def test_a_later_job_gets_its_countdown_which_the_broker_can_always_route(ahead_
 
 
 def _due_rows(count: int, at: datetime) -> list[uuid.UUID]:
-    users = [factories.user_row(birthday=at.date().replace(year=1990)) for _ in range(count)]
+    users = [factories.user_row(birthday=factories.born_on(at.date())) for _ in range(count)]
     rows = [factories.message_row(user["id"], at) for user in users]
     with transaction() as session:
         factories.insert(session, users, rows)
