@@ -73,7 +73,7 @@ def plan_job(now: datetime | None = None, *, requested_at: datetime | None = Non
             followed.moved,
             f", {followed.cancelled} no longer owed (cancelled)" if followed.cancelled else "",
         )
-    heartbeat("plan", now, {**result, **started})
+    heartbeat("plan", now, {**result, **started, "ended_at": datetime.now(UTC).isoformat()})
     log.info("plan: %d new row(s)", planned)
     return result
 

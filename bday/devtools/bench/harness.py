@@ -271,13 +271,14 @@ def after_startup_plan(worker: Workers, started: float) -> tuple[float, int]:
 
     A starting worker plans (catch-up) while it already sends; the bench's users all have a
     birthday today, so that plan re-checks every one of them. CPU per greeting is counted from
-    here on, so it measures sending, not start-up.
+    here on, so it measures sending, not start-up. The plan records its start in the same row
+    (beat_at of a first plan included), so only its `ended_at` says it is over.
     """
     since = datetime.fromtimestamp(started, UTC)
     sandbox.wait_for(
         lambda: scalar(
-            "SELECT count(*) FROM heartbeats WHERE name = 'plan' AND beat_at >= "
-            f"'{since.isoformat()}'"
+            "SELECT count(*) FROM heartbeats WHERE name = 'plan' AND "
+            f"CAST(detail ->> 'ended_at' AS timestamptz) >= '{since.isoformat()}'"
         ),
         120,
         "the worker's start-up plan",
