@@ -17,10 +17,9 @@ from kombu import Connection, Exchange, Producer
 
 from bday.broker.topology import topology
 from bday.config import get_settings
+from bday.devtools import factories
 from bday.store import messages
 from bday.store.db import engine, transaction
-from bday.store.models import Message, Status, idempotency_key
-from bday.users import api as users
 from tests.harness.cli import bday
 from tests.harness.queues import declare_topology, purge_all
 
@@ -37,28 +36,16 @@ def empty_queues() -> Iterator[None]:
 
 
 def _due_message() -> uuid.UUID:
-    user_id = users.create_user(
-        first_name="Ada",
-        last_name="Lovelace",
-        email="ada@example.com",
-        birthday="1990-03-05",
-        timezone="UTC",
-    )
+    """A PENDING birthday of Ada's due a minute ago. Built with the factories, not through
+    create_user: its hook plans Ada's own birthday, which met this row's key on her birthday."""
     when = datetime.now(UTC) - timedelta(minutes=1)
-    message_id = uuid.uuid4()
+    user = factories.user_row(
+        "Ada", "Lovelace", email="ada@example.com", birthday=factories.born_on(when.date())
+    )
+    row = factories.message_row(user["id"], when)
     with transaction() as session:
-        session.add(
-            Message(
-                id=message_id,
-                user_id=user_id,
-                message_type="BIRTHDAY",
-                status=Status.PENDING.value,
-                occasion_date=when.date(),
-                scheduled_send_time=when,
-                idempotency_key=idempotency_key(user_id, "BIRTHDAY", when.date()),
-            )
-        )
-    return message_id
+        factories.insert(session, [user], [row])
+    return row["id"]
 
 
 def _claim(message_id: uuid.UUID) -> None:
