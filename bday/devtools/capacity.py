@@ -31,11 +31,13 @@ POSTGRES_CPU_MS = 0.20  # PostgreSQL CPU per greeting (bench, 150 ms; 0.17 ms at
 POSTGRES_CPU_MS_UNPREPARED = 0.03
 RABBITMQ_CPU_MS = 0.47  # RabbitMQ CPU per greeting (bench, 150 ms; 0.36 ms at 0 ms)
 ENQUEUE_RATE = 1_400.0  # rows/s claimed and published by one enqueue run
+ENQUEUE_SPEEDUP_2 = 1.0  # PLACEHOLDER: rows/s of an enqueue fanned out over 2 processes / 1
 BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
 PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
 # Planning 10M users took x12.6 the time of 1M under the same load (189 s vs 14.9 s, rows
 # x10.0; `bday bench --plan-users`): time grows as users ** 1.10, a little beyond linear.
 PLAN_EXPONENT = 1.10
+PLAN_SPEEDUP_2 = 1.0  # PLACEHOLDER: users/s planned by 2 processes / 1
 PLANNED_PER_USER = 11_085 / 1_000_000  # rows the first plan writes per user
 BYTES_PER_USER = 310  # users table incl. indexes, per row (--plan-users 10000000)
 BYTES_PER_MESSAGE = 394  # messages table incl. indexes, per row (same run, 113,120 rows)
@@ -47,6 +49,10 @@ GREETINGS_PER_USER_YEAR = 1 + 1 / 3  # a birthday each, an anniversary for a thi
 PEAK_DAY_FACTOR = 1.25  # Feb 28 in a common year also carries Feb 29's birthdays (feb28 policy)
 LATENESS_BUDGET_S = 60.0
 PROVIDER_LIMIT = 500.0  # requests/s an email provider might allow one sender (assumption)
+HEADROOM = 0.80  # the recommended deployment keeps every limit it can relieve under 80% of it
+ENQUEUE_WINDOW_S = 70 - 10  # ENQUEUE_LEAD_SECONDS less the minute's run spacing
+PLAN_BUDGET_S = 900.0  # a quarter of the hour for the hourly plan
+MAX_WORKERS = 1_000
 
 # Approximate world population by standard-time UTC offset, millions (docs/capacity.md: country
 # populations, UN World Population Prospects 2022, each country or region at its main offset).
@@ -82,6 +88,10 @@ class Capacity:
     rows_per_year: float
     gib_per_year: float
     plan_s: float
+    workers: int  # the deployment it recommends: worker processes (delivery, enqueue, plan)
+    enqueue_fanned_s: float  # the busiest instant's enqueue fanned out over `workers`
+    plan_fanned_s: float  # the first plan fanned out over `workers`
+    loads: dict[str, float]  # each limit's share used, with `workers` and PgBouncer
     first_limit: str
 
 
@@ -94,13 +104,15 @@ def model(users: int, provider_limit: float = PROVIDER_LIMIT) -> Capacity:
     server_cores = rate_needed * (POSTGRES_CPU_MS + POSTGRES_CPU_MS_UNPREPARED + RABBITMQ_CPU_MS)
     rows = users * GREETINGS_PER_USER_YEAR
     stored = users * BYTES_PER_USER + rows * BYTES_PER_MESSAGE
+    workers = recommend_workers(users, peak, processes_150)
+    loads = limits(users, peak, workers)
     return Capacity(
         users=users,
         per_day=per_day,
         peak=peak,
         processes=processes,
         processes_150ms=processes_150,
-        cores=processes_150 * WORKER_CORES + server_cores / 1000,
+        cores=workers * WORKER_CORES + server_cores / 1000,
         limited_processes=max(1, math.ceil(min(rate_needed, provider_limit) / WORKER_RATE_150MS)),
         limited_lateness_s=peak / provider_limit,
         enqueue_s=peak / ENQUEUE_RATE,
@@ -109,27 +121,66 @@ def model(users: int, provider_limit: float = PROVIDER_LIMIT) -> Capacity:
         rows_per_year=rows,
         gib_per_year=stored / 2**30,
         plan_s=plan_s(users),
-        first_limit=_first_limit(peak, rate_needed, processes_150, plan_s(users)),
+        workers=workers,
+        enqueue_fanned_s=peak / (ENQUEUE_RATE * speedup(workers, ENQUEUE_SPEEDUP_2)),
+        plan_fanned_s=plan_s(users) / speedup(workers, PLAN_SPEEDUP_2),
+        loads=loads,
+        first_limit=_first_limit(loads),
     )
 
 
 def plan_s(users: int) -> float:
-    """Seconds for the first plan of the window (measured at 1M, scaled as measured to 10M)."""
+    """Seconds for the first plan of the window on one process (measured at 1M, scaled as
+    measured to 10M)."""
     return PLAN_S_PER_MILLION * (users / 1e6) ** PLAN_EXPONENT
 
 
-def _first_limit(peak: float, rate_needed: float, processes: int, planning_s: float) -> str:
-    """The component closest to its measured limit at this size."""
-    loads = {
-        "enqueue (one run publishes the instant's rows within ENQUEUE_LEAD_SECONDS)": (
-            peak / ENQUEUE_RATE / (70 - 10)
+def speedup(workers: int, measured_at_2: float) -> float:
+    """How many times one process's rate `workers` processes reach, from the speed-up measured
+    with 2 against 1 on this machine, each further process adding what the second did (the
+    database's cores being the bound this machine cannot show: docs/capacity.md)."""
+    return 1 + (workers - 1) * (measured_at_2 - 1)
+
+
+def limits(users: int, peak: float, workers: int) -> dict[str, float]:
+    """Each limit's share used at this size with `workers` worker processes behind PgBouncer."""
+    rate_needed = peak / LATENESS_BUDGET_S
+    return {
+        "delivery (worker processes send the busiest instant within a minute)": (
+            rate_needed / (workers * WORKER_RATE_150MS)
         ),
-        "RabbitMQ (one queue)": rate_needed / BROKER_CEILING,
-        "PostgreSQL max_connections=100 without PgBouncer": (
-            (processes * CONNECTIONS_PER_WORKER + 5) / 100
+        "enqueue (the busiest instant published within ENQUEUE_LEAD_SECONDS, fanned out)": (
+            peak / (ENQUEUE_RATE * speedup(workers, ENQUEUE_SPEEDUP_2)) / ENQUEUE_WINDOW_S
         ),
-        "planning (hourly; given a quarter of the hour)": planning_s / 900,
+        "planning (hourly, fanned out; given a quarter of the hour)": (
+            plan_s(users) / speedup(workers, PLAN_SPEEDUP_2) / PLAN_BUDGET_S
+        ),
+        "RabbitMQ (one send queue)": rate_needed / BROKER_CEILING,
+        "PostgreSQL connections (max_connections=100, through PgBouncer)": (
+            (PGBOUNCER_SERVER_POOL + 5) / 100
+        ),
     }
+
+
+# Limits more worker processes do not relieve: past HEADROOM they need another design.
+_FIXED = ("RabbitMQ", "PostgreSQL connections")
+
+
+def recommend_workers(users: int, peak: float, at_least: int) -> int:
+    """The fewest worker processes (from `at_least`, what delivery needs) that keep every limit
+    they relieve under HEADROOM of it."""
+    workers = at_least
+    while workers < MAX_WORKERS and any(
+        load > HEADROOM
+        for name, load in limits(users, peak, workers).items()
+        if not name.startswith(_FIXED)
+    ):
+        workers += 1
+    return workers
+
+
+def _first_limit(loads: dict[str, float]) -> str:
+    """The component closest to its measured limit."""
     name = max(loads, key=loads.__getitem__)
     return f"{name}: {loads[name]:.0%} of its limit"
 
@@ -245,13 +296,18 @@ def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:
             f"provider limit {provider_limit:,.0f}/s: processes, last greeting late",
             [f"{m.limited_processes}, {m.limited_lateness_s:,.0f} s" for m in models],
         ),
-        ("enqueue of the busiest instant (one run)", [f"{m.enqueue_s:,.1f} s" for m in models]),
+        ("recommended worker processes, behind PgBouncer", [f"{m.workers}" for m in models]),
+        ("enqueue of the busiest instant: one process / fanned out", [
+            f"{m.enqueue_s:,.1f} s / {m.enqueue_fanned_s:,.1f} s" for m in models
+        ]),
         ("PostgreSQL connections: direct / PgBouncer", [
             f"{m.connections_direct} / {m.connections_pooled}" for m in models
         ]),
         ("message rows per year", [_count(m.rows_per_year) for m in models]),
         ("storage after a year (users + messages)", [f"{m.gib_per_year:,.1f} GiB" for m in models]),
-        ("first plan of the 26 h window", [f"{m.plan_s:,.0f} s" for m in models]),
+        ("first plan of the 26 h window: one process / fanned out", [
+            f"{m.plan_s:,.0f} s / {m.plan_fanned_s:,.0f} s" for m in models
+        ]),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     cells = [max(len(v) for _, values in rows for v in [values[i]]) for i in range(len(models))]
@@ -261,7 +317,10 @@ def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:
     ]
     lines.append("")
     for m in models:
-        lines.append(f"{_count(m.users)} users, closest to its limit: {m.first_limit}")
+        lines.append(
+            f"{_count(m.users)} users with {m.workers} worker process(es), closest to its limit: "
+            f"{m.first_limit}"
+        )
     lines.append("")
     lines.append(
         f"Assumptions: {GREETINGS_PER_USER_YEAR:.2f} greetings per user per year; busiest day "
