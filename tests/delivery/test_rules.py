@@ -14,19 +14,13 @@ from typing import Any
 import pytest
 
 from bday.config import load_settings
+from bday.delivery import provider
 from bday.delivery.attempt import SendJob, deliver_many
 from bday.delivery.breaker import Permit, Snapshot
 from bday.delivery.interfaces import BreakerService, PacerService
 from bday.delivery.outcomes import Action
 from bday.delivery.pacing import Slot
-from bday.delivery.provider import (
-    Answer,
-    Email,
-    PermanentSendError,
-    Receipt,
-    SendError,
-    TransientSendError,
-)
+from bday.delivery.provider import Email, Receipt, TransientSendError
 from bday.store import db, messages
 from bday.store.messages import Claimed
 from bday.store.models import Status
@@ -86,10 +80,10 @@ class FakePacer:
 class FakeSender:
     """Answers by address: its SendError, else a 200. `calls`: the addresses of each batch sent."""
 
-    fails: dict[str, SendError] = field(default_factory=dict)
+    fails: dict[str, provider.SendError] = field(default_factory=dict)
     calls: list[list[str]] = field(default_factory=list)
 
-    def send_many(self, emails: Sequence[Email]) -> Iterator[list[Answer]]:
+    def send_many(self, emails: Sequence[Email]) -> Iterator[list[provider.Answer]]:
         if emails:  # the batch calls it with none when every job was settled before sending
             self.calls.append([e.email for e in emails])
         for position, email in enumerate(emails):
@@ -246,7 +240,7 @@ def test_a_transient_failure_spends_a_retry_until_none_is_left(rows):
 def test_a_permanent_refusal_dead_letters_and_says_the_service_is_up(rows):
     row_id = rows.add("a@example.com")
     breaker = FakeBreaker()
-    refused = PermanentSendError("HTTP 400: bad address", status=400)
+    refused = provider.PermanentSendError("HTTP 400: bad address", status=400)
 
     [outcome] = run([row_id], FakeSender({"a@example.com": refused}), breaker)
 
