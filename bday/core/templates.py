@@ -14,6 +14,7 @@ send.
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import string
@@ -114,12 +115,39 @@ def placeholder_values(
 
 def render(template: Template, values: Mapping[str, str]) -> Rendered:
     """Fill `template`; in the HTML part every value is HTML-escaped."""
-    escaped = {name: html.escape(value) for name, value in values.items()}
-    return Rendered(
-        subject=string.Template(template.subject).substitute(values),
-        text=string.Template(template.text).substitute(values),
-        html=string.Template(template.html).substitute(escaped) if template.html else None,
-    )
+    html_part = None
+    if template.html:
+        escaped = {name: html.escape(value) for name, value in values.items()}
+        html_part = _fill(template.html, escaped)
+    return Rendered(_fill(template.subject, values), _fill(template.text, values), html_part)
+
+
+def _fill(source: str, values: Mapping[str, str]) -> str:
+    """`string.Template(source).substitute(values)`, from the source split once per process: a
+    worker renders every greeting from a handful of templates, and the regex scan of each
+    substitution was most of a render's cost. Raises the KeyError or ValueError the
+    template's own substitution raises."""
+    parts = _parts(source)
+    if parts is None:
+        return string.Template(source).substitute(values)
+    return "".join([values[text] if named else text for named, text in parts])
+
+
+@functools.lru_cache(maxsize=256)
+def _parts(source: str) -> tuple[tuple[bool, str], ...] | None:
+    """`source` as (is a placeholder, literal text or placeholder name) pieces, `$$` already a
+    literal `$`; None if it holds a `$` that is not a placeholder (string.Template refuses it)."""
+    parts: list[tuple[bool, str]] = []
+    at = 0
+    for match in string.Template.pattern.finditer(source):
+        if match["invalid"] is not None:
+            return None
+        parts.append((False, source[at : match.start()]))
+        name = match["named"] or match["braced"]
+        parts.append((False, "$") if name is None else (True, name))
+        at = match.end()
+    parts.append((False, source[at:]))
+    return tuple(part for part in parts if part[0] or part[1])
 
 
 # --- parsing a directory's files ---------------------------------------------------------------

@@ -18,7 +18,8 @@ from functools import partial
 
 from bday.config import Settings, get_settings
 from bday.core.templates import Catalogue, placeholder_values, render
-from bday.delivery.breaker import Breaker, Permit
+from bday.delivery.breaker import Permit
+from bday.delivery.interfaces import BreakerService, PacerService
 from bday.delivery.outcomes import (
     DB_ERRORS,
     Action,
@@ -34,7 +35,7 @@ from bday.delivery.outcomes import (
     why_not_claimed,
     write_sent,
 )
-from bday.delivery.pacing import Pacer, Slot
+from bday.delivery.pacing import Slot
 from bday.delivery.provider import (
     Email,
     Receipt,
@@ -61,11 +62,11 @@ def deliver(
     token: str | None,
     *,
     sender: Sends,
-    breaker: Breaker,
+    breaker: BreakerService,
     settings: Settings | None = None,
     now: datetime | None = None,
     via: str = "queue",
-    pacer: Pacer | None = None,
+    pacer: PacerService | None = None,
     slot: Slot | None = None,
 ) -> Outcome:
     """Try to deliver message `message_id` once; say what should happen next.
@@ -121,11 +122,11 @@ def deliver_many(
     jobs: Sequence[SendJob],
     *,
     sender: Sends,
-    breaker: Breaker,
+    breaker: BreakerService,
     settings: Settings | None = None,
     now: datetime | None = None,
     via: str = "queue",
-    pacer: Pacer | None = None,
+    pacer: PacerService | None = None,
     notify: Notify | None = None,
 ) -> list[Outcome]:
     """Deliver a batch of greetings: one outcome per job, in order, each also passed to
@@ -221,7 +222,7 @@ def _soon(outcome: Outcome) -> bool:
     return outcome.action is Action.DEFER and outcome.delay_s < _SOON_S
 
 
-def _paced(pacer: Pacer | None, now: datetime) -> bool:
+def _paced(pacer: PacerService | None, now: datetime) -> bool:
     """Is a send rate in force? If the database cannot say, the batch path meets the same error
     and says DB_AWAY for each job (a raise here would dead-letter the whole batch)."""
     try:
@@ -234,10 +235,10 @@ def _deliver_all(
     jobs: Sequence[SendJob],
     *,
     sender: Sends,
-    breaker: Breaker,
+    breaker: BreakerService,
     settings: Settings,
     via: str,
-    pacer: Pacer | None,
+    pacer: PacerService | None,
     now: datetime | None = None,
     notify: Notify | None = None,
 ) -> list[Outcome]:
@@ -299,8 +300,8 @@ def _admit(
     jobs: Sequence[SendJob],
     outcomes: _Ledger,
     later: list[int],
-    breaker: Breaker,
-    pacer: Pacer | None,
+    breaker: BreakerService,
+    pacer: PacerService | None,
     now: datetime,
 ) -> list[_Asked]:
     """Parse each job, ask the breaker and the pacer: the jobs that may be claimed now. The
@@ -346,7 +347,7 @@ def _admit(
 def _claim(
     asked: list[_Asked],
     outcomes: _Ledger,
-    breaker: Breaker,
+    breaker: BreakerService,
     settings: Settings,
     now: datetime,
 ) -> list[tuple[Claimed, Permit, int]]:

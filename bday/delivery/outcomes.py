@@ -21,8 +21,9 @@ from sqlalchemy.exc import DBAPIError
 
 from bday.config import Settings
 from bday.core import retries
-from bday.delivery.breaker import Breaker, Permit
-from bday.delivery.pacing import Pacer, Slot
+from bday.delivery.breaker import Permit
+from bday.delivery.interfaces import BreakerService, PacerService
+from bday.delivery.pacing import Slot
 from bday.delivery.provider import (
     Email,
     PermanentSendError,
@@ -69,8 +70,8 @@ def deadline(claimed: Claimed, settings: Settings) -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class Services:
-    breaker: Breaker
-    pacer: Pacer | None
+    breaker: BreakerService
+    pacer: PacerService | None
 
 
 class UnrecordedDelivery(Exception):
@@ -229,7 +230,9 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
     return Outcome(Action.RETRY, str(exc), delay_s)
 
 
-def _after_failed_probe(claimed: Claimed, exc: TransientSendError, breaker: Breaker) -> Outcome:
+def _after_failed_probe(
+    claimed: Claimed, exc: TransientSendError, breaker: BreakerService
+) -> Outcome:
     now = datetime.now(UTC)
     snapshot = breaker.snapshot(fresh=True)
     wait_s = max(1.0, (snapshot.open_until - now).total_seconds()) if snapshot.open_until else 1.0
@@ -263,7 +266,9 @@ def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
     return Outcome(Action.DEAD_LETTER, f"permanent: {exc}")
 
 
-def _after_throttled(claimed: Claimed, exc: TransientSendError, pacer: Pacer | None) -> Outcome:
+def _after_throttled(
+    claimed: Claimed, exc: TransientSendError, pacer: PacerService | None
+) -> Outcome:
     """A 429: slow the cluster down and defer this send to a new slot; no retry is spent."""
     now = datetime.now(UTC)
     slot = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from datetime import date
 
 import pytest
@@ -10,6 +11,7 @@ from bday.core.locales import canonical_locale, fallbacks
 from bday.core.occasions import TEXTS, Kind, message_text
 from bday.core.templates import (
     BUILT_IN,
+    Template,
     TemplateError,
     parse_catalogue,
     placeholder_values,
@@ -62,6 +64,37 @@ def test_a_language_falls_back_from_region_to_language_to_default():
     hostile = words(catalogue, Kind.BIRTHDAY, "de-AT", first="<script>&")
     assert hostile.html == "<p>Servus <b>&lt;script&gt;&amp;</b></p>"
     assert hostile.text == "Servus <script>&"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "Hey, $first_name $last_name it's your birthday",
+        "$$5 for ${first_name}x, $$$first_name$$",
+        "$first_name",
+        "no placeholder",
+        "",
+        "$age",  # not among the values: KeyError
+        "a $ alone",  # not a placeholder: ValueError
+        "${first_name",
+    ],
+)
+def test_rendering_says_what_string_templates_substitute_says(source):
+    values = {"first_name": "Ada", "last_name": "$last_name"}
+
+    def outcome(fill):
+        try:
+            return fill()
+        except (KeyError, ValueError) as exc:
+            return type(exc)
+
+    expected = outcome(lambda: string.Template(source).substitute(values))
+    for _ in range(2):  # the second render uses the split kept for the source
+        rendered = outcome(lambda: render(Template(source, source), values))
+        if isinstance(expected, type):
+            assert rendered is expected
+        else:
+            assert (rendered.subject, rendered.text) == (expected, expected)
 
 
 def test_a_value_is_never_read_as_a_template_or_an_attribute():
