@@ -5,7 +5,12 @@ It accepts every greeting, unless told to answer otherwise: `refuse` maps a reci
 reply its RCPT gets (`550 5.1.1 no such user`), and `script()` queues what the next DATA
 commands meet: a reply (`451 4.7.0 rate limited`, `421 4.7.0 closing`, after which the
 session is closed as a real server does), `DROP_AFTER_ACCEPT` (the message is kept, the
-connection closed before the 250: the ambiguous case) or `DROP` (closed, nothing kept).
+connection closed before the 250: the ambiguous case), `DROP` (closed, nothing kept) or
+`ACCEPT` (as usual: spaces the others out). The chaos suite's controls besides: `down` (every
+new connection is closed before the greeting banner, as a server in maintenance behind a load
+balancer is; each one counted in `turned_away`) and `rate_limit` (messages accepted per whole
+second; DATA above it meets `451 4.7.0 rate limit exceeded`). `attempts` records every DATA's
+arrival and outcome.
 
 aiosmtpd is in the `dev` extra, imported only here.
 """
@@ -23,6 +28,8 @@ from typing import Any
 
 DROP = "drop"
 DROP_AFTER_ACCEPT = "drop-after-accept"
+ACCEPT = "accept"
+THROTTLED = "451 4.7.0 rate limit exceeded, slow down"
 _CLOSE_AFTER_S = 0.05  # a 421's session is closed just after the reply is on its way
 
 
@@ -43,6 +50,14 @@ class Received:
         return parsed
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One DATA the server answered (or dropped): when it arrived and what it met."""
+
+    arrived: float  # Unix seconds
+    outcome: str  # sent | throttled | dropped | dropped-after-accept | the reply's code
+
+
 class FakeSmtp:
     """The server, on a thread of its own: `start()`, then point an smtp:// URL at `.url`."""
 
@@ -52,6 +67,11 @@ class FakeSmtp:
         self.refuse: dict[str, str] = {}
         self.sessions = 0
         self.idle_before = 0  # sessions up to this number are told they sat idle too long
+        self.down = False
+        self.turned_away: list[float] = []  # when each connection met `down`
+        self.rate_limit = 0  # messages accepted per whole second (0: no limit)
+        self.attempts: list[Attempt] = []
+        self._second = (0, 0)  # (whole second, messages accepted in it)
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
         self._on_message = on_message
@@ -73,9 +93,8 @@ class FakeSmtp:
             self.idle_before = self.sessions
 
     def start(self) -> FakeSmtp:
-        from aiosmtpd.controller import Controller
-
-        self._controller = Controller(
+        self._controller = _controller_class()(
+            self,
             _Handler(self),
             hostname=self.host,
             port=self.port,
@@ -115,8 +134,32 @@ class FakeSmtp:
             return number
 
     def _next_answer(self) -> str | None:
+        arrived = time.time()
         with self._lock:
-            return self._script.popleft() if self._script else None
+            answer = self._script.popleft() if self._script else None
+            if answer in (None, ACCEPT) and self._over_limit(arrived):
+                answer = THROTTLED
+            outcome = _OUTCOMES.get(answer or ACCEPT, (answer or "")[:3])
+            self.attempts.append(Attempt(arrived, outcome))
+            return None if answer == ACCEPT else answer
+
+    def _over_limit(self, arrived: float) -> bool:
+        """Count a message against its whole second; True if that second is full."""
+        if not self.rate_limit:
+            return False
+        second, accepted = self._second
+        if int(arrived) != second:
+            second, accepted = int(arrived), 0
+        if accepted >= self.rate_limit:
+            return True
+        self._second = (second, accepted + 1)
+        return False
+
+    def _turn_away(self) -> bool:
+        if self.down:
+            with self._lock:
+                self.turned_away.append(time.time())
+        return self.down
 
     def _keep(self, envelope: Any, session: Any) -> Received:
         received = Received(
@@ -130,6 +173,49 @@ class FakeSmtp:
         if self._on_message is not None:
             self._on_message(received)
         return received
+
+
+_OUTCOMES = {
+    ACCEPT: "sent",
+    THROTTLED: "throttled",
+    DROP: "dropped",
+    DROP_AFTER_ACCEPT: "dropped-after-accept",
+}
+
+
+def _controller_class() -> type:
+    """aiosmtpd's Controller, serving `_Session`s (built on first use: aiosmtpd is only in
+    the dev extra)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    class _Session(SMTP):
+        """A connection; while the server is `down` it is closed before the banner."""
+
+        def __init__(self, fake: FakeSmtp, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._fake, self._turned_away = fake, False
+
+        def connection_made(self, transport: Any) -> None:
+            if self._fake._turn_away():
+                self._turned_away = True
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            if not self._turned_away:
+                super().connection_lost(error)
+
+    class _ControllerOfSessions(Controller):
+        def __init__(self, fake: FakeSmtp, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._fake = fake
+
+        def factory(self) -> SMTP:
+            return _Session(self._fake, self.handler, **self.SMTP_kwargs)
+
+    return _ControllerOfSessions
 
 
 class _Handler:
