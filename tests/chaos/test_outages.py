@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from bday.scheduling import jobs
-from tests.chaos.conftest import BREAKER, FAST, breaker_trips, sends_summary
+from tests.harness.chaos import BREAKER, FAST, breaker_trips, sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, add_user, rows
 from tests.harness.stack import wait_until

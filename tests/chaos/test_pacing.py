@@ -14,7 +14,7 @@ from datetime import datetime
 import pytest
 
 from bday.scheduling import jobs
-from tests.chaos.conftest import per_second, row_figures, sends_summary, throttle_summary
+from tests.harness.chaos import per_second, row_figures, sends_summary, throttle_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, next_instant
 from tests.harness.stack import wait_until

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from bday.devtools.fake_smtp import ACCEPT, DROP_AFTER_ACCEPT, FakeSmtp
 from bday.scheduling import jobs
 from bday.store.db import engine
-from tests.chaos.conftest import (
+from tests.harness.chaos import (
     BREAKER,
     FAST,
     row_figures,
