@@ -96,9 +96,23 @@ def fake_email_service(
     metavar="ADDRESS",
     help="Answer RCPT for this address with 550 (a mailbox that does not exist); repeatable.",
 )
-def fake_smtp_service(host, port, refuse) -> None:
+@click.option(
+    "--failure-rate",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of messages answered 451 at random (retried).",
+)
+@click.option("--latency-ms", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False),
+    help="Append each message's {at, key, outcome} to this file as a JSON line.",
+)
+@click.option("--quiet", is_flag=True, help="Print no line per message (bench).")
+def fake_smtp_service(host, port, refuse, failure_rate, latency_ms, record, quiet) -> None:
     """Serve SMTP (no TLS, no AUTH) and print one line per message received: point
-    EMAIL_SERVICE_URL=smtp://127.0.0.1:2525?starttls=off at it. Needs the dev extra
+    EMAIL_SERVICE_URL=smtp://127.0.0.1:2525?starttls=off at it. Needs the fake extra
     (aiosmtpd)."""
     from bday.cli.errors import Failure
     from bday.devtools import fake_smtp
@@ -106,9 +120,17 @@ def fake_smtp_service(host, port, refuse) -> None:
     try:
         import aiosmtpd  # noqa: F401
     except ImportError:
-        raise Failure("fake-smtp-service needs aiosmtpd: pip install 'bday[dev]'") from None
+        raise Failure("fake-smtp-service needs aiosmtpd: pip install 'bday[fake]'") from None
     refused = {address.lower(): "550 5.1.1 no such mailbox" for address in refuse}
-    fake_smtp.run(host, port, refused)
+    fake_smtp.run(
+        host,
+        port,
+        refused,
+        failure_rate=failure_rate,
+        latency_ms=latency_ms,
+        record=record,
+        quiet=quiet,
+    )
 
 
 @click.command("demo")
@@ -129,10 +151,15 @@ def fake_smtp_service(host, port, refuse) -> None:
     help="Give up after this many seconds.",
 )
 @click.option("--keep", is_flag=True, help="Keep the sandbox database and vhost afterwards.")
-def demo(failure_rate, latency_ms, timeout_s, keep) -> None:
+@click.option(
+    "--smtp",
+    is_flag=True,
+    help="Send through SMTP (`bday fake-smtp-service`) instead of the HTTP email service.",
+)
+def demo(failure_rate, latency_ms, timeout_s, keep, smtp) -> None:
     """Watch greetings being delivered live, in a sandbox database and vhost of its own."""
     import sys
 
     from bday.devtools import demo as demo_module
 
-    sys.exit(demo_module.run(failure_rate, latency_ms, timeout_s, keep))
+    sys.exit(demo_module.run(failure_rate, latency_ms, timeout_s, keep, smtp=smtp))

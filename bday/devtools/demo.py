@@ -1,7 +1,8 @@
 """`bday demo`: the whole system delivering greetings live, in a sandbox of its own.
 
 It creates its own database and vhost (never touching real data), migrates, starts the fake
-email service (with random failures), a worker and beat, and seeds users so that:
+email service (with random failures; with `smtp`, `bday fake-smtp-service` and an smtp://
+EMAIL_SERVICE_URL instead), a worker and beat, and seeds users so that:
 
 * one user in every zone that shares a UTC offset gets a greeting at the next SEND_TIME, a
   minute or two from now (SEND_TIME is chosen for that offset);
@@ -167,13 +168,21 @@ def _local_today(instant: datetime, zone_name: str) -> date:
 
 
 class Demo:
-    def __init__(self, failure_rate: float, latency_ms: float, timeout_s: float, keep: bool):
+    def __init__(
+        self,
+        failure_rate: float,
+        latency_ms: float,
+        timeout_s: float,
+        keep: bool,
+        smtp: bool = False,
+    ):
         self.failure_rate, self.latency_ms, self.timeout_s, self.keep = (
             failure_rate,
             latency_ms,
             timeout_s,
             keep,
         )
+        self.smtp = smtp
         self.processes: list[sandbox.Process] = []
         self.box: sandbox.Sandbox | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="bday-demo-"))
@@ -184,6 +193,7 @@ class Demo:
         plan = choose_plan(now)
         port = sandbox.free_port()
         self.fake_url = f"http://127.0.0.1:{port}"
+        self.record = self.workdir / "smtp-calls.jsonl"
         env = {
             **self.box.env,
             "SEND_TIME": plan.send_time,
@@ -191,29 +201,16 @@ class Demo:
             "QUEUE_RETRY_DELAY": "1000",
             "WORKER_METRICS_PORT": "0",
         }
+        if self.smtp:
+            env["EMAIL_SERVICE_URL"] = f"smtp://127.0.0.1:{port}?starttls=off"
+            env["EMAIL_FROM"] = "bday demo <demo@example.com>"
         os.environ.update(env)
         _reload_settings()
         from bday.config import get_settings
 
         groups = seed(plan, self.box.database_url, now, get_settings().catch_up_hours)
         self._new_user_after_instant(plan, now)
-        fake = sandbox.spawn(
-            "fake-email",
-            sandbox.bday_command(
-                "fake-email-service",
-                "--quiet",
-                "--port",
-                str(port),
-                "--failure-rate",
-                str(self.failure_rate),
-                "--latency-ms",
-                str(self.latency_ms),
-            ),
-            env,
-            self.workdir,
-        )
-        self.processes.append(fake)
-        sandbox.wait_ready(fake, "fake email service on")
+        self._start_fake(port, env)
         self.processes.append(sandbox.spawn_worker("worker", env, self.workdir, concurrency=8))
         self.processes.append(sandbox.spawn_beat(env, self.workdir))
         sandbox.wait_ready(self.processes[1], " ready.")
@@ -222,6 +219,23 @@ class Demo:
         jobs.plan_job()
         jobs.enqueue_job()  # what beat does at the next minute, done now so late ones go at once
         return plan, groups
+
+    def _start_fake(self, port: int, env: dict) -> None:
+        """The fake email service, or with `smtp` the fake SMTP service recording each
+        message's outcome to `self.record`, with the same random failures and latency."""
+        command, extra, ready = "fake-email-service", ["--quiet"], "fake email service on"
+        if self.smtp:
+            command, extra = "fake-smtp-service", ["--record", str(self.record)]
+            ready = "fake SMTP service on"
+        behaviour = ["--failure-rate", str(self.failure_rate), "--latency-ms", str(self.latency_ms)]
+        fake = sandbox.spawn(
+            "fake-email",
+            sandbox.bday_command(command, "--port", str(port), *extra, *behaviour),
+            env,
+            self.workdir,
+        )
+        self.processes.append(fake)
+        sandbox.wait_ready(fake, ready)
 
     def _new_user_after_instant(self, plan: Plan, now: datetime) -> None:
         """A user created now, with a birthday whose SEND_TIME already passed: owed nothing."""
@@ -239,6 +253,11 @@ class Demo:
         )
 
     def requests(self) -> list[dict]:
+        """Each call the email service saw: {at, key, outcome, ...}."""
+        if self.smtp:
+            if not self.record.exists():
+                return []
+            return [json.loads(line) for line in self.record.read_text().splitlines() if line]
         with urllib.request.urlopen(f"{self.fake_url}/requests", timeout=5) as response:
             return json.load(response)
 
@@ -372,21 +391,27 @@ def summary(plan: Plan, rows: list, requests: list[dict]) -> list[str]:
 
 
 def run(
-    failure_rate: float = 0.2, latency_ms: float = 60, timeout_s: float = 300, keep: bool = False
+    failure_rate: float = 0.2,
+    latency_ms: float = 60,
+    timeout_s: float = 300,
+    keep: bool = False,
+    *,
+    smtp: bool = False,
 ) -> int:
     from rich.console import Console
     from rich.live import Live
 
     sandbox.exit_cleanly_on_sigterm()
     console = Console()
-    demo = Demo(failure_rate, latency_ms, timeout_s, keep)
+    demo = Demo(failure_rate, latency_ms, timeout_s, keep, smtp)
     rows: list = []
     requests: list[dict] = []
     try:
         console.print(
             "[b]bday demo[/b]: creating a sandbox database and vhost, starting the fake "
-            "email service, a worker and beat ... It ends by itself once every greeting due "
-            f"is sent (a minute or two, at most {timeout_s:.0f} s); Ctrl-C ends it sooner."
+            f"{'SMTP' if smtp else 'email'} service, a worker and beat ... It ends by itself "
+            f"once every greeting due is sent (a minute or two, at most {timeout_s:.0f} s); "
+            "Ctrl-C ends it sooner."
         )
         plan, groups = demo.start()
         started = time.monotonic()
@@ -408,6 +433,6 @@ def run(
     finally:
         demo.stop()
         console.print(
-            "stopped worker, beat and fake email service"
+            f"stopped worker, beat and fake {'SMTP' if smtp else 'email'} service"
             + ("" if keep else "; sandbox database and vhost removed")
         )

@@ -5,13 +5,24 @@ It accepts every greeting, unless told to answer otherwise: `refuse` maps a reci
 reply its RCPT gets (`550 5.1.1 no such user`), and `script()` queues what the next DATA
 commands meet: a reply (`451 4.7.0 rate limited`, `421 4.7.0 closing`, after which the
 session is closed as a real server does), `DROP_AFTER_ACCEPT` (the message is kept, the
-connection closed before the 250: the ambiguous case) or `DROP` (closed, nothing kept).
+connection closed before the 250: the ambiguous case), `DROP` (closed, nothing kept) or
+`ACCEPT` (as usual: spaces the others out). The chaos suite's controls besides: `down` (every
+new connection is closed before the greeting banner, as a server in maintenance behind a load
+balancer is; each one counted in `turned_away`) and `rate_limit` (messages accepted per whole
+second; DATA above it meets `451 4.7.0 rate limit exceeded`). `failure_rate` answers that
+share of DATAs `451 4.3.0` at random (retried, as the fake email service's 500s), after
+`latency_ms`. `attempts` records every DATA's arrival, Message-ID and outcome (`run(record=)`
+writes them as JSON lines: the demo's table reads them).
 
-aiosmtpd is in the `dev` extra, imported only here.
+aiosmtpd is in the `fake` extra, imported only here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import random
+import re
 import socket
 import threading
 import time
@@ -23,6 +34,10 @@ from typing import Any
 
 DROP = "drop"
 DROP_AFTER_ACCEPT = "drop-after-accept"
+ACCEPT = "accept"
+THROTTLED = "451 4.7.0 rate limit exceeded, slow down"
+FAILED = "451 4.3.0 temporary failure, try again"
+_MESSAGE_ID = re.compile(rb"^Message-ID:\s*<([^@>]*)@", re.IGNORECASE | re.MULTILINE)
 _CLOSE_AFTER_S = 0.05  # a 421's session is closed just after the reply is on its way
 
 
@@ -43,15 +58,32 @@ class Received:
         return parsed
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One DATA the server answered (or dropped): when it arrived and what it met."""
+
+    arrived: float  # Unix seconds
+    outcome: str  # sent | throttled | failed | dropped | dropped-after-accept | a reply's code
+    key: str = ""  # the Message-ID's local part: bday's message id
+
+
 class FakeSmtp:
     """The server, on a thread of its own: `start()`, then point an smtp:// URL at `.url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_message=None):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_message=None, on_attempt=None):
         self.host, self.port = host, port or _free_port(host)
         self.received: list[Received] = []
         self.refuse: dict[str, str] = {}
         self.sessions = 0
         self.idle_before = 0  # sessions up to this number are told they sat idle too long
+        self.down = False
+        self.turned_away: list[float] = []  # when each connection met `down`
+        self.rate_limit = 0  # messages accepted per whole second (0: no limit)
+        self.failure_rate = 0.0
+        self.latency_ms = 0.0
+        self._on_attempt = on_attempt
+        self.attempts: list[Attempt] = []
+        self._second = (0, 0)  # (whole second, messages accepted in it)
         self._script: deque[str] = deque()
         self._lock = threading.Lock()
         self._on_message = on_message
@@ -73,9 +105,8 @@ class FakeSmtp:
             self.idle_before = self.sessions
 
     def start(self) -> FakeSmtp:
-        from aiosmtpd.controller import Controller
-
-        self._controller = Controller(
+        self._controller = _controller_class()(
+            self,
             _Handler(self),
             hostname=self.host,
             port=self.port,
@@ -114,9 +145,41 @@ class FakeSmtp:
                 number = session.bday_number = self.sessions
             return number
 
-    def _next_answer(self) -> str | None:
+    def _next_answer(self, content: bytes) -> str | None:
+        arrived = time.time()
+        found = _MESSAGE_ID.search(content)
         with self._lock:
-            return self._script.popleft() if self._script else None
+            answer = self._script.popleft() if self._script else None
+            if answer in (None, ACCEPT) and self._over_limit(arrived):
+                answer = THROTTLED
+            elif answer in (None, ACCEPT) and random.random() < self.failure_rate:
+                answer = FAILED
+            outcome = _OUTCOMES.get(answer or ACCEPT, (answer or "")[:3])
+            attempt = Attempt(
+                arrived, outcome, found[1].decode("ascii", "replace") if found else ""
+            )
+            self.attempts.append(attempt)
+        if self._on_attempt is not None:
+            self._on_attempt(attempt)
+        return None if answer == ACCEPT else answer
+
+    def _over_limit(self, arrived: float) -> bool:
+        """Count a message against its whole second; True if that second is full."""
+        if not self.rate_limit:
+            return False
+        second, accepted = self._second
+        if int(arrived) != second:
+            second, accepted = int(arrived), 0
+        if accepted >= self.rate_limit:
+            return True
+        self._second = (second, accepted + 1)
+        return False
+
+    def _turn_away(self) -> bool:
+        if self.down:
+            with self._lock:
+                self.turned_away.append(time.time())
+        return self.down
 
     def _keep(self, envelope: Any, session: Any) -> Received:
         received = Received(
@@ -130,6 +193,50 @@ class FakeSmtp:
         if self._on_message is not None:
             self._on_message(received)
         return received
+
+
+_OUTCOMES = {
+    ACCEPT: "sent",
+    THROTTLED: "throttled",
+    FAILED: "failed",
+    DROP: "dropped",
+    DROP_AFTER_ACCEPT: "dropped-after-accept",
+}
+
+
+def _controller_class() -> type:
+    """aiosmtpd's Controller, serving `_Session`s (built on first use: aiosmtpd is only in
+    the dev extra)."""
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP
+
+    class _Session(SMTP):
+        """A connection; while the server is `down` it is closed before the banner."""
+
+        def __init__(self, fake: FakeSmtp, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._fake, self._turned_away = fake, False
+
+        def connection_made(self, transport: Any) -> None:
+            if self._fake._turn_away():
+                self._turned_away = True
+                transport.close()
+                return
+            super().connection_made(transport)
+
+        def connection_lost(self, error: Exception | None) -> None:
+            if not self._turned_away:
+                super().connection_lost(error)
+
+    class _ControllerOfSessions(Controller):
+        def __init__(self, fake: FakeSmtp, *args: Any, **kwargs: Any):
+            super().__init__(*args, **kwargs)
+            self._fake = fake
+
+        def factory(self) -> SMTP:
+            return _Session(self._fake, self.handler, **self.SMTP_kwargs)
+
+    return _ControllerOfSessions
 
 
 class _Handler:
@@ -153,7 +260,9 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        answer = self.fake._next_answer()
+        if self.fake.latency_ms:
+            await asyncio.sleep(self.fake.latency_ms / 1000)
+        answer = self.fake._next_answer(bytes(envelope.original_content or envelope.content))
         if answer == DROP:
             server.transport.close()
             return "421 closing"  # never arrives: the connection is gone
@@ -185,10 +294,29 @@ def describe(received: Received) -> str:
     )
 
 
-def run(host: str, port: int, refuse: dict[str, str] | None = None) -> None:
-    """Serve until interrupted, printing one line per message received."""
-    fake = FakeSmtp(host, port, on_message=lambda r: print(describe(r), flush=True))
+def run(
+    host: str,
+    port: int,
+    refuse: dict[str, str] | None = None,
+    *,
+    failure_rate: float = 0.0,
+    latency_ms: float = 0.0,
+    record: str | None = None,
+    quiet: bool = False,
+) -> None:
+    """Serve until interrupted, printing one line per message received (none if `quiet`);
+    with `record`, each DATA's {at, key, outcome} appended to that file as a JSON line."""
+    keep = open(record, "a", encoding="utf-8", buffering=1) if record else None  # noqa: SIM115
+
+    def write(attempt: Attempt) -> None:
+        if keep is not None:
+            line = {"at": attempt.arrived, "key": attempt.key, "outcome": attempt.outcome}
+            keep.write(json.dumps(line) + "\n")
+
+    show = None if quiet else lambda r: print(describe(r), flush=True)
+    fake = FakeSmtp(host, port, on_message=show, on_attempt=write)
     fake.refuse.update(refuse or {})
+    fake.failure_rate, fake.latency_ms = failure_rate, latency_ms
     with fake:
         print(f"fake SMTP service on {fake.url}", flush=True)
         try:
@@ -196,3 +324,6 @@ def run(host: str, port: int, refuse: dict[str, str] | None = None) -> None:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
+        finally:
+            if keep is not None:
+                keep.close()

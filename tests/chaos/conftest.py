@@ -8,7 +8,6 @@ every row, and how often the email service saw each Idempotency-Key succeed.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +51,3 @@ def _store(name: str, figures: dict) -> None:
     existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     existing[name] = figures
     RESULTS.write_text(json.dumps(existing, indent=2, sort_keys=True))
-
-
-def sends_summary(per_key: Counter, total: int) -> dict:
-    """Figures every scenario reports: delivered keys, lost ones, keys sent more than once."""
-    return {
-        "messages": total,
-        "delivered": len(per_key),
-        "lost": total - len(per_key),
-        "second_sends": sum(count - 1 for count in per_key.values() if count > 1),
-    }

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bday.config import get_settings
-from tests.chaos.conftest import sends_summary
 from tests.harness import rabbit_cluster
+from tests.harness.chaos import sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages
 from tests.harness.stack import wait_until

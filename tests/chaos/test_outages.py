@@ -9,15 +9,12 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from bday.scheduling import jobs
-from tests.chaos.conftest import sends_summary
+from tests.harness.chaos import BREAKER, FAST, breaker_trips, sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, add_user, rows
 from tests.harness.stack import wait_until
 
 pytestmark = pytest.mark.e2e
-
-FAST = {"EMAIL_SERVICE_TIMEOUT": "1000", "QUEUE_MAX_RETRIES": "5"}
-BREAKER = {"BREAKER_IDLE": "30", "BREAKER_COOLDOWN": "5", "BREAKER_COOLDOWN_MAX": "15"}
 
 
 def test_a_flaky_service_still_gets_every_key_exactly_once(stack, scale, report):
@@ -37,21 +34,10 @@ def test_a_flaky_service_still_gets_every_key_exactly_once(stack, scale, report)
         calls=len(stack.fake.records),
         outcomes=outcomes,
         drain_s=round(time.monotonic() - started, 1),
-        breaker_trips=_breaker_trips(),
+        breaker_trips=breaker_trips(),
     )
     assert set(per_key.values()) == {1} and len(per_key) == count
     assert report["breaker_trips"] == 0, "random failures must not trip the breaker"
-
-
-def _breaker_trips() -> int:
-    from sqlalchemy import text
-
-    from bday.store.db import engine
-
-    with engine().connect() as connection:
-        return connection.execute(
-            text("SELECT coalesce(sum(trips), 0) FROM circuit_breakers")
-        ).scalar()
 
 
 @pytest.mark.timeout(900)  # --long: a five-minute outage

@@ -9,15 +9,12 @@ size (1,000 greetings, 64 threads x 2 workers).
 from __future__ import annotations
 
 import time
-from collections import Counter
 from datetime import datetime
 
 import pytest
-from sqlalchemy import text
 
 from bday.scheduling import jobs
-from bday.store.db import engine
-from tests.chaos.conftest import sends_summary
+from tests.harness.chaos import per_second, row_figures, sends_summary, throttle_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, next_instant
 from tests.harness.stack import wait_until
@@ -37,25 +34,6 @@ def _start_workers(stack, threads: int, env: dict) -> None:
         wait_until(lambda w=worker: " ready." in w.output(), 120, f"{worker.name} ready")
 
 
-def _per_second(records, outcome: str | None = None) -> list[int]:
-    """Requests per whole second of arrival, from the first request's second to the last's."""
-    seconds = Counter(int(r.arrived) for r in records if outcome is None or r.outcome == outcome)
-    first, last = min(seconds), max(seconds)
-    return [seconds[s] for s in range(first, last + 1)]
-
-
-def _row_figures() -> dict:
-    with engine().connect() as connection:
-        row = connection.execute(
-            text(
-                "SELECT coalesce(sum(retry_count), 0), coalesce(sum(deferrals), 0),"
-                " count(*) FILTER (WHERE sent_at < scheduled_send_time)"
-                " FROM messages"
-            )
-        ).one()
-    return {"retries_spent": int(row[0]), "deferrals": int(row[1]), "sent_early": int(row[2])}
-
-
 def _deliver_peak(stack, count: int, threads: int, env: dict) -> tuple[datetime, float]:
     _start_workers(stack, threads, env)
     instant = next_instant(3)
@@ -72,20 +50,20 @@ def test_a_rate_limit_holds_across_two_workers_and_drains_the_peak_oldest_first(
     env = {"EMAIL_SERVICE_RATE_LIMIT": str(RATE), "EMAIL_SERVICE_BURST": str(BURST)}
     instant, _ = _deliver_peak(stack, count, threads, env)
     records = stack.fake.records
-    per_second = _per_second(records)
+    seconds = per_second(records)
     first, last = min(r.arrived for r in records), max(r.arrived for r in records)
     span_s = last - first  # from the first send (the worker's eta timer may start it late)
     report.update(
         sends_summary(stack.fake.sent_per_key(), count),
-        per_second=per_second,
+        per_second=seconds,
         span_s=round(span_s, 2),
         first_send_after_instant_s=round(first - instant.timestamp(), 2),
         ideal_s=round((count - BURST) / RATE, 2),
         threads_each=threads,
-        **_row_figures(),
+        **row_figures(),
     )
-    assert per_second[0] <= RATE + BURST
-    assert max(per_second[1:]) <= RATE * 1.1
+    assert seconds[0] <= RATE + BURST
+    assert max(seconds[1:]) <= RATE * 1.1
     assert first >= instant.timestamp(), "a greeting went early"
     assert report["sent_early"] == 0
     assert statuses() == {"SENT": count}
@@ -99,21 +77,14 @@ def test_a_providers_unannounced_limit_is_found_without_failing_anyone(stack, sc
     stack.fake.set(rate_limit=30, retry_after=False)
     instant, _ = _deliver_peak(stack, count, threads, {})
     records = stack.fake.records
-    settled = [r for r in records if r.arrived >= instant.timestamp() + 15]
-    throttled_late = sum(1 for r in settled if r.outcome == "throttled")
     report.update(
         sends_summary(stack.fake.sent_per_key(), count),
-        calls=len(records),
-        throttled=sum(1 for r in records if r.outcome == "throttled"),
-        calls_after_15s=len(settled),
-        throttled_after_15s=throttled_late,
-        per_second_sent=_per_second(records, "sent"),
-        per_second_429=_per_second(records, "throttled"),
+        **throttle_summary(records, settled_from=instant.timestamp() + 15),
         threads_each=threads,
-        **_row_figures(),
+        **row_figures(),
     )
     assert statuses() == {"SENT": count}
     assert set(stack.fake.sent_per_key().values()) == {1}
     assert report["retries_spent"] == 0
-    assert settled, "the peak should last past its first 15 s"
-    assert throttled_late < 0.05 * len(settled)
+    assert report["calls_settled"], "the peak should last past its first 15 s"
+    assert report["throttled_settled"] < 0.05 * report["calls_settled"]

@@ -16,7 +16,7 @@ import pytest
 from bday.devtools.factories import born_on
 from bday.scheduling import jobs
 from bday.store import db
-from tests.chaos.conftest import sends_summary
+from tests.harness.chaos import sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, add_user, rows
 from tests.harness.stack import wait_until

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from bday.scheduling import jobs
-from tests.chaos.conftest import sends_summary
 from tests.harness import pgbouncer
+from tests.harness.chaos import sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages
 from tests.harness.stack import wait_until

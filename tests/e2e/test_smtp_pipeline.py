@@ -91,6 +91,10 @@ def test_a_worker_sends_through_smtp_in_each_users_language(stack, smtp, tmp_pat
     stored = {str(row.id): row for row in rows()}
     assert stored[ids["joerg@example.at"]].subject == "Alles Gute, Jörg!"
     assert stored[ids["joerg@example.at"]].body == joerg.get_body(("plain",)).get_content()[:-1]
+    # With an HTML alternative too, the row keeps the subject and the text part that were sent.
+    assert ada.get_content_type() == "multipart/alternative"
+    assert stored[ids["ada@example.com"]].subject == ada["Subject"] == "Happy birthday, Ada!"
+    assert stored[ids["ada@example.com"]].body == ada.get_body(("plain",)).get_content()[:-1]
     gone = stored[ids["gone@example.com"]]
     assert (gone.status, gone.failure_reason, gone.provider_status) == ("FAILED", "permanent", 550)
     assert smtp.sessions <= 8  # sessions are kept per sending thread, not opened per greeting

@@ -82,9 +82,18 @@ class Bench:
             self.workdir,
         )
         sandbox.wait_ready(self.fake, "fake email service on")
+        smtp_port = sandbox.free_port()
+        self.smtp_url = f"smtp://127.0.0.1:{smtp_port}?starttls=off"
+        self.fake_smtp = sandbox.spawn(
+            "fake-smtp",
+            sandbox.bday_command("fake-smtp-service", "--port", str(smtp_port), "--quiet"),
+            self.env,
+            self.workdir,
+        )
+        sandbox.wait_ready(self.fake_smtp, "fake SMTP service on")
 
     def teardown(self) -> None:
-        for process in [*self.spawned, self.fake]:
+        for process in [*self.spawned, self.fake, self.fake_smtp]:
             process.stop()
         from bday.store import db
 
@@ -105,12 +114,15 @@ class Bench:
             urllib.request.Request(f"{self.fake_url}/reset", method="POST"), timeout=5
         ).read()
 
-    def worker(self, name: str) -> Workers:
+    def _smtp_env(self) -> dict[str, str]:
+        return {"EMAIL_SERVICE_URL": self.smtp_url, "EMAIL_FROM": "bench@example.com"}
+
+    def worker(self, name: str, extra_env: dict[str, str] | None = None) -> Workers:
         """`processes` worker processes, each with the pool and concurrency under test."""
         started = [
             sandbox.spawn_worker(
                 f"{name}{index}",
-                self.env,
+                {**self.env, **(extra_env or {})},
                 self.workdir,
                 self.concurrency,
                 ("-P", self.pool, "--include", "bday.devtools.noop"),
@@ -160,8 +172,10 @@ class Bench:
         latency_ms: float,
         failure_rate: float = 0.0,
         beside: Callable[[], Any] | None = None,
+        smtp: bool = False,
     ) -> tuple[float, float]:
-        """(messages/s, enqueue seconds) for `count` due messages at `latency_ms`.
+        """(messages/s, enqueue seconds) for `count` due messages at `latency_ms` (with
+        `smtp`, sent through `bday fake-smtp-service` instead: its latency is always 0).
 
         With failures, the rate is up to the 99th percentile send: the last 1% are the longest
         chains of retry backoff (2 + 4 + 8 ... s), which measure QUEUE_RETRY_DELAY, not speed.
@@ -178,7 +192,7 @@ class Bench:
         assert jobs.enqueue_job()["published"] == count
         enqueue_s = time.perf_counter() - started
         spawned = time.time()
-        worker = self.worker("delivery")
+        worker = self.worker("delivery", self._smtp_env() if smtp else {})
         t0 = time.time()
         thread = threading.Thread(target=alongside, daemon=True) if alongside else None
         if thread:
@@ -189,7 +203,7 @@ class Bench:
         share = 0.99 if failure_rate else 1.0
         elapsed = sent_by_share(share) - t0
         sent = max(1, int(scalar(SENT_RECENTLY)) - sent_before)
-        key = f"delivery {latency_ms:g} {failure_rate:g}"
+        key = f"delivery {latency_ms:g} {failure_rate:g}" + (" smtp" if smtp else "")
         self.cpu_ms.setdefault(key, []).append((worker.cpu_s() - cpu_before) / sent * 1000)
         for name, used in procfs.servers_cpu_s(self.servers).items():
             spent = (used - servers_before[name]) / sent * 1000
