@@ -642,17 +642,18 @@ class Claimed:
     locale: str | None
 
 
-# The rows of a batch of jobs, each job's (id, token) joined to its row. A job that carries
-# its row's occasion date is joined on (id, occasion_date): a nested loop whose every lookup
-# PostgreSQL prunes at run time to the one partition of that date, which keeps the prepared
-# statement's generic plan (a plan-time bound on the date would make every call plan anew). A
-# job without one (published before the date was carried) is joined on its id alone.
+# The rows of a batch of jobs, each job's (id, token) joined to its row. Jobs that carry their
+# row's occasion date are joined on (id, occasion_date) and bounded by the batch's first and
+# last date: PostgreSQL then reads only the partitions of those months (usually one) whatever
+# join it picks (a hash join over the unfinished rows' index, say, would otherwise read every
+# partition's). A job without one (published before the date was carried) is joined on its id
+# alone, every partition's primary key probed.
 _JOBS = "unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[])) AS j(id, token)"
 _JOBS_DATED = (
     "unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[]), CAST(%(days)s AS date[]))"
     " AS j(id, token, day)"
 )
-_DATED = " AND m.occasion_date = j.day"
+_DATED = " AND m.occasion_date = j.day AND m.occasion_date BETWEEN %(first)s AND %(last)s"
 
 _CLAIM_MANY = f"""
     UPDATE messages m
@@ -716,9 +717,13 @@ def claim_many(
     return claimed
 
 
-def _columns(rows: Sequence[Sequence[Any]], *names: str) -> dict[str, list[Any]]:
-    """Rows as one array parameter per column, named `names` (extra names are left out)."""
-    return {name: [row[k] for row in rows] for k, name in enumerate(names) if k < len(rows[0])}
+def _columns(rows: Sequence[Sequence[Any]], *names: str) -> dict[str, Any]:
+    """Rows as one array parameter per column, named `names` (extra names are left out); rows
+    with a date (the last name, `days`) also give the batch's `first` and `last` date."""
+    columns = {name: [row[k] for row in rows] for k, name in enumerate(names) if k < len(rows[0])}
+    if "days" in columns:
+        columns |= {"first": min(columns["days"]), "last": max(columns["days"])}
+    return columns
 
 
 _RECORD_SENT = f"""
