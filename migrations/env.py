@@ -8,6 +8,7 @@ from sqlalchemy import create_engine, pool
 from bday.config import get_settings
 from bday.store.db import sqlalchemy_url
 from bday.store.models import Base
+from bday.store.partitions import include_in_autogenerate
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):
@@ -21,7 +22,12 @@ def _url() -> str:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
+    context.configure(
+        url=_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        include_name=include_in_autogenerate,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
@@ -29,7 +35,11 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     connectable = create_engine(_url(), poolclass=pool.NullPool)
     with connectable.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata)
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            include_name=include_in_autogenerate,
+        )
         with context.begin_transaction():
             context.run_migrations()
     connectable.dispose()

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 
 from bday.config import Settings, get_settings
@@ -50,11 +50,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class SendJob:
     """One `send_message` job as a worker received it (`send_message(message_id, token,
-    slot=)`): the ids as the message carried them, text, checked when the batch is claimed."""
+    slot=, occasion_date=)`): the ids as the message carried them, text, checked when the
+    batch is claimed. `occasion_date` (ISO) is the row's partition key: with it the row is
+    looked for in one monthly partition; a job published without it is found by id alone."""
 
     message_id: str
     token: str | None = None
     slot: Slot | None = None
+    occasion_date: str | None = None
 
 
 def deliver(
@@ -68,6 +71,7 @@ def deliver(
     via: str = "queue",
     pacer: PacerService | None = None,
     slot: Slot | None = None,
+    occasion_date: str | None = None,
 ) -> Outcome:
     """Try to deliver message `message_id` once; say what should happen next.
 
@@ -78,7 +82,7 @@ def deliver(
     before the send.
     """
     [outcome] = deliver_many(
-        [SendJob(message_id, token, slot)],
+        [SendJob(message_id, token, slot, occasion_date)],
         sender=sender,
         breaker=breaker,
         settings=settings,
@@ -293,7 +297,19 @@ class _Asked:
     index: int
     row_id: uuid.UUID
     token_id: uuid.UUID | None
+    day: date | None
     permit: Permit
+
+
+def _day(text: object) -> date | None:
+    """A job's occasion date, or None when it has none (an older job) or not a date: the date
+    only narrows where the row is looked for, so a job without a usable one is found by id."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _admit(
@@ -311,7 +327,7 @@ def _admit(
     Two jobs for one row meet in a batch when a row was re-published (fresh token) while its
     older job was still on its way back: only the row knows which job is current, so the
     second goes after the first has settled (it then finds the row sent, or claims it)."""
-    parsed: list[tuple[int, uuid.UUID, uuid.UUID | None]] = []
+    parsed: list[tuple[int, uuid.UUID, uuid.UUID | None, date | None]] = []
     seen: set[uuid.UUID] = set()
     repeats: list[int] = []
     for index, job in enumerate(jobs):
@@ -325,22 +341,24 @@ def _admit(
             repeats.append(index)
             continue
         seen.add(row_id)
-        parsed.append((index, row_id, token_id))
+        parsed.append((index, row_id, token_id, _day(job.occasion_date)))
     asked = []
     permits = breaker.permits(now, len(parsed))
-    later.extend(index for index, _, _ in parsed[len(permits) :])
+    later.extend(index for index, *_ in parsed[len(permits) :])
     later.extend(repeats)
-    for (index, row_id, token_id), permit in zip(parsed, permits, strict=False):
+    for (index, row_id, token_id, day), permit in zip(parsed, permits, strict=False):
         if not permit.allowed:
-            outcomes[index] = defer_for_breaker(row_id, token_id, permit, now)
+            outcomes[index] = defer_for_breaker(row_id, token_id, permit, now, day)
             continue
         held = jobs[index].slot
         wait = pacer.acquire(now, held) if pacer is not None else None
         if wait is not None:
             breaker.release(permit, now)
-            outcomes[index] = defer_for_pace(row_id, token_id, wait, held=wait is held, now=now)
+            outcomes[index] = defer_for_pace(
+                row_id, token_id, wait, held=wait is held, now=now, day=day
+            )
             continue
-        asked.append(_Asked(index, row_id, token_id, permit))
+        asked.append(_Asked(index, row_id, token_id, day, permit))
     return asked
 
 
@@ -353,16 +371,21 @@ def _claim(
 ) -> list[tuple[Claimed, Permit, int]]:
     """Claim the admitted rows in one statement; settle the ones that need no send."""
     lease_until = now + timedelta(seconds=settings.send_lease_s)
-    rows = messages.claim_many([(a.row_id, a.token_id) for a in asked], now, lease_until)
+    rows = messages.claim_many(
+        [(a.row_id, a.token_id) for a in asked],
+        now,
+        lease_until,
+        days={a.row_id: a.day for a in asked if a.day is not None},
+    )
     claimed = []
     for a in asked:
         row = rows.get(a.row_id)
         if row is None:
             breaker.release(a.permit, now)
-            outcomes[a.index] = why_not_claimed(a.row_id, a.token_id, now)
+            outcomes[a.index] = why_not_claimed(a.row_id, a.token_id, now, a.day)
         elif row.user_deleted:
             breaker.release(a.permit, now)
-            messages.record_outcome("cancelled", row.id, now)
+            messages.record_outcome("cancelled", row.id, now, occasion_date=row.occasion_date)
             outcomes[a.index] = Outcome(Action.DONE, "user deleted")
         elif deadline(row, settings) < now:
             breaker.release(a.permit, now)

@@ -13,7 +13,7 @@ import enum
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -88,12 +88,15 @@ class UnrecordedDelivery(Exception):
 
 def record_delivered(delivered: dict[str, Any]) -> Outcome:
     """Write SENT for a delivery whose first recording failed (see UnrecordedDelivery); DB_AWAY
-    if the database is still away. A malformed record raises KeyError, TypeError or ValueError."""
+    if the database is still away. A malformed record raises KeyError, TypeError or ValueError.
+    A record written before it carried the row's occasion date finds its row by id alone."""
+    day = delivered.get("occasion_date")
     try:
         messages.record_outcome(
             "sent_late",
             uuid.UUID(delivered["id"]),
             datetime.fromisoformat(delivered["at"]),
+            occasion_date=date.fromisoformat(day) if day is not None else None,
             status=delivered["status"],
             response=delivered["response"],
             via=delivered["via"],
@@ -117,7 +120,7 @@ def write_sent(
     done = datetime.now(UTC)
     rows = [(c.id, r.status, r.body, e.subject, e.message) for c, r, _, e in sent]
     try:
-        messages.record_sent(rows, done, via)
+        messages.record_sent(rows, done, via, days={c.id: c.occasion_date for c, *_ in sent})
     except DB_ERRORS:
         at = done.isoformat()
         return [
@@ -134,6 +137,7 @@ def write_sent(
                         "via": via,
                         "subject": e.subject,
                         "body": e.message,
+                        "occasion_date": c.occasion_date.isoformat(),
                     },
                 ),
             )
@@ -184,6 +188,7 @@ def expire(claimed: Claimed, settings: Settings, now: datetime) -> Outcome:
         "failed",
         claimed.id,
         now,
+        occasion_date=claimed.occasion_date,
         reason=FailureReason.EXPIRED.value,
         error=f"more than {settings.catch_up_hours} h late",
     )
@@ -203,6 +208,7 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
             "failed",
             claimed.id,
             now,
+            occasion_date=claimed.occasion_date,
             reason=FailureReason.RETRIES_EXHAUSTED.value,
             error=str(exc),
             status=exc.status,
@@ -215,6 +221,7 @@ def _after_transient(claimed: Claimed, exc: TransientSendError, settings: Settin
         "retry",
         claimed.id,
         now,
+        occasion_date=claimed.occasion_date,
         error=str(exc),
         status=exc.status,
         next_at=now + timedelta(seconds=delay_s),
@@ -247,7 +254,13 @@ def _put_back(
     """SENDING -> QUEUED without spending a retry (a failed probe, a 429), due in `wait_s`."""
     next_at = now + timedelta(seconds=wait_s)
     messages.record_outcome(
-        "put_back", claimed.id, now, error=str(exc), status=exc.status, next_at=next_at
+        "put_back",
+        claimed.id,
+        now,
+        occasion_date=claimed.occasion_date,
+        error=str(exc),
+        status=exc.status,
+        next_at=next_at,
     )
     metrics.record_deferred(cause)
 
@@ -257,6 +270,7 @@ def _after_permanent(claimed: Claimed, exc: PermanentSendError) -> Outcome:
         "failed",
         claimed.id,
         datetime.now(UTC),
+        occasion_date=claimed.occasion_date,
         reason=FailureReason.PERMANENT.value,
         error=str(exc),
         status=exc.status,
@@ -283,40 +297,66 @@ def _after_throttled(
 
 
 def defer_for_pace(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, slot: Slot, *, held: bool, now: datetime
+    row_id: uuid.UUID,
+    token_id: uuid.UUID | None,
+    slot: Slot,
+    *,
+    held: bool,
+    now: datetime,
+    day: date | None = None,
 ) -> Outcome:
-    """Not this send's turn yet: wait for `slot` (a new one is recorded on the row)."""
+    """Not this send's turn yet: wait for `slot` (a new one is recorded on the row). `day`,
+    here and below: the row's occasion date as its job carried it (None: unknown)."""
     wait_s = max(0.0, slot.at - now.timestamp())
     if not held:
-        refused = _defer_row(row_id, token_id, now, wait_s, "pace")
+        refused = _defer_row(row_id, token_id, now, wait_s, "pace", day)
         if refused is not None:
             return refused
     return Outcome(Action.DEFER, "paced", wait_s, slot)
 
 
 def defer_for_breaker(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, permit: Permit, now: datetime
+    row_id: uuid.UUID,
+    token_id: uuid.UUID | None,
+    permit: Permit,
+    now: datetime,
+    day: date | None = None,
 ) -> Outcome:
-    refused = _defer_row(row_id, token_id, now, permit.retry_in_s, "breaker")
+    refused = _defer_row(row_id, token_id, now, permit.retry_in_s, "breaker", day)
     if refused is not None:
         return refused
     return Outcome(Action.DEFER, f"breaker {permit.state}", permit.retry_in_s)
 
 
 def _defer_row(
-    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, wait_s: float, cause: str
+    row_id: uuid.UUID,
+    token_id: uuid.UUID | None,
+    now: datetime,
+    wait_s: float,
+    cause: str,
+    day: date | None,
 ) -> Outcome | None:
     """Record on the row that it waits `wait_s` (for the breaker or its pace); None if it does,
     else why this job cannot (the row is finished, or the job superseded)."""
     next_at = now + timedelta(seconds=wait_s)
-    if messages.record_outcome("deferred", row_id, now, next_at=next_at, token=token_id) == 0:
-        return why_not_claimed(row_id, token_id, now)
+    changed = messages.record_outcome(
+        "deferred", row_id, now, occasion_date=day, next_at=next_at, token=token_id
+    )
+    if changed == 0:
+        return why_not_claimed(row_id, token_id, now, day)
     metrics.record_deferred(cause)
     return None
 
 
-def why_not_claimed(row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime) -> Outcome:
-    row = messages.current_state(row_id)
+def why_not_claimed(
+    row_id: uuid.UUID, token_id: uuid.UUID | None, now: datetime, day: date | None = None
+) -> Outcome:
+    row = messages.current_state(row_id, day)
+    if row is None and day is not None and messages.current_state(row_id) is not None:
+        # Never published so (the date comes from the row itself, and never changes): the row
+        # stays as it is, and recovery re-publishes it with its own date if it is owed.
+        log.warning("message %s: the job's occasion date %s is not its row's", row_id, day)
+        return Outcome(Action.DEAD_LETTER, "the job's occasion date is not its row's")
     if row is None:
         return Outcome(Action.DEAD_LETTER, "unknown message id")
     status, current_token, scheduled, lease_until = row

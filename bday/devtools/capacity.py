@@ -219,14 +219,20 @@ def planning_run(users: int, now: datetime | None = None) -> PlanningRun:
         started = time.perf_counter()
         planned = jobs.plan_job(now)["planned"]
         plan_s = time.perf_counter() - started
-        size = "SELECT pg_total_relation_size('{}')::float / greatest(count(*), 1) FROM {}"
+        # A partitioned table's own size is 0: the partitions holding rows make up its size
+        # (an empty one's index root pages are not a cost per row).
+        size = (
+            "SELECT coalesce((SELECT sum(pg_total_relation_size(relid))"
+            " FROM pg_partition_tree('{0}') WHERE pg_relation_size(relid) > 0),"
+            " pg_total_relation_size('{0}'))::float / greatest(count(*), 1) FROM {0}"
+        )
         return PlanningRun(
             users,
             load_s,
             plan_s,
             planned,
-            scalar(size.format("users", "users")),
-            scalar(size.format("messages", "messages")),
+            scalar(size.format("users")),
+            scalar(size.format("messages")),
         )
     finally:
         box.destroy()

@@ -27,6 +27,8 @@ class StateCollector:
             for state, count in snapshot.by_status.items():
                 families["bday_messages"].add_metric([state], count)
             families["bday_oldest_overdue_seconds"].add_metric([], snapshot.oldest_overdue_s or 0)
+            families["bday_message_partition_months"].add_metric([], snapshot.months_partitioned)
+            families["bday_messages_default_partition_rows"].add_metric([], snapshot.default_rows)
             for job, at in snapshot.heartbeats.items():
                 families["bday_heartbeat_timestamp_seconds"].add_metric([job], at.timestamp())
             families["bday_breaker_open_seconds"].add_metric([], snapshot.breaker_open_s)

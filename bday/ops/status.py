@@ -14,7 +14,7 @@ from bday.broker.topology import topology
 from bday.broker.urls import connect_attempts
 from bday.config import get_settings
 from bday.delivery import breaker
-from bday.store import messages
+from bday.store import messages, partitions
 from bday.store.db import engine
 
 
@@ -26,6 +26,8 @@ class DatabaseState:
     oldest_overdue_id: str | None = None
     table_bytes: int = 0  # the messages table with its indexes
     oldest_kept: date | None = None  # the oldest occasion date still in the table
+    months_partitioned: int = 0  # consecutive months, this one first, with their own partition
+    default_rows: int = 0  # rows in the DEFAULT partition (a month without one): 0 if healthy
     heartbeats: dict[str, datetime] = field(default_factory=dict)
     breaker_state: str = "closed"
     breaker_open_s: float = 0.0
@@ -56,6 +58,8 @@ def read_database(now: datetime | None = None) -> DatabaseState:
             state.oldest_overdue_id = str(oldest.id)
             state.oldest_overdue_s = (now - oldest.scheduled_send_time).total_seconds()
         state.table_bytes, state.oldest_kept = messages.storage(connection)
+        state.months_partitioned = partitions.months_covered(connection, now.date())
+        state.default_rows = partitions.default_rows(connection)
         state.heartbeats = dict(connection.execute(_HEARTBEATS).all())
         shared = breaker.read(connection)
     if shared:

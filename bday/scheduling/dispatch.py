@@ -61,7 +61,7 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
             try:
                 send_message.apply_async(
                     args=[str(job.message_id)],
-                    kwargs={"token": str(job.token)},
+                    kwargs=_job_kwargs(job),
                     producer=producer,
                     retry=False,
                     **_timing(job.eta),
@@ -71,6 +71,15 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
                 failed.extend(jobs[index:])
                 break
     return failed
+
+
+def _job_kwargs(job: QueuedJob) -> dict[str, str]:
+    """`send_message`'s keyword arguments: the fencing token and, when the claim returned it,
+    the row's occasion date (its partition key: the worker then looks in one partition)."""
+    kwargs = {"token": str(job.token)}
+    if job.occasion_date is not None:
+        kwargs["occasion_date"] = job.occasion_date.isoformat()
+    return kwargs
 
 
 def _timing(eta: datetime, now: datetime | None = None) -> dict:

@@ -1,10 +1,11 @@
-"""The periodic jobs beat runs: plan, enqueue, recover. Plain functions; tasks.py wraps them.
+"""The periodic jobs beat runs (plan, enqueue, recover, retention); tasks.py wraps them.
 
 * plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS),
   after moving PENDING rows planned at another SEND_TIME to the current one.
 * enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
   instant (the broker holds them until then), mark them QUEUED.
-* retention: delete finished rows older than MESSAGE_RETENTION_DAYS, in bounded batches.
+* retention (daily): drop monthly partitions older than MESSAGE_RETENTION_DAYS, delete old
+  finished rows no partition drop takes, make the coming months' partitions.
 * recover: the database decides what is owed, so this job re-publishes whatever the broker
   lost: QUEUED rows whose job never ran, SENDING rows whose worker died, FAILED rows whose
   failure was transient once the email service answers again; it expires rows that are
@@ -20,17 +21,19 @@ import functools
 import json
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as wall_time
 from typing import Any
 
+from psycopg.errors import UndefinedTable
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import ProgrammingError
 
 from bday.config import Settings, get_settings
 from bday.delivery import breaker
 from bday.delivery.breaker import Breaker
-from bday.scheduling import dispatch, planner
+from bday.scheduling import dispatch, partitioning, planner
 from bday.store import messages
 from bday.store.db import engine, transaction
 from bday.store.models import FailureReason, Heartbeat, Status
@@ -198,28 +201,58 @@ def recover_job(now: datetime | None = None, *, service_answering: bool | None =
 
 
 def retention_job(now: datetime | None = None, *, max_batches: int | None = None) -> dict:
-    """Delete finished rows older than MESSAGE_RETENTION_DAYS, RETENTION_BATCH rows per
-    transaction, until none is left; returns {'deleted': rows, 'batches': n}.
+    """The daily job: drop the monthly partitions past MESSAGE_RETENTION_DAYS whose rows are
+    all finished, delete old finished rows one RETENTION_BATCH at a time where no partition
+    can go whole (DEFAULT, or a partition still holding an unfinished row), then make the
+    coming months' partitions (bday.scheduling.partitioning). Returns what it did.
 
-    Each batch is a short transaction of its own that skips rows others hold (SKIP LOCKED)
-    and touches only finished rows, which no send, claim or recovery wants: the hot path
-    never waits for it; RETENTION_PAUSE between batches leaves it the machine. Rows of the
-    last 366 days are kept whatever the setting.
+    A dropped partition costs one short lock, not a delete per row. Each row batch is a short
+    transaction that skips rows others hold (SKIP LOCKED) and touches only finished rows, which
+    no send, claim or recovery wants; RETENTION_PAUSE between batches leaves the database to
+    the hot path. Rows of the last 366 days are kept whatever the setting.
     """
     settings, now = get_settings(), now or datetime.now(UTC)
     keep_from = (now - timedelta(days=settings.message_retention_days)).date()
+    # Every occasion before this may go: the row statement's own two conditions on the date.
+    cutoff = min(keep_from, now.date() - timedelta(days=messages.KEEP_DAYS_AT_LEAST + 1))
+    behind = partitioning.drop_behind(cutoff, settings.retention_pause_s)
+    deleted = batches = 0
+    for table in partitioning.row_deleted(behind["kept"]):
+        rows, runs = _delete_rows(table, keep_from, now, settings, max_batches)
+        deleted, batches = deleted + rows, batches + runs
+    ahead = partitioning.ensure_ahead(now.date(), cutoff)
+    result = {"deleted": deleted, "batches": batches, "keep_from": keep_from.isoformat()}
+    result |= behind | ahead
+    heartbeat("retention", now, result)
+    log.info(
+        "retention: %d partition(s) dropped, %d finished row(s) before %s deleted",
+        len(behind["dropped"]),
+        deleted,
+        keep_from,
+    )
+    return result
+
+
+def _delete_rows(
+    table: str, keep_from: date, now: datetime, settings: Settings, max_batches: int | None
+) -> tuple[int, int]:
+    """Delete `table`'s old finished rows in batches until none is left; (rows, batches)."""
     deleted = batches = 0
     while max_batches is None or batches < max_batches:
-        with transaction() as session:
-            rows = messages.delete_finished(session, keep_from, now, limit=settings.retention_batch)
+        try:
+            with transaction() as session:
+                rows = messages.delete_finished(
+                    session, keep_from, now, limit=settings.retention_batch, table=table
+                )
+        except ProgrammingError as exc:
+            if not isinstance(exc.orig, UndefinedTable):
+                raise
+            break  # a kept partition another run (two beats) dropped once its rows finished
         deleted, batches = deleted + rows, batches + 1
         if rows < settings.retention_batch:
             break
         time.sleep(settings.retention_pause_s)  # leave the database to the hot path a while
-    result = {"deleted": deleted, "batches": batches, "keep_from": keep_from.isoformat()}
-    heartbeat("retention", now, result)
-    log.info("retention: %d finished row(s) before %s deleted", deleted, keep_from)
-    return result
+    return deleted, batches
 
 
 def drain_deferred(now: datetime | None = None) -> int:

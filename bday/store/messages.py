@@ -16,7 +16,8 @@ means another worker, job or beat got there first, which is normal, never an err
     PENDING/QUEUED -> CANCELLED  cancel_unsent_of_users   (users deleted by `import --sync`)
     PENDING  -> PENDING    move_pending                  (SEND_TIME changed: the new instant)
     PENDING  -> CANCELLED  cancel_pending                (not owed at the new SEND_TIME)
-    SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days)
+    SENT/FAILED/CANCELLED -> (deleted)  delete_finished   (retention; never the last 366 days;
+                                        whole months go by dropping their partition)
     any status, no change  forget_answers                 (erasure clears stored answers)
     any status, no change  forget_late_answers            (recovery: answers stored after it)
 
@@ -25,17 +26,22 @@ and are never cleared by a replay, a retry or a success: they are its history, w
 greeting went late. They describe the row's current state only while it is FAILED; the views
 (`bday messages show`, `bday dlq list`) show them as "earlier failure" otherwise.
 
-Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`, `finish`,
-`current_state`) runs raw psycopg on a pooled autocommit connection with server-side prepared
-statements (SQLAlchemy's execution layer cost three times the statement, see
-docs/performance.md); everything else takes the caller's SQLAlchemy session, so it joins the
+Two styles, on purpose: the hot path of a send (`claim_many`, `record_sent`,
+`record_outcome`, `current_state`) runs raw psycopg on a pooled autocommit connection with
+server-side prepared statements (SQLAlchemy's execution layer cost three times the statement,
+see docs/performance.md); everything else takes the caller's SQLAlchemy session, so it joins the
 caller's transaction.
+
+`messages` is partitioned by month of `occasion_date` (docs/partitions.md). The hot path names
+each row by its id *and* its occasion date when it knows it (the job carries it), so PostgreSQL
+looks in one partition; a row named by id alone (a job published before the date was carried)
+is still found, every partition's primary key probed.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -72,6 +78,7 @@ class QueuedJob:
     message_id: uuid.UUID
     token: uuid.UUID
     eta: datetime
+    occasion_date: date | None = None  # the partition key, carried by the job (None: unknown)
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ def insert_pending(session: Session, rows: list[dict[str, Any]]) -> int:
         insert(Message)
         .values(rows)
         .on_conflict_do_nothing(
-            index_elements=["idempotency_key"],
+            index_elements=["idempotency_key", "occasion_date"],
             index_where=text(f"status <> '{Status.CANCELLED.value}'"),
         )
         .returning(Message.id)
@@ -248,7 +255,7 @@ _CLAIM_DUE = text(
        SET status = '{QUEUED}', queued_at = :now, updated_at = :now,
            dispatch_token = gen_random_uuid(),
            next_attempt_at = greatest(m.scheduled_send_time, :now)
-      FROM (SELECT id FROM messages
+      FROM (SELECT id, occasion_date FROM messages
              WHERE status = '{PENDING}'
                AND scheduled_send_time <= :until
                AND {_DEADLINE_SQL} >= :now
@@ -256,8 +263,8 @@ _CLAIM_DUE = text(
              ORDER BY scheduled_send_time
              LIMIT :limit
              FOR UPDATE SKIP LOCKED) due
-     WHERE m.id = due.id
-    RETURNING m.id, m.dispatch_token, m.next_attempt_at
+     WHERE m.id = due.id AND m.occasion_date = due.occasion_date
+    RETURNING m.id, m.dispatch_token, m.next_attempt_at, m.occasion_date
     """
 )
 
@@ -297,7 +304,7 @@ _REISSUE = text(
            queued_at = coalesce(queued_at, :now), lease_expires_at = NULL,
            next_attempt_at = greatest(scheduled_send_time, :now)
      WHERE id = ANY(:ids) AND status = ANY(:statuses)
-    RETURNING id, dispatch_token, next_attempt_at
+    RETURNING id, dispatch_token, next_attempt_at, occasion_date
     """
 )
 
@@ -460,27 +467,35 @@ def failed_for_replay(
 # Never a row of the last 366 days, whatever :keep_from says: this year's row of an occasion
 # is what makes the planner skip it (its idempotency key), so it must outlive the year.
 KEEP_DAYS_AT_LEAST = 366
-_DELETE_FINISHED = text(
-    f"""
-    DELETE FROM messages WHERE id IN (
-        SELECT id FROM messages
+_DELETE_FINISHED = """
+    DELETE FROM {table} WHERE id IN (
+        SELECT id FROM {table}
          WHERE occasion_date < :keep_from
-           AND occasion_date < CAST(:now AS date) - {KEEP_DAYS_AT_LEAST + 1}
+           AND occasion_date < CAST(:now AS date) - {keep_days}
            AND scheduled_send_time
-               < CAST(:now AS timestamptz) - make_interval(days => {KEEP_DAYS_AT_LEAST})
-           AND status IN {_in(*FINISHED)}
+               < CAST(:now AS timestamptz) - make_interval(days => {keep_at_least})
+           AND status IN {finished}
          ORDER BY occasion_date
          LIMIT :limit
          FOR UPDATE SKIP LOCKED)
     """
-)
 
 
-def delete_finished(session: Session, keep_from: date, now: datetime, *, limit: int) -> int:
+def delete_finished(
+    session: Session, keep_from: date, now: datetime, *, limit: int, table: str = "messages"
+) -> int:
     """Delete up to `limit` SENT/FAILED/CANCELLED rows whose occasion is before `keep_from`
-    (and over a year old in any case), oldest first; rows locked by others are skipped."""
+    (and over a year old in any case), oldest first; rows locked by others are skipped.
+    `table` is `messages` or one of its partitions (a name from `bday.store.partitions`):
+    retention deletes by row only where it cannot drop a whole partition."""
+    statement = _DELETE_FINISHED.format(
+        table=table,
+        keep_days=KEEP_DAYS_AT_LEAST + 1,
+        keep_at_least=KEEP_DAYS_AT_LEAST,
+        finished=_in(*FINISHED),
+    )
     params = {"keep_from": keep_from, "now": now, "limit": limit}
-    return _rowcount(session.execute(_DELETE_FINISHED, params))
+    return _rowcount(session.execute(text(statement), params))
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -531,13 +546,14 @@ def due_now(connection: Any, now: datetime) -> int:
 
 
 _STORAGE = text(
-    """SELECT pg_total_relation_size('messages'),
+    """SELECT (SELECT coalesce(sum(pg_total_relation_size(relid)), 0)
+                FROM pg_partition_tree('messages')),
               (SELECT min(occasion_date) FROM messages)"""
 )
 
 
 def storage(connection: Any) -> tuple[int, date | None]:
-    """(bytes the table and its indexes take, the oldest occasion date kept)."""
+    """(bytes the table and its indexes take, every partition's, the oldest occasion kept)."""
     size, oldest = connection.execute(_STORAGE).one()
     return int(size), oldest
 
@@ -626,12 +642,25 @@ class Claimed:
     locale: str | None
 
 
+# The rows of a batch of jobs, each job's (id, token) joined to its row. Jobs that carry their
+# row's occasion date are joined on (id, occasion_date) and bounded by the batch's first and
+# last date: PostgreSQL then reads only the partitions of those months (usually one) whatever
+# join it picks (a hash join over the unfinished rows' index, say, would otherwise read every
+# partition's). A job without one (published before the date was carried) is joined on its id
+# alone, every partition's primary key probed.
+_JOBS = "unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[])) AS j(id, token)"
+_JOBS_DATED = (
+    "unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[]), CAST(%(days)s AS date[]))"
+    " AS j(id, token, day)"
+)
+_DATED = " AND m.occasion_date = j.day AND m.occasion_date BETWEEN %(first)s AND %(last)s"
+
 _CLAIM_MANY = f"""
     UPDATE messages m
        SET status = '{SENDING}', lease_expires_at = %(lease_until)s, attempts = m.attempts + 1,
            updated_at = %(now)s
-      FROM users u, unnest(CAST(%(ids)s AS uuid[]), CAST(%(tokens)s AS uuid[])) AS j(id, token)
-     WHERE m.id = j.id AND u.id = m.user_id
+      FROM users u, {{jobs}}
+     WHERE m.id = j.id{{dated}} AND u.id = m.user_id
        AND (m.status IN {UNSENT_SQL}
             OR (m.status = '{SENDING}' AND m.lease_expires_at < %(now)s))
        AND (j.token IS NULL OR m.dispatch_token IS NULL OR m.dispatch_token = j.token)
@@ -642,63 +671,99 @@ _CLAIM_MANY = f"""
               CASE m.message_type WHEN 'BIRTHDAY' THEN u.birthday ELSE u.anniversary END,
               u.locale
     """
+_CLAIM_BY_ID = _CLAIM_MANY.format(jobs=_JOBS, dated="")
+_CLAIM_DATED = _CLAIM_MANY.format(jobs=_JOBS_DATED, dated=_DATED)
+
+Days = Mapping[uuid.UUID, date]  # a row's occasion date (its partition key), where known
+
+
+def _split(rows: Sequence[Any], days: Days | None) -> tuple[list[Any], list[Any]]:
+    """`rows` (tuples whose first item is a row id) whose date is known, each with its date
+    appended, and those without, both in id order (rows are locked in that order, so two
+    statements sharing rows cannot deadlock)."""
+    dated, by_id = [], []
+    for row in sorted(rows, key=lambda row: row[0]):
+        day = days.get(row[0]) if days else None
+        if day is None:
+            by_id.append(row)
+        else:
+            dated.append((*row, day))
+    return dated, by_id
 
 
 def claim_many(
-    jobs: Sequence[tuple[uuid.UUID, uuid.UUID | None]], now: datetime, lease_until: datetime
+    jobs: Sequence[tuple[uuid.UUID, uuid.UUID | None]],
+    now: datetime,
+    lease_until: datetime,
+    *,
+    days: Days | None = None,
 ) -> dict[uuid.UUID, Claimed]:
     """PENDING/QUEUED (or SENDING whose lease ended) -> SENDING for each (id, token) job whose
-    token matches and whose instant has come, in one statement; the rows claimed, by id.
+    token matches and whose instant has come; the rows claimed, by id. One statement for the
+    jobs whose row's occasion date `days` gives (one partition looked in per job), one for
+    the others, if any.
 
-    Each id must appear once (a row joined twice would come back once, claimed for both).
-    Ids are locked in sorted order, so two batches sharing rows cannot deadlock."""
+    Each id must appear once (a row joined twice would come back once, claimed for both)."""
     if not jobs:
         return {}
-    ordered = sorted(jobs)
-    params = {
-        "ids": [row_id for row_id, _ in ordered],
-        "tokens": [token for _, token in ordered],
-        "now": now,
-        "lease_until": lease_until,
-    }
+    claimed: dict[uuid.UUID, Claimed] = {}
+    common = {"now": now, "lease_until": lease_until}
     with fast_autocommit() as connection:
-        rows = connection.execute(_CLAIM_MANY, params, prepare=True).fetchall()
-    return {row[0]: Claimed(*row) for row in rows}
+        for statement, group in zip((_CLAIM_DATED, _CLAIM_BY_ID), _split(jobs, days), strict=True):
+            if group:
+                params = {**common, **_columns(group, "ids", "tokens", "days")}
+                rows = connection.execute(statement, params, prepare=True).fetchall()
+                claimed.update((row[0], Claimed(*row)) for row in rows)
+    return claimed
+
+
+def _columns(rows: Sequence[Sequence[Any]], *names: str) -> dict[str, Any]:
+    """Rows as one array parameter per column, named `names` (extra names are left out); rows
+    with a date (the last name, `days`) also give the batch's `first` and `last` date."""
+    columns = {name: [row[k] for row in rows] for k, name in enumerate(names) if k < len(rows[0])}
+    if "days" in columns:
+        columns |= {"first": min(columns["days"]), "last": max(columns["days"])}
+    return columns
 
 
 _RECORD_SENT = f"""
     UPDATE messages m
        SET status = '{Status.SENT}', sent_at = %(now)s, updated_at = %(now)s,
-           lease_expires_at = NULL, provider_status = s.status, provider_response = s.response,
-           sent_via = %(via)s, subject = s.subject, body = s.body
+           lease_expires_at = NULL, provider_status = j.status, provider_response = j.response,
+           sent_via = %(via)s, subject = j.subject, body = j.body
       FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(statuses)s AS integer[]),
                   CAST(%(responses)s AS text[]), CAST(%(subjects)s AS text[]),
-                  CAST(%(bodies)s AS text[])) AS s(id, status, response, subject, body)
-     WHERE m.id = s.id AND m.status = '{SENDING}'
+                  CAST(%(bodies)s AS text[]){{days}})
+           AS j(id, status, response, subject, body{{day}})
+     WHERE m.id = j.id{{dated}} AND m.status = '{SENDING}'
     """
+_RECORD_SENT_BY_ID = _RECORD_SENT.format(days="", day="", dated="")
+_RECORD_SENT_DATED = _RECORD_SENT.format(
+    days=", CAST(%(days)s AS date[])", day=", day", dated=_DATED
+)
 
 # (id, the service's status, its answer, the subject sent, the body sent)
 Sent = tuple[uuid.UUID, int, str, str | None, str | None]
 
 
-def record_sent(sent: Sequence[Sent], now: datetime, via: str = "queue") -> int:
-    """SENDING -> SENT for each greeting the service accepted, in one statement, with the
-    words it carried; returns rows changed (a row recovery took back meanwhile is left
-    alone)."""
+def record_sent(
+    sent: Sequence[Sent], now: datetime, via: str = "queue", *, days: Days | None = None
+) -> int:
+    """SENDING -> SENT for each greeting the service accepted, with the words it carried;
+    returns rows changed (a row recovery took back meanwhile is left alone). `days`: the
+    rows' occasion dates (one partition looked in per row), as for `claim_many`."""
     if not sent:
         return 0
-    ordered = sorted(sent, key=lambda row: row[0])
-    params = {
-        "ids": [row[0] for row in ordered],
-        "statuses": [row[1] for row in ordered],
-        "responses": [row[2] for row in ordered],
-        "subjects": [row[3] for row in ordered],
-        "bodies": [row[4] for row in ordered],
-        "now": now,
-        "via": via,
-    }
+    changed = 0
+    names = ("ids", "statuses", "responses", "subjects", "bodies", "days")
     with fast_autocommit() as connection:
-        return connection.execute(_RECORD_SENT, params, prepare=True).rowcount
+        for statement, group in zip(
+            (_RECORD_SENT_DATED, _RECORD_SENT_BY_ID), _split(sent, days), strict=True
+        ):
+            if group:
+                params = {"now": now, "via": via, **_columns(group, *names)}
+                changed += connection.execute(statement, params, prepare=True).rowcount
+    return changed
 
 
 _MARK_SENT = f"""UPDATE messages SET status = '{Status.SENT}', sent_at = %(now)s,
@@ -739,14 +804,29 @@ _OUTCOMES = {
                             OR dispatch_token = CAST(%(token)s AS uuid))""",
 }
 OUTCOMES = frozenset(_OUTCOMES)
+# Each statement ends in its WHERE clause: the row's occasion date narrows it to one partition.
+_OUTCOMES_DATED = {
+    kind: statement + " AND occasion_date = %(occasion_date)s"
+    for kind, statement in _OUTCOMES.items()
+}
 
 
-def record_outcome(kind: str, message_id: uuid.UUID, now: datetime, **values: Any) -> int:
+def record_outcome(
+    kind: str,
+    message_id: uuid.UUID,
+    now: datetime,
+    *,
+    occasion_date: date | None = None,
+    **values: Any,
+) -> int:
     """Record one outcome of a send on its row (`kind` is one of OUTCOMES: `sent_late`,
     `failed` and `cancelled` finish it, `retry` and `put_back` send it back to QUEUED,
-    `deferred` only says until when it waits); returns rows changed."""
+    `deferred` only says until when it waits); returns rows changed. `occasion_date`, when
+    known, is the row's (its partition key): one partition is looked in instead of all."""
+    statement = (_OUTCOMES if occasion_date is None else _OUTCOMES_DATED)[kind]
     params = {
         "id": message_id,
+        "occasion_date": occasion_date,
         "now": now,
         "status": None,
         "error": None,
@@ -760,17 +840,21 @@ def record_outcome(kind: str, message_id: uuid.UUID, now: datetime, **values: An
         **values,
     }
     with fast_autocommit() as connection:
-        return connection.execute(_OUTCOMES[kind], params, prepare=True).rowcount
+        return connection.execute(statement, params, prepare=True).rowcount
 
 
 _CURRENT_STATE = """SELECT status, dispatch_token, scheduled_send_time, lease_expires_at
                       FROM messages WHERE id = %(id)s"""
+_CURRENT_STATE_DATED = _CURRENT_STATE + " AND occasion_date = %(occasion_date)s"
 
 
 def current_state(
-    message_id: uuid.UUID,
+    message_id: uuid.UUID, occasion_date: date | None = None
 ) -> tuple[str, uuid.UUID | None, datetime, datetime | None] | None:
-    """(status, dispatch_token, scheduled_send_time, lease_expires_at), or None if unknown."""
+    """(status, dispatch_token, scheduled_send_time, lease_expires_at), or None if unknown
+    (with `occasion_date`: unknown with that date, the row's partition key)."""
+    statement = _CURRENT_STATE if occasion_date is None else _CURRENT_STATE_DATED
+    params = {"id": message_id, "occasion_date": occasion_date}
     with fast_autocommit() as connection:
-        row = connection.execute(_CURRENT_STATE, {"id": message_id}, prepare=True).fetchone()
+        row = connection.execute(statement, params, prepare=True).fetchone()
     return (row[0], row[1], row[2], row[3]) if row else None

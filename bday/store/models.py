@@ -127,7 +127,10 @@ class Message(Base):
     )
     message_type: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16), default=Status.PENDING)
-    occasion_date: Mapped[date] = mapped_column(Date)
+    # The occasion's local date, the date in its idempotency key, and the partition key:
+    # `messages` is partitioned by month of it (docs/partitions.md), so it is in the primary
+    # key and the unique key, which PostgreSQL requires of a partitioned table.
+    occasion_date: Mapped[date] = mapped_column(Date, primary_key=True)
     scheduled_send_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     idempotency_key: Mapped[str] = mapped_column(String(120))
     retry_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -157,9 +160,11 @@ class Message(Base):
         CheckConstraint(f"status IN ({_values(Status)})", name="ck_messages_status"),
         # One live row per occasion. A CANCELLED row keeps its key for the record and no
         # longer blocks the row that replaces it (a zone change on the same local date).
+        # The key ends with the occasion's date, so (key, date) is as unique as the key alone.
         Index(
             "uq_messages_idempotency_key",
             "idempotency_key",
+            "occasion_date",
             unique=True,
             postgresql_where=text("status <> 'CANCELLED'"),
         ),
@@ -172,6 +177,7 @@ class Message(Base):
         Index("ix_messages_user", "user_id"),
         Index("ix_messages_occasion_date", "occasion_date"),
         Index("ix_messages_failed", "failed_at", postgresql_where=text("status = 'FAILED'")),
+        {"postgresql_partition_by": "RANGE (occasion_date)"},
     )
 
 

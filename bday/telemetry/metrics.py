@@ -127,4 +127,10 @@ STATE_METRICS = {
         "Forecast lateness of the last greeting of the worst planned instant at the current rate"
     ),
     "bday_lateness_budget_seconds": "LATENESS_BUDGET: the forecast lateness the alert allows",
+    "bday_message_partition_months": (
+        "Consecutive months, the current one first, whose messages have their own partition"
+    ),
+    "bday_messages_default_partition_rows": (
+        "Message rows in the DEFAULT partition (their month had no partition): 0 when healthy"
+    ),
 }

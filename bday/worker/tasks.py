@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 DB_RETRY_MAX_S = 60
 
 
-_JOB_ARGS = ("message_id", "token", "delivered", "slot")
+_JOB_ARGS = ("message_id", "token", "delivered", "slot", "occasion_date")
 _PROVIDER_BODY = re.compile(r"(HTTP \d{3}):.*", re.DOTALL)
 
 
@@ -65,7 +65,10 @@ class SendMessage(BatchTask):
                 decide(index, *self._record(received, fields))
             else:
                 slot = Slot.from_json(fields.get("slot"))
-                work.append((index, SendJob(fields["message_id"], fields.get("token"), slot)))
+                job = SendJob(
+                    fields["message_id"], fields.get("token"), slot, fields.get("occasion_date")
+                )
+                work.append((index, job))
 
         def done(k: int, outcome: Outcome) -> None:
             index, job = work[k]
@@ -83,14 +86,14 @@ class SendMessage(BatchTask):
             return REJECT, reason
         if action in (Action.RETRY, Action.DEFER):
             slot = outcome.slot.to_json() if outcome.slot else None
-            kwargs = {"token": job.token, "slot": slot}
+            kwargs = _dated(job, {"token": job.token, "slot": slot})
             return self._again(received, _countdown(outcome), kwargs, reason)
         countdown = _db_backoff(received.retries)
         if action is Action.RECORD:  # sent, but PostgreSQL went away before we wrote SENT
             log.warning(
                 "message %s: sent, recording deferred (database unavailable)", job.message_id
             )
-            kwargs = {"token": job.token, "delivered": outcome.delivered}
+            kwargs = _dated(job, {"token": job.token, "delivered": outcome.delivered})
             return self._again(received, countdown, kwargs, "sent; recording deferred")
         log.warning("message %s: %s, again in %d s", job.message_id, reason, countdown)
         return self._again(received, countdown, received.kwargs, reason)
@@ -102,7 +105,8 @@ class SendMessage(BatchTask):
         except (KeyError, TypeError, ValueError):
             log.warning("job %s: malformed delivery record, dead-lettered", received.id)
             return REJECT, "malformed delivery record"
-        return self._verdict(received, SendJob(fields["message_id"], fields.get("token")), outcome)
+        job = SendJob(fields["message_id"], fields.get("token"), None, fields.get("occasion_date"))
+        return self._verdict(received, job, outcome)
 
     def _again(
         self, received: Received, countdown: float, kwargs: dict[str, Any], reason: str
@@ -122,6 +126,14 @@ class SendMessage(BatchTask):
             log.warning("job %s: could not be re-published (%s), dead-lettered", received.id, exc)
             return REJECT, f"{reason}; re-publish failed ({type(exc).__name__})"
         return RETRY, f"{reason}; again in {countdown:g} s"
+
+
+def _dated(job: SendJob, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A re-published job keeps its row's occasion date, if it came with one (an older job
+    without it stays without: its row is found by id)."""
+    if job.occasion_date is not None:
+        kwargs["occasion_date"] = job.occasion_date
+    return kwargs
 
 
 def _without_body(reason: str) -> str:
@@ -162,18 +174,23 @@ def send_message(
     token: str | None = None,
     delivered: dict | None = None,
     slot: dict | None = None,
+    occasion_date: str | None = None,
 ) -> str:
     """Deliver one greeting. A threads-pool worker runs these jobs in batches
     (`SendMessage.run_batch`); a prefork or solo worker, or a direct call, runs one job the same
     way here (`BatchTask.run_one`): "ack" when done, Retry when re-published, Reject
     (dead-letter) when it must not run again.
     `delivered` is internal: a retry that only has to record a send the service already
-    accepted; so is `slot`, a paced send's promised turn."""
-    kwargs = {
-        name: value
-        for name, value in (("token", token), ("delivered", delivered), ("slot", slot))
-        if value is not None
-    }
+    accepted; so is `slot`, a paced send's promised turn. `occasion_date` (ISO) is the row's,
+    its partition key: the job names the row by (id, date), so one partition is looked in; a
+    job without it (published by an older release) is found by its id alone."""
+    named = (
+        ("token", token),
+        ("delivered", delivered),
+        ("slot", slot),
+        ("occasion_date", occasion_date),
+    )
+    kwargs = {name: value for name, value in named if value is not None}
     request = self.request
     return self.run_one(Received(request.id or "", (message_id,), kwargs, request.retries or 0))
 

@@ -991,6 +991,16 @@ ALERT_CASES = {
         "12m",
         {},
     ),
+    "MessagesInDefaultPartition": (
+        [(f"bday_messages_default_partition_rows{{{_BDAY}}}", "3x15")],
+        "12m",
+        {},
+    ),
+    "MessagePartitionsMissing": (
+        [(f"bday_message_partition_months{{{_BDAY}}}", "1x80")],
+        "70m",
+        {},
+    ),
 }
 # The same alerts on a healthy system: nothing may fire.
 HEALTHY_SERIES = [
@@ -1008,6 +1018,8 @@ HEALTHY_SERIES = [
     (f"bday_exporter_errors{{{_BDAY}}}", "0x15"),
     (f"bday_forecast_peak_lateness_seconds{{{_BDAY}}}", "3500x15"),
     (f"bday_lateness_budget_seconds{{{_BDAY}}}", "3600x15"),
+    (f"bday_messages_default_partition_rows{{{_BDAY}}}", "0x15"),
+    (f"bday_message_partition_months{{{_BDAY}}}", "2x15"),
 ]
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import psycopg
 import pytest
@@ -138,9 +138,13 @@ def test_planner_and_enqueue_lookups_use_their_indexes(database_url, query, inde
         try:
             _populate(connection, 20_000)
             plan = "\n".join(row[0] for row in connection.execute(sql.SQL("EXPLAIN " + query)))
+            # On the partitioned `messages`, each partition scans its own copy of the index.
+            copies = connection.execute(
+                "SELECT relid::text FROM pg_partition_tree(%s)", (index,)
+            ).fetchall()
         finally:
             connection.execute("TRUNCATE users, messages CASCADE")
-    assert index in plan
+    assert any(name in plan for name in {index, *(row[0] for row in copies)}), plan
 
 
 def _populate(connection, count: int) -> None:
@@ -162,3 +166,136 @@ def _populate(connection, count: int) -> None:
     )
     connection.execute("ANALYZE users")
     connection.execute("ANALYZE messages")
+
+
+# --- 0009: messages partitioned by month, from a table that already holds rows -----------------
+
+_ROWS_AS_TEXT = "SELECT m::text FROM (SELECT {columns} FROM messages ORDER BY id) m"
+
+
+def _snapshot(connection) -> list[str]:
+    """Every row of `messages`, every column, as text, in id order (columns in the old order)."""
+    columns = [
+        row[0]
+        for row in connection.execute(
+            "SELECT quote_ident(column_name) FROM information_schema.columns"
+            " WHERE table_name = 'messages' ORDER BY column_name"
+        )
+    ]
+    query = _ROWS_AS_TEXT.format(columns=", ".join(columns))
+    return [row[0] for row in connection.execute(query)]
+
+
+def _seed_before_partitioning(connection) -> None:
+    """1,200 rows over three years back and a month ahead, every status; two users."""
+    owner, other = _user(connection), _user(connection, "bob@example.com")
+    connection.execute(
+        "INSERT INTO messages (id, user_id, message_type, status, occasion_date,"
+        " scheduled_send_time, idempotency_key, attempts, last_error, send_deadline,"
+        " subject, body)"
+        " SELECT gen_random_uuid(), CASE WHEN g %% 2 = 0 THEN %(a)s ELSE %(b)s END::uuid,"
+        " 'BIRTHDAY', (ARRAY['PENDING','QUEUED','SENDING','SENT','FAILED','CANCELLED'])[1 + g %% 6],"
+        " d, d + interval '9 hours',"
+        " CASE WHEN g %% 2 = 0 THEN %(a)s ELSE %(b)s END || ':BIRTHDAY:' || d, g %% 4,"
+        " 'error ' || g, CASE WHEN g %% 3 = 0 THEN d + interval '2 days' END,"
+        " 'Happy birthday ' || g, CASE WHEN g %% 5 = 0 THEN 'Dear Ada, ' || g END"
+        " FROM generate_series(1, 1200) g,"
+        " LATERAL (SELECT (current_date + 30 - g)::date) s(d)",
+        {"a": str(owner), "b": str(other)},
+    )
+
+
+def _partitions(connection) -> dict[str, str]:
+    rows = connection.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'messages'::regclass"
+    ).fetchall()
+    return dict(rows)
+
+
+def test_partitioning_an_existing_table_keeps_every_row_and_the_unique_key(scratch_database):
+    url, _ = scratch_database
+    migrate.upgrade("0008", url)
+    with _connect(url) as connection:
+        _seed_before_partitioning(connection)
+        before = _snapshot(connection)
+        months = connection.execute(
+            "SELECT count(DISTINCT date_trunc('month', occasion_date)) FROM messages"
+        ).fetchone()[0]
+    migrate.upgrade("0009", url)
+    with _connect(url) as connection:
+        assert _snapshot(connection) == before  # every row, every column, unchanged
+        partitions = _partitions(connection)
+        assert partitions.pop("messages_default") == "DEFAULT"
+        assert len(partitions) >= months  # a month of its own for every month holding rows
+        in_default = connection.execute("SELECT count(*) FROM messages_default").fetchone()
+        assert in_default == (0,)
+        # Exactly once still holds: a second live row of a planned occasion is refused, in
+        # whichever partition the occasion falls, and a CANCELLED one does not block.
+        key, day, user_id = connection.execute(
+            "SELECT idempotency_key, occasion_date, user_id FROM messages"
+            " WHERE status = 'SENT' ORDER BY occasion_date LIMIT 1"
+        ).fetchone()
+        at = datetime.combine(day, time(9), UTC)
+        row = factories.message_row(user_id, at, occasion_date=day, idempotency_key=key)
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            connection.execute(factories.insert_sql("messages", row), row)
+    migrate.downgrade("0008", url)
+    with _connect(url) as connection:
+        assert _snapshot(connection) == before  # and back, every row kept
+        assert _partitions(connection) == {}
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            connection.execute(factories.insert_sql("messages", row), row)
+
+
+def test_rows_from_before_partitioning_are_sent_once_and_retired_after_it(
+    scratch_database, settings_env
+):
+    """After 0009: a job published before the upgrade (no occasion date) still claims and
+    records its row, a row planned before it is enqueued with its date and sent, its
+    occasion is still planned once, and a finished month past retention goes whole."""
+    from bday.config import get_settings
+    from bday.scheduling import jobs
+    from bday.store import messages
+    from bday.store.db import transaction
+
+    url, _ = scratch_database
+    migrate.upgrade("0008", url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    with _connect(url) as connection:
+        user_id = _user(connection)
+        waiting = factories.message_row(
+            user_id, now, status=Status.QUEUED, dispatch_token=uuid.uuid4()
+        )
+        planned = factories.message_row(user_id, now, kind="ANNIVERSARY")
+        old_day = now.date().replace(day=1) - timedelta(days=3 * 365)
+        old = factories.message_row(
+            user_id, datetime.combine(old_day, time(9), UTC), status=Status.SENT
+        )
+        for row in (waiting, planned, old):
+            connection.execute(factories.insert_sql("messages", row), row)
+    migrate.upgrade("0009", url)
+    settings_env.setenv("DATABASE_URL", url)
+    lease = now + timedelta(minutes=5)
+
+    # The job in the broker since before the upgrade: id and token, no date.
+    claimed = messages.claim_many([(waiting["id"], waiting["dispatch_token"])], now, lease)
+    assert claimed[waiting["id"]].occasion_date == waiting["occasion_date"]
+    assert messages.record_sent([(waiting["id"], 200, "{}", "Hi", "Hey")], now) == 1
+    # The row planned before the upgrade: enqueued with its date, claimed with it.
+    with transaction() as session:
+        [job] = messages.claim_due(session, now, lead_s=60, catch_up_hours=36, limit=10)
+    assert (job.message_id, job.occasion_date) == (planned["id"], planned["occasion_date"])
+    days = {job.message_id: job.occasion_date}
+    assert messages.claim_many([(job.message_id, job.token)], now, lease, days=days)
+    assert messages.record_sent([(job.message_id, 200, "{}", "Hi", "Hey")], now, days=days) == 1
+    # Exactly once: the occasion's live row still blocks a second plan of it.
+    with transaction() as session:
+        assert messages.insert_pending(session, [dict(waiting, id=uuid.uuid4())]) == 0
+    # Retention drops the old month's partition whole, and keeps this month's rows.
+    result = jobs.retention_job(now)
+    assert f"messages_y{old_day:%Y}m{old_day:%m}" in result["dropped"]
+    with _connect(url) as connection:
+        left = connection.execute("SELECT id, status FROM messages ORDER BY id").fetchall()
+    assert sorted(left) == sorted([(waiting["id"], "SENT"), (planned["id"], "SENT")])
+    assert get_settings().database_url == url

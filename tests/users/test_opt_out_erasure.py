@@ -102,7 +102,9 @@ def _text_columns() -> list[tuple[str, str]]:
     query = text(
         """SELECT table_name, column_name FROM information_schema.columns
             WHERE table_schema = 'public'
-              AND data_type IN ('text', 'character varying', 'jsonb', 'json', 'character')"""
+              AND data_type IN ('text', 'character varying', 'jsonb', 'json', 'character')
+              -- a partition's rows are its parent's (messages): each is scanned once
+              AND table_name NOT IN (SELECT relname FROM pg_class WHERE relispartition)"""
     )
     with engine().connect() as connection:
         return [tuple(row) for row in connection.execute(query)]

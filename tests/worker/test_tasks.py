@@ -17,6 +17,11 @@ ID = "0b9d6f1e-5a0c-4d8e-9f0a-1c2b3d4e5f60"
         ((ID,), {"token": "t", "slot": None}, {"message_id": ID, "token": "t", "slot": None}),
         ((ID, "t"), {}, {"message_id": ID, "token": "t"}),
         ((ID,), {"delivered": {"id": ID}}, {"message_id": ID, "delivered": {"id": ID}}),
+        (
+            (ID,),
+            {"token": "t", "occasion_date": "2027-03-05"},
+            {"message_id": ID, "token": "t", "occasion_date": "2027-03-05"},
+        ),
     ],
 )
 def test_a_job_shaped_like_send_message_is_read_by_name(args, kwargs, expected):
@@ -30,7 +35,7 @@ def test_a_job_shaped_like_send_message_is_read_by_name(args, kwargs, expected):
         ((), {"unexpected": 1}),
         ((ID,), {"unexpected": 1}),
         ((ID, "t"), {"token": "t"}),  # the token twice
-        ((ID, None, None, None, "extra"), {}),
+        ((ID, None, None, None, None, "extra"), {}),
         ((42,), {}),  # an id that is not text
         (([ID],), {}),
     ],

@@ -11,6 +11,7 @@ from bday.store.models import Status
 # The figure's own messages (due now), not the old finished rows retention's figure loads.
 RECENT = "scheduled_send_time > now() - interval '1 day'"
 SENT_RECENTLY = f"SELECT count(*) FROM messages WHERE status = '{Status.SENT}' AND {RECENT}"
+OLD_LEFT = "SELECT count(*) FROM messages WHERE idempotency_key LIKE 'old:%'"  # retention's
 
 
 def scalar(sql: str) -> Any:

@@ -111,8 +111,12 @@ def _month_days_in_window() -> set[int]:
     return month_days_near(window.start, window.end, settings.send_time, settings.feb29_policy)
 
 
-def old_finished(count: int) -> None:
-    """`count` SENT/FAILED/CANCELLED rows of one user, 401 days to 9 years old (SQL)."""
+def old_finished(count: int, *, partitioned: bool = True) -> None:
+    """`count` SENT/FAILED/CANCELLED rows of one user, 401 days to 9 years old (SQL), in the
+    monthly partitions a deployment that ran all along would have (`partitioned=False`: in
+    DEFAULT, where retention deletes them by row, as it did every row before partitioning)."""
+    if partitioned:
+        _old_months()
     user = factories.user_row("Old", "Rows")
     with raw_connection() as raw:
         cursor = raw.cursor()
@@ -132,3 +136,18 @@ def old_finished(count: int) -> None:
         raw.commit()
         cursor.execute("ANALYZE messages")
         raw.commit()
+
+
+def _old_months() -> None:
+    """The partitions of the months `old_finished` writes to, but the youngest: a month goes
+    whole only once all of it is past MESSAGE_RETENTION_DAYS (400), so that month's rows are
+    left in DEFAULT, where retention deletes them by row (about 1% of them)."""
+    from bday.store import partitions
+    from bday.store.db import transaction
+
+    today = datetime.now(UTC).date()
+    month = partitions.month_start(today - timedelta(days=401 + 2999))
+    while partitions.add_months(month, 1) <= today - timedelta(days=400):
+        with transaction() as session:
+            partitions.create_month(session, month)
+        month = partitions.add_months(month, 1)
