@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from bday.config import get_settings
 from bday.scheduling import jobs
 from tests.harness.queues import statuses
