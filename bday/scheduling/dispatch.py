@@ -14,6 +14,7 @@ job, which recovery re-publishes after RECOVERY_GRACE_SECONDS.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,9 +32,15 @@ log = logging.getLogger(__name__)
 SEND_TASK = "bday.tasks.send_message"  # published by name: scheduling never imports the worker
 
 
-# How long a publisher waits for RabbitMQ to confirm a group of jobs before it counts the
-# unconfirmed ones as not published (their claim rolls back; the next run tries again).
+# How long a publisher waits for RabbitMQ to confirm a batch before it counts the unconfirmed
+# jobs as not published (their claim rolls back; the next run tries again).
 CONFIRM_TIMEOUT_S = 30.0
+# Jobs sent and not yet confirmed, at most: a publisher that runs far ahead of the broker is
+# throttled by RabbitMQ's flow control (it stops reading the socket); py-amqp's default
+# TCP_USER_TIMEOUT (1 s of unacknowledged data) then kills the connection mid-batch under load.
+CONFIRM_WINDOW = 200
+# ... and the publishing connection gives the broker this long (ms) instead of py-amqp's 1 s.
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
@@ -41,9 +48,10 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
 
     The broker holds each job until its eta (native delayed delivery), so publishing a minute
     ahead costs no worker memory. One producer serves the batch, on a channel in confirm mode:
-    every job is sent, then the publisher waits once for RabbitMQ to confirm them all (a
-    confirm per message, waited for one by one, made one publisher ~2.7 times slower:
-    docs/capacity.md). A job counts as published only once it is confirmed.
+    the jobs are sent without waiting for each one's confirm (up to CONFIRM_WINDOW
+    unconfirmed), and the publisher waits for the rest once at the end (a wait per message made
+    one publisher several times slower: docs/capacity.md). A job counts as published only
+    once RabbitMQ confirmed it.
     """
     from bday.broker import topology
     from bday.broker.app import app
@@ -52,7 +60,9 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     if not jobs:
         return []
     try:
-        connection = app.connection_for_write()
+        connection = app.connection_for_write(
+            transport_options={"socket_settings": {socket.TCP_USER_TIMEOUT: TCP_USER_TIMEOUT_MS}}
+        )
         # Bounded: a hook must not hang its caller's request while RabbitMQ is away. One
         # attempt per node of a failover list (RABBITMQ_URL="amqp://n1;amqp://n2;...").
         attempts = connect_attempts(app.conf.broker_url or "")
@@ -63,37 +73,50 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
             "broker unreachable, %d job(s) left for the next enqueue run: %s", len(jobs), exc
         )
         return list(jobs)
-    send_message = app.signature(SEND_TASK)
     with connection, app.amqp.Producer(connection) as producer:
-        confirms = Confirms(producer.channel)
-        sent = 0
-        for job in jobs:
-            try:
-                send_message.apply_async(
-                    args=[str(job.message_id)],
-                    kwargs={"token": str(job.token)},
-                    producer=producer,
-                    retry=False,
-                    **_timing(job.eta),
-                )
-            except Exception as exc:  # noqa: BLE001 - broker gone: keep the rest for next run
-                log.warning("publishing stopped after %d of %d jobs: %s", sent, len(jobs), exc)
-                break
-            sent += 1
-        confirmed = confirms.wait(connection, sent, CONFIRM_TIMEOUT_S)
+        confirms = Confirms(producer.channel, connection, time.monotonic() + CONFIRM_TIMEOUT_S)
+        sent = _send(jobs, producer, confirms)
+        confirmed = confirms.settle(sent)
     if len(confirmed) < sent:
         log.warning("RabbitMQ confirmed %d of %d job(s) published", len(confirmed), sent)
     return [job for tag, job in enumerate(jobs, start=1) if tag not in confirmed]
 
 
+def _send(jobs: Sequence[QueuedJob], producer: Any, confirms: Confirms) -> int:
+    """Send the jobs in order, keeping at most CONFIRM_WINDOW unconfirmed; returns how many
+    were sent (the first ones: sending stops at the first failure)."""
+    from bday.broker.app import app
+
+    send_message = app.signature(SEND_TASK)
+    for index, job in enumerate(jobs):
+        if index - len(confirms.settled) >= CONFIRM_WINDOW:
+            confirms.settle(index - CONFIRM_WINDOW // 2)
+        try:
+            if confirms.broken:
+                raise ConnectionError(confirms.broken)
+            send_message.apply_async(
+                args=[str(job.message_id)],
+                kwargs={"token": str(job.token)},
+                producer=producer,
+                retry=False,
+                **_timing(job.eta),
+            )
+        except Exception as exc:  # noqa: BLE001 - broker gone: keep the rest for next run
+            log.warning("publishing stopped after %d of %d jobs: %s", index, len(jobs), exc)
+            return index
+    return len(jobs)
+
+
 class Confirms:
     """Publisher confirms on one channel, counted as they come (RabbitMQ acks by delivery tag,
-    1, 2, ... in publish order, `multiple` meaning "every tag up to this one"), and waited for
-    once for a whole group."""
+    1, 2, ... in publish order, `multiple` meaning "every tag up to this one"), waited for
+    until a deadline."""
 
-    def __init__(self, channel: Any) -> None:
+    def __init__(self, channel: Any, connection: Any, deadline: float) -> None:
         self.acked: set[int] = set()
         self.settled: set[int] = set()  # acked or nacked
+        self.broken = ""  # why confirms stopped coming (timeout, connection lost), if they did
+        self.connection, self.deadline = connection, deadline
         channel.confirm_select()
         channel.events["basic_ack"].add(self._on_ack)
         channel.events["basic_nack"].add(self._on_nack)
@@ -109,19 +132,20 @@ class Confirms:
     def _on_nack(self, tag: int, multiple: bool) -> None:
         self._tags(tag, multiple)  # settled, never confirmed: counted as not published
 
-    def wait(self, connection: Any, published: int, timeout_s: float) -> set[int]:
-        """The delivery tags RabbitMQ confirmed, once all `published` are settled or
-        `timeout_s` passed (or the connection failed): unsettled tags are not confirmed."""
-        deadline = time.monotonic() + timeout_s
+    def settle(self, count: int) -> set[int]:
+        """Wait until `count` jobs are settled (or the deadline passed, or the connection
+        failed: unsettled jobs are then not confirmed); the tags confirmed up to `count`."""
         try:
-            while len(self.settled) < published:
-                left = deadline - time.monotonic()
+            while not self.broken and len(self.settled) < count:
+                left = self.deadline - time.monotonic()
                 if left <= 0:
+                    self.broken = "no confirm before the deadline"
                     break
-                connection.drain_events(timeout=left)
+                self.connection.drain_events(timeout=left)
         except Exception as exc:  # noqa: BLE001 - timeout or broker gone: unconfirmed stay so
-            log.warning("waiting for publisher confirms: %s", exc)
-        return {tag for tag in self.acked if tag <= published}
+            self.broken = f"waiting for publisher confirms: {exc}"
+            log.warning("%s", self.broken)
+        return {tag for tag in self.acked if tag <= count}
 
 
 def _timing(eta: datetime, now: datetime | None = None) -> dict:
