@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     enqueue_lead_s: int = _env("ENQUEUE_LEAD_SECONDS", 70, ge=5, le=600)
     recovery_grace_s: int = _env("RECOVERY_GRACE_SECONDS", 120, ge=10, le=DAY_S)
     enqueue_batch: int = _env("ENQUEUE_BATCH", 1000, ge=1, le=100_000)
+    # A minute enqueue that finds more due rows than this splits them into slices that several
+    # workers claim and publish at once (bday.scheduling.enqueue_slices; docs/capacity.md has
+    # the rate of one publisher it is derived from).
+    enqueue_fanout_rows: int = _env("ENQUEUE_FANOUT_ROWS", 10_000, ge=1, le=100_000_000)
     queue_delivery_limit: int = _env("QUEUE_DELIVERY_LIMIT", 20, ge=1, le=1000)
     exchange_name: str = _env("RABBITMQ_EXCHANGE", "birthday.messages", min_length=1)
     queue_name: str = _env("RABBITMQ_QUEUE", "birthday.messages.queue", min_length=1)

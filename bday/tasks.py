@@ -2,6 +2,7 @@
 
 from bday.worker.tasks import (
     enqueue,
+    enqueue_slice,
     plan,
     recover,
     send_message,
@@ -9,6 +10,7 @@ from bday.worker.tasks import (
 
 __all__ = [
     "enqueue",
+    "enqueue_slice",
     "plan",
     "recover",
     "send_message",

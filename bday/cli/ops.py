@@ -394,7 +394,9 @@ def metrics(port, address) -> None:
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["delivery", "burst", "planning", "memory", "breaker", "retention"]),
+    type=click.Choice(
+        ["delivery", "burst", "planning", "memory", "breaker", "retention", "enqueue"]
+    ),
     help="Run only these figures (the ceiling always runs).",
 )
 @click.option(

@@ -14,10 +14,13 @@ job, which recovery re-publishes after RECOVERY_GRACE_SECONDS.
 from __future__ import annotations
 
 import logging
+import socket
+import time
 import uuid
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
+from typing import Any
 
 from bday.config import Settings
 from bday.store import messages
@@ -29,11 +32,26 @@ log = logging.getLogger(__name__)
 SEND_TASK = "bday.tasks.send_message"  # published by name: scheduling never imports the worker
 
 
+# How long a publisher waits for RabbitMQ to confirm a batch before it counts the unconfirmed
+# jobs as not published (their claim rolls back; the next run tries again).
+CONFIRM_TIMEOUT_S = 30.0
+# Jobs sent and not yet confirmed, at most: a publisher that runs far ahead of the broker is
+# throttled by RabbitMQ's flow control (it stops reading the socket); py-amqp's default
+# TCP_USER_TIMEOUT (1 s of unacknowledged data) then kills the connection mid-batch under load.
+CONFIRM_WINDOW = 200
+# ... and the publishing connection gives the broker this long (ms) instead of py-amqp's 1 s.
+TCP_USER_TIMEOUT_MS = 10_000
+
+
 def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
     """Publish `send_message` for each job, timed for its eta. Returns the jobs not published.
 
     The broker holds each job until its eta (native delayed delivery), so publishing a minute
-    ahead costs no worker memory. One producer (and its confirm channel) serves the batch.
+    ahead costs no worker memory. One producer serves the batch, on a channel in confirm mode:
+    the jobs are sent without waiting for each one's confirm (up to CONFIRM_WINDOW
+    unconfirmed), and the publisher waits for the rest once at the end (a wait per message made
+    one publisher several times slower: docs/capacity.md). A job counts as published only
+    once RabbitMQ confirmed it.
     """
     from bday.broker import topology
     from bday.broker.app import app
@@ -41,10 +59,10 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
 
     if not jobs:
         return []
-    failed: list[QueuedJob] = []
     try:
-        # Confirms: apply_async returns only once RabbitMQ has taken the job.
-        connection = app.connection_for_write(transport_options={"confirm_publish": True})
+        connection = app.connection_for_write(
+            transport_options={"socket_settings": {socket.TCP_USER_TIMEOUT: TCP_USER_TIMEOUT_MS}}
+        )
         # Bounded: a hook must not hang its caller's request while RabbitMQ is away. One
         # attempt per node of a failover list (RABBITMQ_URL="amqp://n1;amqp://n2;...").
         attempts = connect_attempts(app.conf.broker_url or "")
@@ -55,22 +73,79 @@ def publish(jobs: Sequence[QueuedJob]) -> list[QueuedJob]:
             "broker unreachable, %d job(s) left for the next enqueue run: %s", len(jobs), exc
         )
         return list(jobs)
-    send_message = app.signature(SEND_TASK)
     with connection, app.amqp.Producer(connection) as producer:
-        for index, job in enumerate(jobs):
-            try:
-                send_message.apply_async(
-                    args=[str(job.message_id)],
-                    kwargs=_job_kwargs(job),
-                    producer=producer,
-                    retry=False,
-                    **_timing(job.eta),
-                )
-            except Exception as exc:  # noqa: BLE001 - broker gone: keep the rest for next run
-                log.warning("publishing stopped after %d of %d jobs: %s", index, len(jobs), exc)
-                failed.extend(jobs[index:])
-                break
-    return failed
+        confirms = Confirms(producer.channel, connection, time.monotonic() + CONFIRM_TIMEOUT_S)
+        sent = _send(jobs, producer, confirms)
+        confirmed = confirms.settle(sent)
+    if len(confirmed) < sent:
+        log.warning("RabbitMQ confirmed %d of %d job(s) published", len(confirmed), sent)
+    return [job for tag, job in enumerate(jobs, start=1) if tag not in confirmed]
+
+
+def _send(jobs: Sequence[QueuedJob], producer: Any, confirms: Confirms) -> int:
+    """Send the jobs in order, keeping at most CONFIRM_WINDOW unconfirmed; returns how many
+    were sent (the first ones: sending stops at the first failure)."""
+    from bday.broker.app import app
+
+    send_message = app.signature(SEND_TASK)
+    for index, job in enumerate(jobs):
+        if index - len(confirms.settled) >= CONFIRM_WINDOW:
+            confirms.settle(index - CONFIRM_WINDOW // 2)
+        try:
+            if confirms.broken:
+                raise ConnectionError(confirms.broken)
+            send_message.apply_async(
+                args=[str(job.message_id)],
+                kwargs=_job_kwargs(job),
+                producer=producer,
+                retry=False,
+                **_timing(job.eta),
+            )
+        except Exception as exc:  # noqa: BLE001 - broker gone: keep the rest for next run
+            log.warning("publishing stopped after %d of %d jobs: %s", index, len(jobs), exc)
+            return index
+    return len(jobs)
+
+
+class Confirms:
+    """Publisher confirms on one channel, counted as they come (RabbitMQ acks by delivery tag,
+    1, 2, ... in publish order, `multiple` meaning "every tag up to this one"), waited for
+    until a deadline."""
+
+    def __init__(self, channel: Any, connection: Any, deadline: float) -> None:
+        self.acked: set[int] = set()
+        self.settled: set[int] = set()  # acked or nacked
+        self.broken = ""  # why confirms stopped coming (timeout, connection lost), if they did
+        self.connection, self.deadline = connection, deadline
+        channel.confirm_select()
+        channel.events["basic_ack"].add(self._on_ack)
+        channel.events["basic_nack"].add(self._on_nack)
+
+    def _tags(self, tag: int, multiple: bool) -> set[int]:
+        tags = set(range(1, tag + 1)) - self.settled if multiple else {tag}
+        self.settled |= tags
+        return tags
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        self.acked |= self._tags(tag, multiple)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._tags(tag, multiple)  # settled, never confirmed: counted as not published
+
+    def settle(self, count: int) -> set[int]:
+        """Wait until `count` jobs are settled (or the deadline passed, or the connection
+        failed: unsettled jobs are then not confirmed); the tags confirmed up to `count`."""
+        try:
+            while not self.broken and len(self.settled) < count:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    self.broken = "no confirm before the deadline"
+                    break
+                self.connection.drain_events(timeout=left)
+        except Exception as exc:  # noqa: BLE001 - timeout or broker gone: unconfirmed stay so
+            self.broken = f"waiting for publisher confirms: {exc}"
+            log.warning("%s", self.broken)
+        return {tag for tag in self.acked if tag <= count}
 
 
 def _job_kwargs(job: QueuedJob) -> dict[str, str]:

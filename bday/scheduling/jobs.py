@@ -3,7 +3,8 @@
 * plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS),
   after moving PENDING rows planned at another SEND_TIME to the current one.
 * enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
-  instant (the broker holds them until then), mark them QUEUED.
+  instant (the broker holds them until then), mark them QUEUED; more than ENQUEUE_FANOUT_ROWS
+  at once are split into slices the workers publish in parallel (`enqueue_slices`).
 * retention (daily): drop monthly partitions older than MESSAGE_RETENTION_DAYS, delete old
   finished rows no partition drop takes, make the coming months' partitions.
 * recover: the database decides what is owed, so this job re-publishes whatever the broker
@@ -33,7 +34,7 @@ from sqlalchemy.exc import ProgrammingError
 from bday.config import Settings, get_settings
 from bday.delivery import breaker
 from bday.delivery.breaker import Breaker
-from bday.scheduling import dispatch, partitioning, planner
+from bday.scheduling import dispatch, enqueue_slices, partitioning, planner
 from bday.store import messages
 from bday.store.db import engine, transaction
 from bday.store.models import FailureReason, Heartbeat, Status
@@ -127,24 +128,28 @@ def _start_plan(
 
 
 def enqueue_job(now: datetime | None = None) -> dict:
-    """Publish every PENDING row due within the lead; returns counts published and expired."""
+    """Publish every PENDING row due within the lead; returns counts published and expired,
+    and, for a run that found more than ENQUEUE_FANOUT_ROWS due rows, how many it found and
+    how many slices it fanned them out to (the workers publish them: `enqueue_slices`)."""
     settings, now = get_settings(), now or datetime.now(UTC)
     expired = expire_overdue(now, settings)
-    published = 0
-    while True:
-        claimed, unpublished = dispatch.claim_and_publish(
-            now, settings, limit=settings.enqueue_batch
-        )
-        if unpublished:
-            break  # the batch rolled back to PENDING; the next run tries again
-        published += claimed
-        if claimed < settings.enqueue_batch:
-            break
-    result = {"published": published, "expired": expired}
+    fanout = enqueue_slices.fan_out(now, settings)
+    result: dict[str, Any] = {"published": 0, "expired": expired}
+    if fanout.slices:
+        result |= {"due": fanout.due, "slices": fanout.slices}
+    else:
+        result["published"] = enqueue_slices.publish_due(now, settings)
     heartbeat("enqueue", now, result)
-    if published or expired:
-        log.info("enqueue: %d published, %d expired", published, expired)
+    if fanout.slices:
+        log.info("enqueue: %d due, fanned out to %d slice(s)", fanout.due, fanout.slices)
+    elif result["published"] or expired:
+        log.info("enqueue: %d published, %d expired", result["published"], expired)
     return result
+
+
+def enqueue_slice_job(now: datetime, limit: int) -> dict:
+    """One slice of a fanned-out enqueue run at `now` (see `enqueue_slices`)."""
+    return enqueue_slices.run_slice(now, limit, get_settings())
 
 
 def expire_overdue(now: datetime, settings: Settings) -> int:

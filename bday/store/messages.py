@@ -297,6 +297,19 @@ def claim_due(
     return [QueuedJob(*row) for row in rows]
 
 
+_COUNT_DUE = text(
+    f"""SELECT count(*) FROM messages
+         WHERE status = '{PENDING}' AND scheduled_send_time <= :until
+           AND {_DEADLINE_SQL} >= :now"""
+)
+
+
+def count_due(session: Session, now: datetime, *, lead_s: float, catch_up_hours: int) -> int:
+    """How many rows `claim_due` would claim at `now` without a limit (the enqueue's split)."""
+    params = {"now": now, "until": now + timedelta(seconds=lead_s), "hours": catch_up_hours}
+    return int(session.scalar(_COUNT_DUE, params) or 0)
+
+
 _REISSUE = text(
     f"""
     UPDATE messages

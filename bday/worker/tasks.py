@@ -223,6 +223,13 @@ def enqueue() -> dict:
     return jobs.enqueue_job()
 
 
+@app.task(name="bday.tasks.enqueue_slice", acks_on_failure=True)
+def enqueue_slice(now: str, limit: int) -> dict:
+    """Publish part of a fanned-out enqueue run's due rows (the run at `now`, ISO; at most
+    `limit` rows): published by `enqueue` when one process would take too long."""
+    return jobs.enqueue_slice_job(datetime.fromisoformat(now), limit)
+
+
 @app.task(name="bday.tasks.recover", acks_on_failure=True)
 def recover() -> dict:
     """Re-publish lost and transiently failed rows; expire overdue ones (every 5 minutes)."""

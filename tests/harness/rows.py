@@ -66,3 +66,12 @@ def enqueue_ran_after(instant: datetime) -> bool:
             text("SELECT beat_at FROM heartbeats WHERE name = 'enqueue'")
         ).scalar()
     return beat_at is not None and beat_at > instant
+
+
+def heartbeat_detail(name: str) -> dict | None:
+    """What the job `name` last recorded in its heartbeat, or None if it never ran."""
+    with db.engine().connect() as connection:
+        detail: dict | None = connection.execute(
+            text("SELECT detail FROM heartbeats WHERE name = :name"), {"name": name}
+        ).scalar()
+    return detail

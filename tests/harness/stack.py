@@ -111,6 +111,22 @@ class Stack:
             sandbox.wait_ready(process, " ready.")
         return process
 
+    def start_settled_workers(
+        self, count: int, name: str = "w", extra_env: dict | None = None, concurrency: int = 8
+    ) -> list[Process]:
+        """`count` workers, each started once the one before has run its start-up enqueue, so
+        no start-up run takes rows a test adds afterwards."""
+        from datetime import UTC, datetime
+
+        from tests.harness.rows import enqueue_ran_after
+
+        workers = []
+        for index in range(count):
+            started = datetime.now(UTC)
+            workers.append(self.start_worker(f"{name}{index}", concurrency, extra_env))
+            wait_until(lambda s=started: enqueue_ran_after(s), 60, "the start-up enqueue")
+        return workers
+
     def start_beat(self, extra_env: dict | None = None) -> Process:
         process = sandbox.spawn_beat(
             self._env(extra_env), self.workdir, f"beat-{len(self.processes)}"

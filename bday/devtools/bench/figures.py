@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from bday.devtools import sandbox
+from bday.devtools.bench.enqueue import enqueue_rows
 from bday.devtools.bench.harness import Bench, Sizes
 from bday.devtools.bench.probes import OLD_LEFT, SENT_RECENTLY, scalar
 from bday.devtools.bench.report import Row, fmt
@@ -26,7 +27,15 @@ def run(
     sizes = Sizes.quick() if quick else Sizes.full()
     bench = Bench(sizes, concurrency, pool, processes)
     bench.setup()
-    wanted = set(only) or {"delivery", "burst", "planning", "memory", "breaker", "retention"}
+    wanted = set(only) or {
+        "delivery",
+        "burst",
+        "planning",
+        "memory",
+        "breaker",
+        "retention",
+        "enqueue",
+    }
     try:
         ceilings = [bench.ceiling(sizes.delivery) for _ in range(repeat)]
         ceiling = statistics.median(ceilings)
@@ -89,6 +98,8 @@ def run(
                     f"{same_rows} rows planned: cost follows occasions, not users",
                 )
             )
+        if "enqueue" in wanted:
+            enqueue_rows(bench, repeat)
         if "breaker" in wanted:
             _breaker_rows(bench, repeat)
         if "retention" in wanted:
