@@ -3,6 +3,7 @@
 from bday.worker.tasks import (
     enqueue,
     plan,
+    plan_ranges,
     recover,
     send_message,
 )
@@ -10,6 +11,7 @@ from bday.worker.tasks import (
 __all__ = [
     "enqueue",
     "plan",
+    "plan_ranges",
     "recover",
     "send_message",
 ]
