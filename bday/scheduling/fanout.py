@@ -135,17 +135,20 @@ _PROGRESS = text(
 
 def _run(started_at: str, settings: Settings, poll_s: float = 0.5) -> int:
     window = Window.around(datetime.fromisoformat(started_at), settings)
-    planned = 0
+    planned = ranges = 0
     while todo := _todo(started_at):
         held_elsewhere = False
         for index, id_range in todo:
-            rows = _plan_one(started_at, index, id_range, window, settings)
-            if rows == _SUPERSEDED:
-                return planned
-            held_elsewhere |= rows is None
-            planned += rows or 0
-        if held_elsewhere:  # planning there, or its process died and its lock is going
+            outcome, rows = _plan_one(started_at, index, id_range, window, settings)
+            if outcome == "superseded":
+                todo = []
+                break
+            held_elsewhere |= outcome == "held"
+            planned, ranges = planned + rows, ranges + (outcome == "planned")
+        if held_elsewhere and todo:  # planning there, or its process died and its lock is going
             time.sleep(poll_s)
+    if ranges:
+        log.info("plan: %d range(s) planned in this process, %d new row(s)", ranges, planned)
     return planned
 
 
@@ -162,7 +165,6 @@ def _todo(started_at: str) -> list[tuple[int, IdRange]]:
     return todo[offset:] + todo[:offset]
 
 
-_SUPERSEDED = -1  # what _plan_one answers when a newer plan started
 _TRY_HOLD = text("SELECT pg_try_advisory_xact_lock(:plan, :index)")
 _STATE = text(
     """SELECT detail -> 'done' @> to_jsonb(CAST(:index AS int)) FROM heartbeats
@@ -186,17 +188,16 @@ _END = text(
 
 def _plan_one(
     started_at: str, index: int, id_range: IdRange, window: Window, settings: Settings
-) -> int | None:
-    """Plan range `index` if nobody holds it: its rows and its mark in one transaction. Rows
-    planned; None if held elsewhere; _SUPERSEDED if a newer plan started."""
+) -> tuple[str, int]:
+    """Plan range `index` if nobody holds it: its rows and its mark in one transaction.
+    ("planned", rows), or ("held" | "done" | "superseded", 0) when another process holds it,
+    another loop finished it since this one looked, or a newer plan started."""
     with transaction() as session:
         if not session.execute(_TRY_HOLD, {"plan": _plan_key(started_at), "index": index}).scalar():
-            return None
+            return "held", 0
         state = session.execute(_STATE, {"started": started_at, "index": index}).first()
-        if state is None:
-            return _SUPERSEDED
-        if state[0]:
-            return 0  # done by another loop since this one looked
+        if state is None or state[0]:
+            return ("superseded" if state is None else "done"), 0
         planned = planner.plan(session, window, settings, id_range=id_range)
         params = {"started": started_at, "index": index, "planned": planned}
         marked = session.execute(_MARK_DONE, params).first()
@@ -204,7 +205,7 @@ def _plan_one(
             total, ranges = marked[1], marked[2]
             session.execute(_END, {"started": started_at, "ended": datetime.now(UTC).isoformat()})
             log.info("plan: %d new row(s) in %d ranges", total, ranges)
-    return planned
+    return "planned", planned
 
 
 def _plan_key(started_at: str) -> int:
