@@ -33,9 +33,11 @@ import threading
 import time
 import uuid
 import zlib
+from collections import Counter
 from datetime import UTC, datetime
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from bday.config import Settings, get_settings
@@ -47,6 +49,9 @@ log = logging.getLogger(__name__)
 
 PLAN_RANGES_TASK = "bday.tasks.plan_ranges"  # published by name: scheduling never imports it
 MAX_RANGES = 4096  # the heartbeat's `done` list stays a few kB
+# A range's candidates are read FOR SHARE (planner), so a bulk update locking the same users in
+# another order can deadlock with it; PostgreSQL aborts one side, and the loop tries it again.
+RANGE_ATTEMPTS = 3
 _SPACE = 1 << 128
 _busy = threading.Lock()  # one loop per process
 
@@ -136,10 +141,18 @@ _PROGRESS = text(
 def _run(started_at: str, settings: Settings, poll_s: float = 0.5) -> int:
     window = Window.around(datetime.fromisoformat(started_at), settings)
     planned = ranges = 0
+    failures: Counter[int] = Counter()
     while todo := _todo(started_at):
         held_elsewhere = False
         for index, id_range in todo:
-            outcome, rows = _plan_one(started_at, index, id_range, window, settings)
+            try:
+                outcome, rows = _plan_one(started_at, index, id_range, window, settings)
+            except DBAPIError as exc:  # a deadlock with a bulk user update, a lost connection
+                failures[index] += 1
+                if failures[index] >= RANGE_ATTEMPTS:
+                    raise
+                log.warning("plan: range %d failed, trying it again: %s", index, exc.orig)
+                outcome, rows = "held", 0
             if outcome == "superseded":
                 todo = []
                 break

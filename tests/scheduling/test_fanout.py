@@ -16,6 +16,7 @@ import time_machine
 from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from bday.devtools import factories
 from bday.scheduling import fanout, jobs, planner
@@ -230,3 +231,21 @@ def _waits_on_a_lock_or_ends(thread: threading.Thread, timeout_s: float = 20) ->
                 return True
         time.sleep(0.05)
     return False
+
+
+@pytest.mark.usefixtures("database", "clock", "in_ranges")
+def test_a_range_aborted_by_the_database_is_tried_again_and_the_plan_ends(monkeypatch):
+    _users(80)
+    single = _single_plan_rows()
+    real_plan, calls = planner.plan, []
+
+    def deadlocks_once(session, window, settings, user_ids=None, id_range=None):
+        calls.append(id_range)
+        if len(calls) == 2:  # PostgreSQL chose this range's transaction as the deadlock victim
+            raise OperationalError("SELECT ... FOR SHARE", {}, Exception("deadlock detected"))
+        return real_plan(session, window, settings, user_ids, id_range)
+
+    monkeypatch.setattr(planner, "plan", deadlocks_once)
+    result = jobs.plan_job(NOW)
+    assert result["planned"] == len(single) and calls.count(calls[1]) == 2
+    assert _live_rows() == single and "ended_at" in _plan_heartbeat()
