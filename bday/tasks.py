@@ -4,6 +4,7 @@ from bday.worker.tasks import (
     enqueue,
     enqueue_slice,
     plan,
+    plan_ranges,
     recover,
     send_message,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "enqueue",
     "enqueue_slice",
     "plan",
+    "plan_ranges",
     "recover",
     "send_message",
 ]

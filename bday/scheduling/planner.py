@@ -5,6 +5,12 @@
 the number of occasions in the window, not the number of users; the exact arithmetic is
 `bday.core.occasions`. Rows go in with `ON CONFLICT DO NOTHING` on the idempotency key, so running
 the planner twice, from two beats at once, or from a hook and the beat, plans each occasion once.
+
+The candidate users are read FOR SHARE: a user updated meanwhile waits for the plan's commit, so
+the update's hook (which runs after it) sees and cancels any row the plan wrote from the old
+data; an update committed first is what the plan reads. Without it a plan that read a user just
+before an update committed its old occasion after the hook had looked: a stale row, sent.
+A large plan runs in id ranges (`IdRange`, bday.scheduling.fanout).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,6 +38,21 @@ from bday.store import messages
 from bday.store.models import Status, User, idempotency_key, month_day
 
 _INSERT_BATCH = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class IdRange:
+    """Users with `low <= id < high` (UUID order, as PostgreSQL compares them); None: unbounded."""
+
+    low: uuid.UUID | None = None
+    high: uuid.UUID | None = None
+
+    def __contains__(self, user_id: object) -> bool:
+        return (
+            isinstance(user_id, uuid.UUID)
+            and (self.low is None or self.low <= user_id)
+            and (self.high is None or user_id < self.high)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +82,10 @@ def owed_occasions(
     window: Window,
     settings: Settings,
     user_ids: Iterable[uuid.UUID] | None = None,
+    id_range: IdRange | None = None,
 ) -> Iterator[tuple[uuid.UUID, Occasion]]:
-    """(user id, occasion) for every owed occasion of a live user with its instant in `window`.
+    """(user id, occasion) for every owed occasion of a live user with its instant in `window`
+    (only users in `user_ids`, and in `id_range`, when given).
 
     Owed means the user held that date and zone before the instant (docs/contract.md, behaviour 2)
     and has not opted out of that type.
@@ -77,6 +101,7 @@ def owed_occasions(
         )
         if user_ids is not None:
             query = query.where(User.id.in_(list(user_ids)))
+        query = _within(query, id_range).with_for_update(read=True, of=User)
         for user_id, original, zone_name, owed_from in session.execute(query):
             assert original is not None  # the month-day index only holds users with the date
             for occasion in occasions_between(
@@ -92,6 +117,14 @@ def owed_occasions(
                     yield user_id, occasion
 
 
+def _within(query: Any, id_range: IdRange | None) -> Any:
+    if id_range is not None and id_range.low is not None:
+        query = query.where(User.id >= id_range.low)
+    if id_range is not None and id_range.high is not None:
+        query = query.where(User.id < id_range.high)
+    return query
+
+
 def insert_rows(session: Session, owed: Iterable[tuple[uuid.UUID, Occasion]]) -> int:
     """Insert PENDING rows for `owed`, skipping occasions that already have a live row."""
     inserted = 0
@@ -105,10 +138,12 @@ def plan(
     window: Window,
     settings: Settings | None = None,
     user_ids: Iterable[uuid.UUID] | None = None,
+    id_range: IdRange | None = None,
 ) -> int:
-    """Plan every owed occasion in `window` (optionally only for `user_ids`); rows inserted."""
+    """Plan every owed occasion in `window` (optionally only for `user_ids`, or the users in
+    `id_range`); rows inserted."""
     settings = settings or get_settings()
-    return insert_rows(session, owed_occasions(session, window, settings, user_ids))
+    return insert_rows(session, owed_occasions(session, window, settings, user_ids, id_range))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from bday.delivery.attempt import Notify, SendJob, deliver_many
 from bday.delivery.outcomes import Action, Outcome, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
-from bday.scheduling import jobs
+from bday.scheduling import fanout, jobs
 from bday.scheduling.jobs import get_breaker
 from bday.worker.batching import ACK, REJECT, RETRY, BatchTask, Received, Settle
 
@@ -215,6 +215,14 @@ def plan(requested_at: str | None = None) -> dict:
     return jobs.plan_job(
         requested_at=datetime.fromisoformat(requested_at) if requested_at else None
     )
+
+
+@app.task(name="bday.tasks.plan_ranges", acks_on_failure=True)
+def plan_ranges(started_at: str) -> dict:
+    """Help plan the fanned-out plan that started at `started_at` (ISO): its ranges nobody
+    holds, one at a time, until all are done; nothing when this process already helps."""
+    planned = fanout.run(started_at)
+    return {"busy": True} if planned is None else {"planned": planned}
 
 
 @app.task(name="bday.tasks.enqueue", acks_on_failure=True)
