@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     catch_up_hours: int = _env("CATCH_UP_HOURS", 48, gt=0, le=24 * 366)
     plan_ahead_hours: int = _env("PLAN_AHEAD_HOURS", 26, gt=0, le=24 * 31)
     # A plan of more users than this fans out into ranges of about this many users, which
-    # every worker helps plan (bday.scheduling.fanout); 0: always plan in one process.
+    # every worker helps plan (bday.scheduling.plan_ranges); 0: always plan in one process.
     plan_range_users: int = _env("PLAN_RANGE_USERS", 1_000_000, ge=0, le=10**10)
     queue_concurrency: int = _env("QUEUE_CONCURRENCY", 5, ge=1, le=1000)
     # A worker runs greetings in batches: one claim and one SENT statement per batch, the

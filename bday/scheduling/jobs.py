@@ -2,7 +2,7 @@
 
 * plan: PENDING rows for every owed occasion in [now - CATCH_UP_HOURS, now + PLAN_AHEAD_HOURS),
   after moving PENDING rows planned at another SEND_TIME to the current one; past
-  PLAN_RANGE_USERS users in id ranges that every worker helps plan (bday.scheduling.fanout).
+  PLAN_RANGE_USERS users in id ranges that every worker helps plan (bday.scheduling.plan_ranges).
 * enqueue: claim PENDING rows due within ENQUEUE_LEAD_SECONDS, publish them timed for their
   instant (the broker holds them until then), mark them QUEUED; more than ENQUEUE_FANOUT_ROWS
   at once are split into slices the workers publish in parallel (`enqueue_slices`).
@@ -35,7 +35,7 @@ from sqlalchemy.exc import ProgrammingError
 from bday.config import Settings, get_settings
 from bday.delivery import breaker
 from bday.delivery.breaker import Breaker
-from bday.scheduling import dispatch, enqueue_slices, fanout, partitioning, planner
+from bday.scheduling import dispatch, enqueue_slices, partitioning, plan_ranges, planner
 from bday.store import messages
 from bday.store.db import engine, transaction
 from bday.store.models import FailureReason, Heartbeat, Status
@@ -66,10 +66,10 @@ def plan_job(now: datetime | None = None, *, requested_at: datetime | None = Non
         return {"planned": 0, "skipped": True}
     with transaction() as session:  # its own short transaction: moved rows may be due now
         followed = planner.follow_send_time(session, now, settings, previous_send_time)
-        ranges = fanout.ranges_needed(session, settings)
+        ranges = plan_ranges.ranges_needed(session, settings)
     result: dict = _followed(followed, settings)
-    if ranges > 1:  # many users: every worker helps (bday.scheduling.fanout)
-        return fanout.plan_in_ranges(started["started_at"], ranges, result) | result
+    if ranges > 1:  # many users: every worker helps (bday.scheduling.plan_ranges)
+        return plan_ranges.plan_in_ranges(started["started_at"], ranges, result) | result
     with transaction() as session:
         planned = planner.plan(session, planner.Window.around(now, settings), settings)
     result = {"planned": planned, **result}

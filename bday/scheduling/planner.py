@@ -10,7 +10,7 @@ The candidate users are read FOR SHARE: a user updated meanwhile waits for the p
 the update's hook (which runs after it) sees and cancels any row the plan wrote from the old
 data; an update committed first is what the plan reads. Without it a plan that read a user just
 before an update committed its old occasion after the hook had looked: a stale row, sent.
-A large plan runs in id ranges (`IdRange`, bday.scheduling.fanout).
+A large plan runs in id ranges (`IdRange`, bday.scheduling.plan_ranges).
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ from bday.delivery.attempt import Notify, SendJob, deliver_many
 from bday.delivery.outcomes import Action, Outcome, record_delivered
 from bday.delivery.pacing import Slot, get_pacer
 from bday.delivery.sender import get_send_pool
-from bday.scheduling import fanout, jobs
+from bday.scheduling import jobs
+from bday.scheduling import plan_ranges as ranges
 from bday.scheduling.jobs import get_breaker
 from bday.worker.batching import ACK, REJECT, RETRY, BatchTask, Received, Settle
 
@@ -221,7 +222,7 @@ def plan(requested_at: str | None = None) -> dict:
 def plan_ranges(started_at: str) -> dict:
     """Help plan the fanned-out plan that started at `started_at` (ISO): its ranges nobody
     holds, one at a time, until all are done; nothing when this process already helps."""
-    planned = fanout.run(started_at)
+    planned = ranges.run(started_at)
     return {"busy": True} if planned is None else {"planned": planned}
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from bday.devtools import factories
-from bday.scheduling import fanout, jobs, planner
+from bday.scheduling import jobs, plan_ranges, planner
 from bday.store.db import engine, transaction
 from bday.users import api
 
@@ -35,16 +35,16 @@ def _owners(ranges: list[planner.IdRange], user_id: uuid.UUID) -> list[int]:
     return [index for index, id_range in enumerate(ranges) if user_id in id_range]
 
 
-@given(count=st.integers(1, fanout.MAX_RANGES), user_id=st.uuids())
+@given(count=st.integers(1, plan_ranges.MAX_RANGES), user_id=st.uuids())
 @example(count=3, user_id=uuid.UUID(int=0))
 @example(count=3, user_id=uuid.UUID(int=_SPACE - 1))
 def test_every_id_falls_in_exactly_one_range_whatever_the_split(count, user_id):
-    assert len(_owners(fanout.split(count), user_id)) == 1
+    assert len(_owners(plan_ranges.split(count), user_id)) == 1
 
 
-@given(count=st.integers(2, fanout.MAX_RANGES), data=st.data())
+@given(count=st.integers(2, plan_ranges.MAX_RANGES), data=st.data())
 def test_ranges_meet_edge_to_edge_in_id_order(count, data):
-    ranges = fanout.split(count)
+    ranges = plan_ranges.split(count)
     assert len(ranges) == count
     assert ranges[0].low is None and ranges[-1].high is None
     for before, after in itertools.pairwise(ranges):
@@ -55,7 +55,7 @@ def test_ranges_meet_edge_to_edge_in_id_order(count, data):
 
 def test_a_split_into_no_ranges_is_refused():
     with pytest.raises(ValueError, match="at least 1"):
-        fanout.split(0)
+        plan_ranges.split(0)
 
 
 # --- against the database ---------------------------------------------------------------------
@@ -72,7 +72,7 @@ def in_ranges(settings_env, monkeypatch):
     """Plans of more than 20 users fan out; no broker: this process plans every range."""
     settings_env.setenv("PLAN_RANGE_USERS", "20")
     planner.get_settings.cache_clear()
-    monkeypatch.setattr(fanout, "_publish_helpers", lambda started_at, count: 0)
+    monkeypatch.setattr(plan_ranges, "_publish_helpers", lambda started_at, count: 0)
 
 
 def _users(count: int, seed: int = 7) -> list[uuid.UUID]:
@@ -167,7 +167,7 @@ def test_a_range_that_dies_half_way_is_planned_by_the_rerun_and_only_then_the_pl
     assert len(_live_rows()) < len(single)  # the dead range's rows were rolled back
 
     monkeypatch.setattr(planner, "plan", real_plan)
-    assert fanout.run(beat["started_at"]) == len(single) - beat["planned"]  # a helper's loop
+    assert plan_ranges.run(beat["started_at"]) == len(single) - beat["planned"]  # a helper's loop
     beat = _plan_heartbeat()
     assert sorted(beat["done"]) == list(range(beat["ranges"])) and "ended_at" in beat
     assert _live_rows() == single
@@ -180,7 +180,7 @@ def test_a_newer_plan_stops_an_older_plans_loop():
     jobs.plan_job(NOW + timedelta(minutes=1))
     started = datetime.fromisoformat(_plan_heartbeat()["started_at"])
     assert started == NOW + timedelta(minutes=1) and older["ranges"] == 3
-    assert fanout.run(NOW.isoformat()) == 0  # superseded: nothing to do
+    assert plan_ranges.run(NOW.isoformat()) == 0  # superseded: nothing to do
 
 
 @pytest.mark.usefixtures("database", "clock", "in_ranges")
