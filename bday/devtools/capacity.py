@@ -30,14 +30,19 @@ POSTGRES_CPU_MS = 0.20  # PostgreSQL CPU per greeting (bench, 150 ms; 0.17 ms at
 # a batch at peak costs 1/32 claim + 1/8 SENT statement per greeting.
 POSTGRES_CPU_MS_UNPREPARED = 0.03
 RABBITMQ_CPU_MS = 0.47  # RabbitMQ CPU per greeting (bench, 150 ms; 0.36 ms at 0 ms)
-ENQUEUE_RATE = 1_400.0  # rows/s claimed and published by one enqueue run
-ENQUEUE_SPEEDUP_2 = 1.0  # PLACEHOLDER: rows/s of an enqueue fanned out over 2 processes / 1
+# One enqueue publisher: 1,400 rows/s with a confirm per message (bench, a quiet day), and grouped
+# confirms doubled it beside that baseline in the same run (x2.04, 2026-12-04, 2,000 rows; medians
+# of 3 alternating runs under load): docs/capacity.md, "The minute enqueue".
+ENQUEUE_RATE = 1_400.0 * 2.04  # rows/s claimed and published by one process
+ENQUEUE_SPEEDUP_2 = 1.37  # an enqueue fanned out over 2 processes / 1 (same run, 2 shared cores)
 BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
 PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
 # Planning 10M users took x12.6 the time of 1M under the same load (189 s vs 14.9 s, rows
 # x10.0; `bday bench --plan-users`): time grows as users ** 1.10, a little beyond linear.
 PLAN_EXPONENT = 1.10
-PLAN_SPEEDUP_2 = 1.0  # PLACEHOLDER: users/s planned by 2 processes / 1
+# A plan fanned out over 2 processes / 1 (1,000,000 users, 16 ranges, medians of 2 rounds,
+# 2026-12-04, `python -m bday.devtools.bench.plan_workers`: 22.9 s -> 12.3 s).
+PLAN_SPEEDUP_2 = 1.87
 PLANNED_PER_USER = 11_085 / 1_000_000  # rows the first plan writes per user
 BYTES_PER_USER = 310  # users table incl. indexes, per row (--plan-users 10000000)
 BYTES_PER_MESSAGE = 394  # messages table incl. indexes, per row (same run, 113,120 rows)
@@ -52,7 +57,7 @@ PROVIDER_LIMIT = 500.0  # requests/s an email provider might allow one sender (a
 HEADROOM = 0.80  # the recommended deployment keeps every limit it can relieve under 80% of it
 ENQUEUE_WINDOW_S = 70 - 10  # ENQUEUE_LEAD_SECONDS less the minute's run spacing
 PLAN_BUDGET_S = 900.0  # a quarter of the hour for the hourly plan
-MAX_WORKERS = 1_000
+MAX_WORKERS = 64  # past this, the model says no deployment of this shape is enough
 
 # Approximate world population by standard-time UTC offset, millions (docs/capacity.md: country
 # populations, UN World Population Prospects 2022, each country or region at its main offset).

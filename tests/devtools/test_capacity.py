@@ -21,10 +21,29 @@ def test_the_busiest_instant_is_the_most_populous_offset_on_the_busiest_day():
     assert result.processes_150ms >= result.processes
 
 
-def test_at_100_million_users_the_minute_enqueue_runs_out_first_and_not_at_10_million():
-    assert capacity.model(100_000_000).first_limit.startswith("enqueue")
-    assert capacity.model(100_000_000).enqueue_s > 60
-    assert capacity.model(10_000_000).enqueue_s < 10
+def test_at_100_million_users_the_recommended_deployment_keeps_every_limit_under_80_percent():
+    result = capacity.model(100_000_000)
+    assert result.workers >= result.processes_150ms
+    assert max(result.loads.values()) <= capacity.HEADROOM
+    # one process fewer would put delivery over the headroom: the recommendation is the fewest
+    fewer = capacity.limits(result.users, result.peak, result.workers - 1)
+    assert max(fewer.values()) > capacity.HEADROOM
+    assert result.enqueue_fanned_s < result.enqueue_s and result.plan_fanned_s < result.plan_s
+
+
+def test_at_a_billion_users_the_one_send_queue_is_named_as_the_limit_workers_cannot_lift():
+    result = capacity.model(1_000_000_000)
+    assert result.first_limit.startswith("RabbitMQ (one send queue)")
+    assert result.loads["RabbitMQ (one send queue)"] > 1
+    # every limit more workers relieve is under the headroom with the workers it recommends
+    relieved = {k: v for k, v in result.loads.items() if not k.startswith(("RabbitMQ", "Postgre"))}
+    assert max(relieved.values()) <= capacity.HEADROOM
+
+
+def test_fanned_out_work_scales_from_the_speed_up_measured_at_two_processes():
+    assert capacity.speedup(1, 1.37) == 1
+    assert capacity.speedup(2, 1.37) == pytest.approx(1.37)
+    assert capacity.speedup(5, 1.87) == pytest.approx(1 + 4 * 0.87)
 
 
 def test_a_provider_limit_bounds_processes_and_sets_the_lateness():
