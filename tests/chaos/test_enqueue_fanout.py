@@ -14,7 +14,7 @@ import pytest
 
 from bday.config import get_settings
 from bday.scheduling import jobs
-from tests.chaos.conftest import sends_summary
+from tests.harness.chaos import sends_summary
 from tests.harness.queues import statuses
 from tests.harness.rows import add_due_messages, heartbeat_detail
 from tests.harness.stack import wait_until
