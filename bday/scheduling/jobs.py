@@ -271,16 +271,25 @@ def _delete_rows(
 
 
 def drain_deferred(now: datetime | None = None) -> int:
-    """The breaker just closed: re-publish every deferred send now, oldest first (paced and
-    throttled ones too: see `messages.deferred`, they ask the pacer again).
+    """The breaker just closed: re-publish every deferred send now, oldest first, a batch at a
+    time until none is left (an outage's backlog can be many batches; a drain of one batch left
+    the rest for the next recovery run, minutes later). Paced and throttled ones too: see
+    `messages.deferred`, they ask the pacer again.
 
     Their deferred jobs are still waiting in the broker; the fresh tokens make those no-ops.
     """
     settings, now = get_settings(), now or datetime.now(UTC)
-    with transaction() as session:
-        ids = messages.deferred(session, now, limit=settings.enqueue_batch)
-        jobs = messages.reissue(session, ids, (Status.QUEUED,), now)
-    published = len(jobs) - len(dispatch.publish_or_release(jobs))
+    published, seen = 0, set()
+    while True:  # ENQUEUE_BATCH rows a transaction, until none is left
+        with transaction() as session:
+            ids = messages.deferred(session, now, limit=settings.enqueue_batch)
+            fresh = [i for i in ids if i not in seen]  # a row deferred again meanwhile waits
+            jobs = messages.reissue(session, fresh, (Status.QUEUED,), now)
+        seen.update(fresh)
+        unpublished = dispatch.publish_or_release(jobs)
+        published += len(jobs) - len(unpublished)
+        if unpublished or len(ids) < settings.enqueue_batch or not fresh:
+            break
     if published:
         log.info("breaker closed: %d deferred send(s) re-published", published)
     return published

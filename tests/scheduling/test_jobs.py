@@ -14,6 +14,7 @@ import pytest
 import time_machine
 from sqlalchemy import text
 
+from bday.config import get_settings
 from bday.devtools import factories
 from bday.scheduling import jobs
 from bday.store.db import engine, transaction
@@ -212,3 +213,22 @@ def test_drain_deferred_republishes_the_backlog_oldest_first():
         assert jobs.drain_deferred() == 3
     assert all(rows()[m]["next_attempt_at"] == NOW for m in deferred)
     assert queue_counts()["queue"] == 3
+
+
+def test_drain_deferred_takes_the_whole_backlog_a_batch_at_a_time(monkeypatch):
+    monkeypatch.setenv("ENQUEUE_BATCH", "2")
+    get_settings.cache_clear()
+    deferred = [
+        message(
+            status=Status.QUEUED,
+            deferrals=1,
+            scheduled=NOW - timedelta(minutes=m),
+            next_attempt_at=NOW + timedelta(minutes=1),
+        )
+        for m in range(5)
+    ]
+    with time_machine.travel(NOW, tick=False):
+        assert jobs.drain_deferred() == 5  # three batches of at most 2, not one
+    assert all(rows()[m]["next_attempt_at"] == NOW for m in deferred)
+    assert queue_counts()["queue"] == 5
+    get_settings.cache_clear()
