@@ -170,6 +170,7 @@ def test_enqueue_publishes_each_job_with_its_rows_occasion_date(monkeypatch):
     monkeypatch.setattr(app, "connection_for_write", lambda **kw: _Connection())
     monkeypatch.setattr("bday.broker.topology.ensure_declared", lambda connection: None)
     monkeypatch.setattr(app.amqp, "Producer", lambda connection: _Connection())
+    monkeypatch.setattr(dispatch, "Confirms", _Confirmed)
     rows = queued(2, status=Status.PENDING)
     settings = load_settings()
     claimed, unpublished = dispatch.claim_and_publish(NOW, settings, limit=10)
@@ -179,7 +180,21 @@ def test_enqueue_publishes_each_job_with_its_rows_occasion_date(monkeypatch):
     assert all(uuid.UUID(p["kwargs"]["token"]) for p in published)
 
 
+class _Confirmed:
+    """RabbitMQ confirming every job at once (the grouped confirms' count, no channel)."""
+
+    def __init__(self, channel, connection, deadline):
+        self.settled: set[int] = set()
+        self.broken = ""
+
+    def settle(self, count: int) -> set[int]:
+        self.settled = set(range(1, count + 1))
+        return self.settled
+
+
 class _Connection:
+    channel = None
+
     def ensure_connection(self, **kwargs):
         return self
 

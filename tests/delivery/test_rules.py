@@ -113,7 +113,7 @@ class Rows:
     def status(self, row_id: str) -> Status:
         return self.rows[uuid.UUID(row_id)]["status"]
 
-    def claim_many(self, jobs: Any, now: datetime, lease_until: datetime) -> dict:
+    def claim_many(self, jobs: Any, now: datetime, lease_until: datetime, *, days=None) -> dict:
         claimed = {}
         for row_id, token in jobs:
             row = self.rows.get(row_id)
@@ -122,12 +122,14 @@ class Rows:
                 claimed[row_id] = row["claimed"]
         return claimed
 
-    def record_sent(self, sent: Any, now: datetime, via: str = "queue") -> int:
+    def record_sent(self, sent: Any, now: datetime, via: str = "queue", *, days=None) -> int:
         for row_id, _status, _response, subject, body in sent:
             self.rows[row_id].update(status=Status.SENT, subject=subject, body=body)
         return len(sent)
 
-    def record_outcome(self, kind: str, row_id: uuid.UUID, now: datetime, **values: Any) -> int:
+    def record_outcome(
+        self, kind: str, row_id: uuid.UUID, now: datetime, *, occasion_date=None, **values: Any
+    ) -> int:
         self.outcomes.append((kind, row_id, values))
         row = self.rows[row_id]
         row["status"] = {
@@ -139,7 +141,7 @@ class Rows:
         row["next_at"] = values.get("next_at")
         return 1
 
-    def current_state(self, row_id: uuid.UUID) -> tuple | None:
+    def current_state(self, row_id: uuid.UUID, occasion_date=None) -> tuple | None:
         row = self.rows.get(row_id)
         return (row["status"], row["token"], NOW, None) if row else None
 
