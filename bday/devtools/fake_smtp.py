@@ -32,6 +32,8 @@ from email import message_from_bytes, policy
 from email.message import EmailMessage
 from typing import Any
 
+from bday.telemetry.logs import mask_emails
+
 DROP = "drop"
 DROP_AFTER_ACCEPT = "drop-after-accept"
 ACCEPT = "accept"
@@ -285,10 +287,12 @@ def _free_port(host: str) -> int:
 
 
 def describe(received: Received) -> str:
-    """One line per message for `bday fake-smtp-service`'s output."""
+    """One line per message for `bday fake-smtp-service`'s output, the addresses masked as in
+    every bday log (the words are shown: seeing them is what the fake is for)."""
     message = received.message
+    addresses = f"{received.mail_from} -> {', '.join(received.recipients)}"
     return (
-        f"{time.strftime('%H:%M:%S')} {received.mail_from} -> {', '.join(received.recipients)} "
+        f"{time.strftime('%H:%M:%S')} {mask_emails(addresses)} "
         f"{message['Message-ID']} subject {str(message['Subject'])!r} "
         f"body {message.get_body(('plain',)).get_content().strip()[:80]!r}"  # type: ignore[union-attr]
     )

@@ -47,3 +47,13 @@ def test_each_message_is_recorded_as_one_json_line(tmp_path, failure_rate, outco
         "outcome": outcome,
     }
     assert "Happy birthday" not in process.output()  # --quiet
+
+
+def test_a_message_is_printed_in_one_line_with_its_words_and_the_addresses_masked():
+    from bday.devtools.fake_smtp import Received, describe
+
+    data = bytes(_message("key-2"))
+    line = describe(Received("hello@example.com", ("ada.lovelace@example.com",), data, 1))
+    assert "a***@example.com" in line and "h***@example.com" in line
+    assert "ada.lovelace@" not in line and "hello@" not in line
+    assert len(line.splitlines()) == 1 and "Happy birthday, Ada!" in line
