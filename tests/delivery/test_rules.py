@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+import time_machine
 
 from bday.config import load_settings
 from bday.delivery import provider
@@ -26,6 +27,17 @@ from bday.store.messages import Claimed
 from bday.store.models import Status
 
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture(autouse=True)
+def _at_now() -> Iterator[None]:
+    """Each test starts at NOW (its clock ticking): slots and deadlines written as NOW + n s
+    are n s ahead whenever the test runs, not n s after this module was imported (a suite
+    that runs the chaos tests first reaches these minutes later)."""
+    with time_machine.travel(NOW):
+        yield
+
+
 CLOSED = Permit(True, "closed")
 
 
