@@ -115,6 +115,7 @@ class Confirms:
     def __init__(self, channel: Any, connection: Any, deadline: float) -> None:
         self.acked: set[int] = set()
         self.settled: set[int] = set()  # acked or nacked
+        self._through = 0  # every tag up to this one is settled (by a `multiple` confirm)
         self.broken = ""  # why confirms stopped coming (timeout, connection lost), if they did
         self.connection, self.deadline = connection, deadline
         channel.confirm_select()
@@ -122,7 +123,11 @@ class Confirms:
         channel.events["basic_nack"].add(self._on_nack)
 
     def _tags(self, tag: int, multiple: bool) -> set[int]:
-        tags = set(range(1, tag + 1)) - self.settled if multiple else {tag}
+        if multiple:  # only the tags after the last `multiple` confirm: linear in the group
+            tags = {t for t in range(self._through + 1, tag + 1) if t not in self.settled}
+            self._through = max(self._through, tag)
+        else:
+            tags = {tag}
         self.settled |= tags
         return tags
 

@@ -210,6 +210,10 @@ class _Connection:
         ),
         ([("basic_ack", 2, True), ("basic_nack", 3, False), ("basic_ack", 5, True)], {1, 2, 4, 5}),
         ([("basic_ack", 3, True)], {1, 2, 3}),  # 4 and 5 never confirmed: not published
+        (  # a single ack ahead of the multiple ones: each tag settled once
+            [("basic_ack", 4, False), ("basic_ack", 2, True), ("basic_ack", 5, True)],
+            {1, 2, 3, 4, 5},
+        ),
     ],
 )
 def test_a_group_counts_only_the_jobs_rabbitmq_confirmed(frames, confirmed):
