@@ -104,7 +104,8 @@ def _plan_settings(settings: Settings) -> dict:
 
 # Record that a plan starts (in the heartbeat's detail; `beat_at` stays the last plan that
 # ended), unless this is a catch-up and one with the same settings started since
-# :fresh_since. One conditional upsert: two catch-ups at once cannot both pass.
+# :fresh_since. One conditional upsert: two catch-ups at once cannot both pass. The last
+# plan's end and range progress go, so the detail never shows a running plan as ended.
 _START_PLAN = text(
     """
     WITH previous AS (
@@ -112,7 +113,8 @@ _START_PLAN = text(
     )
     INSERT INTO heartbeats AS h (name, beat_at, detail)
     VALUES ('plan', :now, CAST(:detail AS jsonb))
-    ON CONFLICT (name) DO UPDATE SET detail = h.detail || excluded.detail
+    ON CONFLICT (name) DO UPDATE
+       SET detail = (h.detail - 'ended_at' - 'ranges' - 'done' - 'planned') || excluded.detail
      WHERE CAST(:fresh_since AS timestamptz) IS NULL
         OR h.detail -> 'settings' IS DISTINCT FROM excluded.detail -> 'settings'
         OR coalesce(CAST(h.detail ->> 'started_at' AS timestamptz), '-infinity')

@@ -5,6 +5,8 @@ plan records its end."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import pytest
 
 from tests.harness import plans
@@ -28,7 +30,10 @@ def test_sigkill_of_a_worker_mid_plan_still_plans_every_user_once(stack, scale, 
     killed = workers[runs_plan.index(victim == "plan")]
     killed.kill()
     at_kill = plans.started_since(asked)
-    detail = plans.wait_plan_ended(asked, scale.pick(300, 1800))
+    # The other worker may finish the killed plan's ranges before the plan's job, back in the
+    # queue, runs again: when the plan's process died, wait for the plan that re-run starts.
+    since = datetime.fromisoformat(at_kill["started_at"]) + timedelta(microseconds=1)
+    detail = plans.wait_plan_ended(since if victim == "plan" else asked, scale.pick(300, 1800))
     report.update(
         users=users,
         ranges=detail["ranges"],
@@ -37,6 +42,5 @@ def test_sigkill_of_a_worker_mid_plan_still_plans_every_user_once(stack, scale, 
         rows=plans.live_rows(),
     )
     assert len(at_kill["done"]) < detail["ranges"] == ranges
-    assert detail["started_at"] != at_kill["started_at"] or victim == "helper"
     assert plans.duplicates() == 0
     assert plans.missed(detail["started_at"]) == 0

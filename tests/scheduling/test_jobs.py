@@ -72,6 +72,16 @@ def test_plan_is_idempotent_and_covers_late_and_upcoming_occasions():
     assert count("SELECT count(*) FROM messages") == 2
 
 
+def test_a_starting_plan_shows_neither_the_last_plans_end_nor_its_ranges():
+    ended = {"started_at": "2027-03-05T07:00:00+00:00", "ended_at": "2027-03-05T07:01:00+00:00"}
+    jobs.heartbeat("plan", NOW, {**ended, "ranges": 4, "done": [0, 1, 2, 3], "planned": 9})
+    begun, _ = jobs._start_plan(NOW, {"started_at": NOW.isoformat(), "settings": {}}, None)
+    with engine().connect() as connection:
+        detail = connection.execute(text("SELECT detail FROM heartbeats")).scalar_one()
+    assert begun
+    assert detail == {"started_at": NOW.isoformat(), "settings": {}}
+
+
 @time_machine.travel(NOW - timedelta(hours=1), tick=False)
 def test_plan_skips_deleted_users_and_occasions_before_the_user_existed():
     user(owed_from=NOW + timedelta(seconds=1))  # changed zone/date after the instant
