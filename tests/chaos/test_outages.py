@@ -44,7 +44,7 @@ def test_a_flaky_service_still_gets_every_key_exactly_once(stack, scale, report)
 def test_greetings_due_at_once_during_an_outage_cost_few_calls_and_drain_fast(stack, scale, report):
     """Issue 7's figure: N greetings due at one instant, the service down for a while from that
     instant, two workers: bounded calls during the outage, none FAILED, a fast drain after."""
-    count, outage_s = scale.pick((500, 40), (500, 300))
+    count, outage_s = scale.pick((500, 25), (500, 300))  # short: past BREAKER_COOLDOWN_MAX
     stack.fake.set(down=True)
     instant = datetime.now(UTC) + timedelta(seconds=3)
     add_due_messages(count, instant)
@@ -85,7 +85,7 @@ def test_a_day_long_email_outage_sends_what_is_still_owed_and_expires_the_rest(
     stack.fake.set(down=True)
     stack.start_worker(concurrency=16, extra_env={**FAST, **BREAKER})
     jobs.enqueue_job()
-    time.sleep(20)  # the outage, as seen by a running system
+    time.sleep(12)  # the outage, as seen by a running system (two breaker cooldowns)
     calls_while_down = len(stack.fake.records)
     stack.fake.set(down=False)
     back = time.monotonic()
