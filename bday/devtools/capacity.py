@@ -30,11 +30,18 @@ POSTGRES_CPU_MS = 0.20  # PostgreSQL CPU per greeting (bench, 150 ms; 0.17 ms at
 # a batch at peak costs 1/32 claim + 1/8 SENT statement per greeting.
 POSTGRES_CPU_MS_UNPREPARED = 0.03
 RABBITMQ_CPU_MS = 0.47  # RabbitMQ CPU per greeting (bench, 150 ms; 0.36 ms at 0 ms)
-# One enqueue publisher: 1,400 rows/s with a confirm per message (bench, a quiet day), and grouped
-# confirms doubled it beside that baseline in the same run (x2.04, 2026-12-04, 2,000 rows; medians
-# of 3 alternating runs under load): docs/capacity.md, "The minute enqueue".
-ENQUEUE_RATE = 1_400.0 * 2.04  # rows/s claimed and published by one process
-ENQUEUE_SPEEDUP_2 = 1.37  # an enqueue fanned out over 2 processes / 1 (same run, 2 shared cores)
+# One enqueue publisher with grouped confirms, every job a countdown held by RabbitMQ (as in
+# production): `bday bench --quick --only enqueue --processes 2 --repeat 3`, 2,000 rows, medians
+# of 3 alternating runs on a quiet machine, 2026-12-05 (a confirm per message: 349 rows/s, x1.57;
+# fanned out over 2 processes: 771 rows/s, x1.40): docs/capacity.md, "The minute enqueue".
+# (The 1,400 rows/s this model used before timed jobs without a countdown: 2,650 rows/s now.)
+ENQUEUE_RATE = 549.0  # rows/s claimed and published by one process
+ENQUEUE_SPEEDUP_2 = 1.40  # an enqueue fanned out over 2 processes / 1 (same run, 2 shared cores)
+# RabbitMQ's CPU per job published with a countdown (native delayed delivery: 28 exchanges to
+# route through, a quorum queue per level it waits in): 20,000 jobs 60 s ahead cost the broker
+# 49.6-50.1 s of CPU (500 s ahead: 37-40 s; without a countdown: 4.8-5.3 s), 2026-12-05. It is
+# what one publisher waits on here, and the broker's cores it takes within the enqueue window.
+RABBITMQ_DELAYED_CPU_MS = 2.5
 BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
 PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
 # Planning 10M users took x12.6 the time of 1M under the same load (189 s vs 14.9 s, rows
@@ -85,6 +92,7 @@ class Capacity:
     processes: int
     processes_150ms: int
     cores: float
+    rabbitmq_cores: int  # RabbitMQ cores the busiest instant's countdowns need, with headroom
     limited_processes: int
     limited_lateness_s: float
     enqueue_s: float
@@ -107,6 +115,7 @@ def model(users: int, provider_limit: float = PROVIDER_LIMIT) -> Capacity:
     processes = max(1, math.ceil(rate_needed / WORKER_RATE_0MS))
     processes_150 = max(1, math.ceil(rate_needed / WORKER_RATE_150MS))
     server_cores = rate_needed * (POSTGRES_CPU_MS + POSTGRES_CPU_MS_UNPREPARED + RABBITMQ_CPU_MS)
+    server_cores += delayed_cores(peak) * 1000
     rows = users * GREETINGS_PER_USER_YEAR
     stored = users * BYTES_PER_USER + rows * BYTES_PER_MESSAGE
     workers = recommend_workers(users, peak, processes_150)
@@ -118,6 +127,7 @@ def model(users: int, provider_limit: float = PROVIDER_LIMIT) -> Capacity:
         processes=processes,
         processes_150ms=processes_150,
         cores=workers * WORKER_CORES + server_cores / 1000,
+        rabbitmq_cores=rabbitmq_cores(peak),
         limited_processes=max(1, math.ceil(min(rate_needed, provider_limit) / WORKER_RATE_150MS)),
         limited_lateness_s=peak / provider_limit,
         enqueue_s=peak / ENQUEUE_RATE,
@@ -138,6 +148,20 @@ def plan_s(users: int) -> float:
     """Seconds for the first plan of the window on one process (measured at 1M, scaled as
     measured to 10M)."""
     return PLAN_S_PER_MILLION * (users / 1e6) ** PLAN_EXPONENT
+
+
+def delayed_cores(peak: float) -> float:
+    """RabbitMQ cores busy routing and holding the busiest instant's countdowns while the
+    enqueue publishes them (within ENQUEUE_WINDOW_S)."""
+    return peak * RABBITMQ_DELAYED_CPU_MS / 1000 / ENQUEUE_WINDOW_S
+
+
+def rabbitmq_cores(peak: float) -> int:
+    """The RabbitMQ cores the recommended deployment gives the broker: the countdowns' share
+    of them under HEADROOM (at least 1). Measured on 2 cores shared with everything else; that
+    delayed delivery spreads over more cores (a channel per publisher, a queue per level) is
+    the model's assumption: docs/capacity.md."""
+    return max(1, math.ceil(delayed_cores(peak) / HEADROOM))
 
 
 def speedup(workers: int, measured_at_2: float) -> float:
@@ -161,6 +185,9 @@ def limits(users: int, peak: float, workers: int) -> dict[str, float]:
             plan_s(users) / speedup(workers, PLAN_SPEEDUP_2) / PLAN_BUDGET_S
         ),
         "RabbitMQ (one send queue)": rate_needed / BROKER_CEILING,
+        "RabbitMQ countdowns (CPU of the cores it is given)": (
+            delayed_cores(peak) / rabbitmq_cores(peak)
+        ),
         "PostgreSQL connections (max_connections=100, through PgBouncer)": (
             (PGBOUNCER_SERVER_POOL + 5) / 100
         ),
@@ -182,6 +209,11 @@ def recommend_workers(users: int, peak: float, at_least: int) -> int:
     ):
         workers += 1
     return workers
+
+
+def overloaded(capacity: Capacity) -> list[str]:
+    """The limits past 100% with the deployment the model recommends (their short names)."""
+    return [name.split(" (")[0] for name, load in capacity.loads.items() if load > 1]
 
 
 def _first_limit(loads: dict[str, float]) -> str:
@@ -308,6 +340,9 @@ def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:
             [f"{m.limited_processes}, {m.limited_lateness_s:,.0f} s" for m in models],
         ),
         ("recommended worker processes, behind PgBouncer", [f"{m.workers}" for m in models]),
+        ("RabbitMQ cores for the busiest instant's countdowns", [
+            f"{m.rabbitmq_cores}" for m in models
+        ]),
         ("enqueue of the busiest instant: one process / fanned out", [
             f"{m.enqueue_s:,.1f} s / {m.enqueue_fanned_s:,.1f} s" for m in models
         ]),
@@ -332,6 +367,8 @@ def report(sizes: list[int], provider_limit: float = PROVIDER_LIMIT) -> str:
             f"{_count(m.users)} users with {m.workers} worker process(es), closest to its limit: "
             f"{m.first_limit}"
         )
+        if over := overloaded(m):
+            lines.append(f"  no deployment of this shape is enough: {', '.join(over)} over 100%")
     lines.append("")
     lines.append(
         f"Assumptions: {GREETINGS_PER_USER_YEAR:.2f} greetings per user per year; busiest day "

@@ -35,9 +35,19 @@ def test_at_a_billion_users_the_one_send_queue_is_named_as_the_limit_workers_can
     result = capacity.model(1_000_000_000)
     assert result.first_limit.startswith("RabbitMQ (one send queue)")
     assert result.loads["RabbitMQ (one send queue)"] > 1
-    # every limit more workers relieve is under the headroom with the workers it recommends
-    relieved = {k: v for k, v in result.loads.items() if not k.startswith(("RabbitMQ", "Postgre"))}
-    assert max(relieved.values()) <= capacity.HEADROOM
+    # the enqueue's publishers, added up to MAX_WORKERS, fall short too: the model says so
+    assert result.workers == capacity.MAX_WORKERS
+    assert capacity.overloaded(result) == ["enqueue", "RabbitMQ"]
+    assert "no deployment of this shape is enough: enqueue, RabbitMQ" in capacity.report(
+        [1_000_000_000]
+    )
+
+
+def test_the_countdowns_get_the_rabbitmq_cores_that_keep_them_under_the_headroom():
+    result = capacity.model(100_000_000)
+    busy = result.peak * capacity.RABBITMQ_DELAYED_CPU_MS / 1000 / capacity.ENQUEUE_WINDOW_S
+    assert busy / result.rabbitmq_cores <= capacity.HEADROOM < busy / (result.rabbitmq_cores - 1)
+    assert capacity.model(1_000_000).rabbitmq_cores == 1
 
 
 def test_fanned_out_work_scales_from_the_speed_up_measured_at_two_processes():
