@@ -104,14 +104,17 @@ class User(Base):
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),
         ),
+        # The id second: a fanned-out plan's id range is an index condition (migration 0010).
         Index(
-            "ix_users_birthday_month_day",
+            "ix_users_birthday_month_day_id",
             month_day(text("birthday")),
+            "id",
             postgresql_where=text("deleted_at IS NULL"),
         ),
         Index(
-            "ix_users_anniversary_month_day",
+            "ix_users_anniversary_month_day_id",
             month_day(text("anniversary")),
+            "id",
             postgresql_where=text("deleted_at IS NULL AND anniversary IS NOT NULL"),
         ),
         Index("ix_users_erased_at", "erased_at", postgresql_where=text("erased_at IS NOT NULL")),
