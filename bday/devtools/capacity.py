@@ -43,13 +43,15 @@ ENQUEUE_SPEEDUP_2 = 1.40  # an enqueue fanned out over 2 processes / 1 (same run
 # what one publisher waits on here, and the broker's cores it takes within the enqueue window.
 RABBITMQ_DELAYED_CPU_MS = 2.5
 BROKER_CEILING = 4_822.0  # no-op tasks/s through one queue and one worker (a floor for RabbitMQ)
-PLAN_S_PER_MILLION = 3.66  # planning 1,000,000 users (26 h window, first plan)
+# The first plan of the 26 h window for 1,000,000 users in ranges on one worker process (the
+# way a plan past PLAN_RANGE_USERS runs), and over 2 processes: 4.1 s and 2.7 s (x1.52),
+# `python -m bday.devtools.bench.plan_workers 1000000 --ranges 16 --rounds 2`, medians, a quiet
+# machine, 2026-12-05 (migration 0010's indexes). The plan in one query took 5.4 s beside them.
+PLAN_S_PER_MILLION = 4.1
 # Planning 10M users took x12.6 the time of 1M under the same load (189 s vs 14.9 s, rows
-# x10.0; `bday bench --plan-users`): time grows as users ** 1.10, a little beyond linear.
+# x10.0; `bday bench --plan-users`, 2026-11-28): time grows as users ** 1.10.
 PLAN_EXPONENT = 1.10
-# A plan fanned out over 2 processes / 1 (1,000,000 users, 16 ranges, medians of 2 rounds,
-# 2026-12-04, `python -m bday.devtools.bench.plan_workers`: 22.9 s -> 12.3 s).
-PLAN_SPEEDUP_2 = 1.87
+PLAN_SPEEDUP_2 = 1.52
 PLANNED_PER_USER = 11_085 / 1_000_000  # rows the first plan writes per user
 BYTES_PER_USER = 310  # users table incl. indexes, per row (--plan-users 10000000)
 BYTES_PER_MESSAGE = 394  # messages table incl. indexes, per row (same run, 113,120 rows)
