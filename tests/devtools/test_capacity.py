@@ -25,7 +25,7 @@ def test_at_100_million_users_the_recommended_deployment_keeps_every_limit_under
     result = capacity.model(100_000_000)
     assert result.workers >= result.processes_150ms
     assert max(result.loads.values()) <= capacity.HEADROOM
-    # one process fewer would put delivery over the headroom: the recommendation is the fewest
+    # one process fewer would put a limit over the headroom: the recommendation is the fewest
     fewer = capacity.limits(result.users, result.peak, result.workers - 1)
     assert max(fewer.values()) > capacity.HEADROOM
     assert result.enqueue_fanned_s < result.enqueue_s and result.plan_fanned_s < result.plan_s
