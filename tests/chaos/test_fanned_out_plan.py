@@ -15,6 +15,7 @@ from tests.harness.stack import wait_until
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(1800)  # --long: 400,000 users, and the check re-plans them all
 @pytest.mark.parametrize("victim", ["plan", "helper"])
 def test_sigkill_of_a_worker_mid_plan_still_plans_every_user_once(stack, scale, report, victim):
     users, range_users = scale.pick((20_000, 500), (400_000, 10_000))  # 40 ranges
