@@ -216,7 +216,9 @@ def _log_send(status: int, record: Record) -> None:
 
 async def serve(service: FakeEmailService, host: str, port: int, ready=None) -> None:
     """Serve `service` on aiohttp's low-level server (keep-alive, HTTP/1.1) until cancelled."""
-    runner = web.ServerRunner(web.Server(service.handle, access_log=None))
+    # A stop must not wait for requests the fake is holding on purpose (its timeouts): aiohttp
+    # waits up to shutdown_timeout (60 s by default) for open handlers.
+    runner = web.ServerRunner(web.Server(service.handle, access_log=None), shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()

@@ -172,11 +172,20 @@ def test_flower_and_the_task_exporter_agree_with_the_database(stack, monkeypatch
             message_id: states.SUCCESS if row.status == "SENT" else states.FAILURE
             for message_id, row in table.items()
         }
-        wait_until(
-            lambda: flower.final_states() == expected and flower.send_events() == trail,
-            20,
-            "Flower shows each job's final state and trail",
-        )
+        try:
+            wait_until(
+                lambda: flower.final_states() == expected and flower.send_events() == trail,
+                20,
+                "Flower shows each job's final state and trail",
+            )
+        except AssertionError as exc:  # say what Flower saw, not only that it differed
+            states_seen = flower.final_states()
+            wrong = {
+                k: (v, states_seen.get(k)) for k, v in expected.items() if states_seen.get(k) != v
+            }
+            raise AssertionError(
+                f"{exc}; states (want, got): {wrong}; trail {dict(flower.send_events())} want {trail}"
+            ) from None
         flower.wait_heartbeat()  # a later event from the worker: a duplicate would come first
         finals, seen = flower.sends(), flower.send_events()
         metrics = wait_until(lambda: _exporter_caught_up(exporter), 30, "the exporter caught up")

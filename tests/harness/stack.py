@@ -136,9 +136,7 @@ class Stack:
         return process
 
     def stop(self) -> None:
-        for process in self.processes:
-            if process.alive():
-                process.stop()
+        sandbox.stop_all(self.processes)
         self.fake.stop()
 
 
