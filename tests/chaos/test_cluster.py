@@ -75,9 +75,9 @@ def test_the_queue_leader_killed_loses_nothing_and_sends_nothing_early(
 ):
     stack, count = on_cluster, scale.pick(200, 1000)
     stack.fake.set(latency_ms=100)
-    # Killed 20 s ahead, the countdowns need that long with the broker; a kill among the sends
+    # Killed 20 s ahead, every countdown must be with the broker by then; a kill among the sends
     # only needs every job published first.
-    lead = 38 if moment == "countdowns_pending" else 24
+    lead = 32 if moment == "countdowns_pending" else 24
     instant = (datetime.now(UTC) + timedelta(seconds=lead)).replace(microsecond=0)
     add_due_messages(count, instant)
     _start_processes(stack)
