@@ -164,6 +164,11 @@ def _quoted_and_long(message: EmailMessage) -> bool:
 # 4.7.0 is what Gmail and Microsoft 365 send with their rate-limit 421/451s, 4.4.5 "system
 # congestion"; SES says `454 Throttling failure: Maximum sending rate exceeded`.
 _THROTTLE_CODES = frozenset({421, 450, 451, 452, 454})
+# 5xx that refuse the sender's session, not a recipient: TLS or AUTH required (530, RFC 3207
+# and 4954), mechanism too weak (534), bad credentials (535), encryption required (538). Every
+# greeting would meet it until the settings are fixed: transient, so the breaker opens and
+# nothing is marked FAILED, as when the AUTH command itself is refused.
+_SENDER_REFUSED = frozenset({530, 534, 535, 538})
 _THROTTLE_STATUS = frozenset({"4.7.0", "4.4.5", "4.7.28"})
 _THROTTLE_TEXT = re.compile(
     r"throttl|\brate\b|rate.?limit|too many (messages|mails|emails|recipients|connections)"
@@ -184,6 +189,8 @@ def classify_reply(code: int, text: str) -> SendError | None:
             code in _THROTTLE_CODES and enhanced is not None and enhanced[1] in _THROTTLE_STATUS
         )
         return TransientSendError(detail, status=code, throttled=throttled)
+    if code in _SENDER_REFUSED:  # the account or the channel, not this greeting's address
+        return TransientSendError(detail, status=code)
     if 500 <= code < 600:
         return PermanentSendError(detail, status=code)
     return TransientSendError(f"unexpected SMTP reply: {detail}", status=code)

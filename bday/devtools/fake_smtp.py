@@ -24,6 +24,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -72,8 +73,23 @@ class Attempt:
 class FakeSmtp:
     """The server, on a thread of its own: `start()`, then point an smtp:// URL at `.url`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, on_message=None, on_attempt=None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        on_message=None,
+        on_attempt=None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
+        logins: dict[str, str] | None = None,
+    ):
+        """`tls`, a server context: offered by STARTTLS (and then required before MAIL), or
+        from the first byte with `implicit_tls` (smtps://). `logins`: user -> password, and
+        AUTH is then required (over TLS only, as real servers require)."""
         self.host, self.port = host, port or _free_port(host)
+        self.tls, self.implicit_tls, self.logins = tls, implicit_tls, logins
+        self.logged_in: list[str] = []  # each AUTH that succeeded, by user
         self.received: list[Received] = []
         self.refuse: dict[str, str] = {}
         self.sessions = 0
@@ -93,7 +109,10 @@ class FakeSmtp:
 
     @property
     def url(self) -> str:
-        return f"smtp://{self.host}:{self.port}?starttls=off"
+        if self.implicit_tls:
+            return f"smtps://{self.host}:{self.port}"
+        plain = "" if self.tls else "?starttls=off"
+        return f"smtp://{self.host}:{self.port}{plain}"
 
     def script(self, *answers: str) -> None:
         """What the next DATA commands meet, in order (then 250 again)."""
@@ -114,9 +133,37 @@ class FakeSmtp:
             port=self.port,
             enable_SMTPUTF8=True,
             ready_timeout=10,
+            **self._security(),
         )
         self._controller.start()
         return self
+
+    def _security(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.tls is not None and self.implicit_tls:
+            options["ssl_context"] = self.tls
+        elif self.tls is not None:
+            options.update(tls_context=self.tls, require_starttls=True)
+        if self.logins is not None:
+            # aiosmtpd knows TLS only by STARTTLS: under implicit TLS it must not ask for it.
+            options.update(
+                authenticator=self._authenticate,
+                auth_required=True,
+                auth_require_tls=not self.implicit_tls,
+            )
+        return options
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data) -> Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        if not isinstance(auth_data, LoginPassword) or self.logins is None:
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        ok = self.logins.get(user) == auth_data.password.decode("utf-8", "replace")
+        if ok:
+            with self._lock:
+                self.logged_in.append(user)
+        return AuthResult(success=ok, handled=False)
 
     def stop(self) -> None:
         if self._controller is not None:

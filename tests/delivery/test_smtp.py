@@ -298,6 +298,10 @@ def test_the_probe_says_noop(server, sender):
         (452, "4.4.5 Insufficient system storage", "throttled"),
         (450, "4.7.1 Too many messages, slow down", "throttled"),
         (550, "5.7.1 rate limit exceeded for the day", "permanent"),
+        (530, "5.7.0 Must issue a STARTTLS command first", "transient"),
+        (530, "5.7.0 Authentication required", "transient"),
+        (535, "5.7.8 Authentication credentials invalid", "transient"),
+        (538, "5.7.11 Encryption required for requested authentication mechanism", "transient"),
         (354, "odd", "transient"),
     ],
 )
