@@ -25,7 +25,9 @@ from bday.devtools import sandbox
 WORKER_RATE_0MS = 598.0  # greetings/s, one worker process, 64 threads, service answering at once
 WORKER_RATE_150MS = 464.0  # same, service answering in 150 ms
 WORKER_CORES = 0.51  # cores one worker process uses at that rate (1.10 ms CPU x 464/s, 150 ms)
-POSTGRES_CPU_MS = 0.20  # PostgreSQL CPU per greeting (bench, 150 ms; 0.17 ms at 0 ms)
+# PostgreSQL CPU per greeting: `scripts/bench-compare` at 150 ms, 2026-12-05, medians of 5 + 2
+# + 2 runs: 0.33 / 0.385 / 0.415 ms (0.12-0.15 ms before monthly partitions: docs/performance.md)
+POSTGRES_CPU_MS = 0.38
 # Added per greeting without prepares: ~200 us per statement (measured through PgBouncer), and
 # a batch at peak costs 1/32 claim + 1/8 SENT statement per greeting.
 POSTGRES_CPU_MS_UNPREPARED = 0.03
