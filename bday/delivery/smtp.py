@@ -164,11 +164,6 @@ def _quoted_and_long(message: EmailMessage) -> bool:
 # 4.7.0 is what Gmail and Microsoft 365 send with their rate-limit 421/451s, 4.4.5 "system
 # congestion"; SES says `454 Throttling failure: Maximum sending rate exceeded`.
 _THROTTLE_CODES = frozenset({421, 450, 451, 452, 454})
-# 5xx that refuse the sender's session, not a recipient: TLS or AUTH required (530, RFC 3207
-# and 4954), mechanism too weak (534), bad credentials (535), encryption required (538). Every
-# greeting would meet it until the settings are fixed: transient, so the breaker opens and
-# nothing is marked FAILED, as when the AUTH command itself is refused.
-_SENDER_REFUSED = frozenset({530, 534, 535, 538})
 _THROTTLE_STATUS = frozenset({"4.7.0", "4.4.5", "4.7.28"})
 _THROTTLE_TEXT = re.compile(
     r"throttl|\brate\b|rate.?limit|too many (messages|mails|emails|recipients|connections)"
@@ -176,6 +171,11 @@ _THROTTLE_TEXT = re.compile(
     re.IGNORECASE,
 )
 _ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})\b")
+# 5xx that refuse the sender's session, not a recipient: TLS or AUTH required (530, RFC 3207
+# and 4954), mechanism too weak (534), bad credentials (535), encryption required (538). Every
+# greeting would meet it until the settings are fixed: transient, so the breaker opens and
+# nothing is marked FAILED, as when the AUTH command itself is refused.
+_SENDER_REFUSED = frozenset({530, 534, 535, 538})
 
 
 def classify_reply(code: int, text: str) -> SendError | None:

@@ -93,8 +93,7 @@ class Bench:
         sandbox.wait_ready(self.fake_smtp, "fake SMTP service on")
 
     def teardown(self) -> None:
-        for process in [*self.spawned, self.fake, self.fake_smtp]:
-            process.stop()
+        sandbox.stop_all([*self.spawned, self.fake, self.fake_smtp])
         from bday.store import db
 
         db.reset_engines()
@@ -269,8 +268,7 @@ class Workers:
     processes: list[sandbox.Process]
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.stop()
+        sandbox.stop_all(self.processes)
 
     def rss_mib(self) -> float:
         return sum(procfs.rss_mib(process.popen.pid) for process in self.processes)

@@ -94,8 +94,7 @@ def _measure(env: dict, workdir: Path, name: str, workers: int, range_users: int
         app.send_task("bday.tasks.plan")
         detail = sandbox.wait_for(lambda: _ended_since(asked), 3600, "the plan", interval=0.5)
     finally:
-        for process in processes:
-            process.stop()
+        sandbox.stop_all(processes)
     seconds = (
         datetime.fromisoformat(detail["ended_at"]) - datetime.fromisoformat(detail["started_at"])
     ).total_seconds()
